@@ -1,0 +1,602 @@
+"""Shared vocabulary of the colorization project: Lab colour on tensors, prepared datasets,
+models, checkpoints and the one training loop both trainers run.
+
+Conventions, written once here:
+  * images are stored as uint8 RGB, channels last (N, H, W, 3);
+  * CIE L*a*b* (D65, 2 degree observer, as scikit-image) is computed on the device, in batches;
+  * networks see Lab scaled to [0, 1]: L/100, (a+128)/255, (b+128)/255.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+# ---------------------------------------------------------------------------------------------
+# Errors: every user-facing failure is one line naming the file and what to do.
+
+
+class UserError(Exception):
+    """A problem with the user's input; main() prints it as one line and exits with status 2."""
+
+
+def exit_on_user_error(main):
+    """Run main(); a UserError becomes 'error: ...' on stderr and exit status 2, not a traceback."""
+    try:
+        return main()
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(2)
+
+
+def atomic_write(path: str | Path, write) -> None:
+    """Call write(tmp_path), then rename onto path, so no half-written file is ever left."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: str | Path, obj) -> None:
+    atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
+
+
+# ---------------------------------------------------------------------------------------------
+# CIE L*a*b* on tensors (channel dimension -3), matching skimage.color.rgb2lab / lab2rgb.
+
+_XYZ_FROM_RGB = torch.tensor([[0.412453, 0.357580, 0.180423],
+                              [0.212671, 0.715160, 0.072169],
+                              [0.019334, 0.119193, 0.950227]], dtype=torch.float64)
+_RGB_FROM_XYZ = torch.linalg.inv(_XYZ_FROM_RGB)
+_WHITE_D65 = (0.95047, 1.0, 1.08883)
+
+
+def _apply_matrix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    return torch.einsum("ij,...jhw->...ihw", matrix.to(x.device, x.dtype), x)
+
+
+def _white(x: torch.Tensor) -> torch.Tensor:
+    return torch.tensor(_WHITE_D65, device=x.device, dtype=x.dtype).view(3, 1, 1)
+
+
+def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
+    """sRGB in [0, 1], shape (..., 3, H, W) -> L*a*b* in Lab units (L in [0, 100])."""
+    linear = torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
+    xyz = _apply_matrix(_XYZ_FROM_RGB, linear) / _white(rgb)
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    fx, fy, fz = f.unbind(-3)
+    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=-3)
+
+
+def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
+    """L*a*b* in Lab units, shape (..., 3, H, W) -> sRGB clipped to [0, 1]."""
+    L, a, b = lab.unbind(-3)
+    fy = (L + 16) / 116
+    f = torch.stack([a / 500 + fy, fy, (fy - b / 200).clamp(min=0)], dim=-3)
+    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787) * _white(lab)
+    linear = _apply_matrix(_RGB_FROM_XYZ, xyz)
+    rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, linear * 12.92)
+    return rgb.clamp(0, 1)
+
+
+def normalize_lab(lab: torch.Tensor) -> torch.Tensor:
+    """Lab units -> the network scale [0, 1]: L/100, (a+128)/255, (b+128)/255."""
+    L, ab = lab[..., :1, :, :], lab[..., 1:, :, :]
+    return torch.cat([L / 100, (ab + 128) / 255], dim=-3)
+
+
+def denormalize_lab(lab01: torch.Tensor) -> torch.Tensor:
+    L, ab = lab01[..., :1, :, :], lab01[..., 1:, :, :]
+    return torch.cat([L * 100, ab * 255 - 128], dim=-3)
+
+
+def ab_to_lab_units(ab01: torch.Tensor) -> torch.Tensor:
+    return ab01 * 255 - 128
+
+
+def images_to_lab01(images_uint8: torch.Tensor) -> torch.Tensor:
+    """A batch of stored images (N, H, W, 3) uint8 RGB -> (N, 3, H, W) float Lab in [0, 1]."""
+    rgb = images_uint8.permute(0, 3, 1, 2).float() / 255
+    return normalize_lab(rgb_to_lab(rgb))
+
+
+def lab01_to_rgb(lab01: torch.Tensor) -> torch.Tensor:
+    return lab_to_rgb(denormalize_lab(lab01))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepared data: prepare_data.py writes {train,val,test}.npy (uint8 RGB, N x H x W x 3) and
+# manifest.json; training memory-maps them, so memory stays flat however large the set is.
+
+SPLITS = ("train", "val", "test")
+
+
+def read_manifest(data_dir: str | Path) -> dict:
+    path = Path(data_dir) / "manifest.json"
+    if not path.is_file():
+        raise UserError(f"{path}: no prepared data here; run `python prepare_data.py --out {data_dir}` first")
+    return json.loads(path.read_text())
+
+
+class FaceLabDataset(torch.utils.data.Dataset):
+    """One split of the prepared data. Items are uint8 RGB tensors (H, W, 3); the Lab conversion
+    happens later, batched on the training device (see images_to_lab01)."""
+
+    def __init__(self, data_dir: str | Path, split: str):
+        self.path = Path(data_dir) / f"{split}.npy"
+        if not self.path.is_file():
+            raise UserError(f"{self.path}: missing split '{split}'; run prepare_data.py again")
+        self._array = None  # opened lazily, so that DataLoader workers each map the file themselves
+        self._len = int(np.load(self.path, mmap_mode="r").shape[0])
+
+    @property
+    def array(self) -> np.ndarray:
+        if self._array is None:
+            self._array = np.load(self.path, mmap_mode="r")
+        return self._array
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(self.array[index]))
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        # one fancy-indexing read per batch instead of one read per image
+        return torch.from_numpy(self.array[np.asarray(indices)])
+
+
+def stack_batch(batch):
+    """collate_fn for FaceLabDataset: __getitems__ already returns the stacked batch."""
+    return batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+
+
+class SeedRegressor(nn.Module):
+    """L -> mean (a, b) of the image in [0, 1]: 6 x [Conv 4x4 s2 p1, BN, LeakyReLU], Linear, sigmoid."""
+
+    def __init__(self, channels=(32, 64, 128, 256, 256, 512)):
+        super().__init__()
+        layers, c_in = [], 1
+        for c in channels:
+            layers += [nn.Conv2d(c_in, c, 4, stride=2, padding=1), nn.BatchNorm2d(c), nn.LeakyReLU()]
+            c_in = c
+        # a 128x128 input is 2x2 here already (the seed's Linear(512*2*2)); pooling admits other sizes
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(2))
+        self.head = nn.Linear(c_in * 2 * 2, 2)
+
+    def forward(self, L: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.head(self.features(L).flatten(1)))
+
+
+FINAL_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+
+
+def seed_channels(max_channels: int, layers: int) -> list[int]:
+    """Channel widths of the seed colorizer's down path: from max/16 up to max, geometrically
+    (3 layers at 128 -> 8, 32, 128 as in the seed; 5 layers at 128 -> 8, 16, 32, 64, 128)."""
+    return [max(1, round(max_channels * 16 ** ((i - (layers - 1)) / (layers - 1)))) for i in range(layers)]
+
+
+class SeedColorizer(nn.Module):
+    """L -> ab: Conv 3x3 s2 p1 (+BN, ReLU) down, ConvTranspose 2x2 s2 (+BN, ReLU) up, final activation."""
+
+    def __init__(self, max_channels=128, layers=3, activation="sigmoid", in_channels=1):
+        super().__init__()
+        widths = seed_channels(max_channels, layers)
+        down, c_in = [], in_channels
+        for c in widths:
+            down += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
+            c_in = c
+        up = []
+        for c in widths[-2::-1]:
+            up += [nn.ConvTranspose2d(c_in, c, 2, stride=2), nn.BatchNorm2d(c), nn.ReLU()]
+            c_in = c
+        up += [nn.ConvTranspose2d(c_in, 2, 2, stride=2), FINAL_ACTIVATIONS[activation]()]
+        self.net = nn.Sequential(*down, *up)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+class UNetColorizer(nn.Module):
+    """Encoder-decoder with skip connections at every scale, back to full resolution."""
+
+    def __init__(self, base_channels=32, depth=4, activation="sigmoid", in_channels=1):
+        super().__init__()
+
+        def block(c_in, c_out):
+            return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(),
+                                 nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
+
+        widths = [base_channels * 2 ** i for i in range(depth + 1)]
+        self.down = nn.ModuleList([block(in_channels, widths[0])] +
+                                  [block(widths[i], widths[i + 1]) for i in range(depth)])
+        self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
+                                 for i in reversed(range(depth))])
+        self.merge = nn.ModuleList([block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
+        self.out = nn.Sequential(nn.Conv2d(widths[0], 2, 1), FINAL_ACTIVATIONS[activation]())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skips = []
+        for i, down in enumerate(self.down):
+            x = down(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1])):
+            x = merge(torch.cat([up(x), skip], dim=1))
+        return self.out(x)
+
+
+def build_model(config: dict) -> nn.Module:
+    """The network a run's config describes (the same function rebuilds it from a checkpoint)."""
+    if config["task"] == "regressor":
+        return SeedRegressor()
+    in_channels = 3 if config.get("regressor") else 1  # L, plus the regressor's mean a and b as planes
+    if config["arch"] == "seed":
+        return SeedColorizer(config["max_channels"], config["layers"], config["activation"], in_channels)
+    if config["arch"] == "unet":
+        return UNetColorizer(config["base_channels"], config["depth"], config["activation"], in_channels)
+    raise UserError(f"unknown architecture '{config['arch']}': use seed or unet")
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints: ignite's Checkpoint writes {model, optimizer, trainer, ..., run}; "run" holds the full
+# config and the loss history, so a file explains itself and is loadable with weights_only=True.
+
+
+class RunRecord:
+    """Config and per-epoch history of a run, saved inside every checkpoint."""
+
+    def __init__(self, config: dict):
+        self.config = dict(config)
+        self.history = {"epoch": [], "train_loss": [], "val_loss": [], "val_mse": []}
+
+    def state_dict(self) -> dict:
+        return {"config": self.config, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.history = state["history"]
+
+
+def load_checkpoint(path: str | Path, task: str | None = None, device="cpu"):
+    """-> (model in eval mode, config, checkpoint dict); a clear UserError for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: checkpoint not found; train one with train_colorizer.py or train_regressor.py")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:  # pickle, zip and unsupported-type errors all mean "not our checkpoint"
+        raise UserError(f"{path}: not a checkpoint of this project ({type(exc).__name__}); "
+                        "pass a best.pt or last.pt written by the training scripts") from None
+    if not isinstance(ckpt, dict) or "run" not in ckpt or "model" not in ckpt:
+        raise UserError(f"{path}: not a checkpoint of this project; pass a best.pt or last.pt from a run folder")
+    config = ckpt["run"]["config"]
+    if task is not None and config["task"] != task:
+        raise UserError(f"{path}: this is a {config['task']} checkpoint, but a {task} checkpoint is needed here")
+    model = build_model(config)
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), config, ckpt
+
+
+# ---------------------------------------------------------------------------------------------
+# What each task predicts. Both take a Lab01 batch and return (prediction, target) for the loss.
+
+
+def colorizer_input(L: torch.Tensor, mean_ab: torch.Tensor | None) -> torch.Tensor:
+    """The colorizer's input: L, plus constant planes of the regressor's mean (a, b) when conditioned."""
+    if mean_ab is None:
+        return L
+    return torch.cat([L, mean_ab[:, :, None, None].expand(-1, -1, *L.shape[-2:])], dim=1)
+
+
+def colorize_lab01(model: nn.Module, lab01: torch.Tensor, regressor: nn.Module | None = None) -> torch.Tensor:
+    """Predicted Lab01 image: the input L merged with the predicted ab (the seed's loss target form)."""
+    L = lab01[:, :1]
+    mean_ab = regressor(L) if regressor is not None else None
+    return torch.cat([L, model(colorizer_input(L, mean_ab))], dim=1)
+
+
+def seed_mse_per_image(pred_lab01: torch.Tensor, true_lab01: torch.Tensor) -> torch.Tensor:
+    """The seed's score: MSE over the three [0,1]-scaled Lab channels (L from the input), per image."""
+    return ((pred_lab01 - true_lab01) ** 2).flatten(1).mean(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# Devices
+
+
+def resolve_device(name: str) -> torch.device:
+    """auto -> cuda only if a GPU really answers (CUDA_VISIBLE_DEVICES alone proves nothing: SLURM's
+    fake GRES sets it on CPU nodes)."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
+    if name not in ("cpu", "cuda"):
+        raise UserError(f"--device {name}: use auto, cpu or cuda")
+    return torch.device(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Training: the one loop both trainers share. The body runs under idist.Parallel, so the same
+# script trains on one CPU, one GPU, or several processes (torchrun, or srun under SLURM).
+
+RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
+# settings that may change between an interrupted run and its resumption
+_OPERATIONAL_KEYS = {"device", "num_workers", "backend", "dry_run", "resume", "out", "data", "epochs", "patience"}
+
+
+def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int, lr: float,
+                      weight_decay: float, batch_size: int, patience: int) -> None:
+    g = parser.add_argument_group("training")
+    g.add_argument("--data", default="data/prepared", help="folder written by prepare_data.py")
+    g.add_argument("--out", default=out, help="run folder: checkpoints, history, loss plot")
+    g.add_argument("--epochs", type=int, default=epochs)
+    g.add_argument("--batch-size", type=int, default=batch_size, help="global batch size, split across processes")
+    g.add_argument("--lr", type=float, default=lr)
+    g.add_argument("--weight-decay", type=float, default=weight_decay)
+    g.add_argument("--patience", type=int, default=patience,
+                   help="early stopping on validation MSE after this many epochs without progress (0: off)")
+    g.add_argument("--loss", choices=["mse", "l1", "huber"], default="mse")
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0: load in the main process)")
+    g.add_argument("--backend", choices=["auto", "none", "gloo", "nccl"], default="auto",
+                   help="torch.distributed backend; auto: none for one process, else nccl on GPU, gloo on CPU")
+    g.add_argument("--no-resume", dest="resume", action="store_false",
+                   help="start afresh even if the run folder holds last.pt")
+    g.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the setup")
+
+
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
+
+
+def _choose_backend(name: str) -> str | None:
+    if name == "none":
+        return None
+    if name != "auto":
+        return name
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+        return "nccl" if torch.cuda.is_available() else "gloo"
+    return None
+
+
+def train(config: dict, setup_task) -> None:
+    """Train the model setup_task(config, device) -> (model, predict) describes, where
+    predict(model, lab01_batch) -> (prediction, target) for the loss."""
+    import ignite.distributed as idist
+
+    with idist.Parallel(backend=_choose_backend(config["backend"])) as parallel:
+        parallel.run(_train_process, config, setup_task)
+
+
+def _train_process(local_rank: int, config: dict, setup_task) -> None:
+    import ignite.distributed as idist
+    from ignite.engine import Engine, Events
+    from ignite.engine.deterministic import DeterministicEngine
+    from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, ProgressBar
+    from ignite.metrics import Average, Loss
+    from ignite.utils import manual_seed
+
+    rank0 = idist.get_rank() == 0
+    logging.getLogger("ignite.distributed").setLevel(logging.WARNING)
+    device = idist.device() if idist.get_world_size() > 1 else resolve_device(config["device"])
+    manual_seed(config["seed"])
+    out = Path(config["out"])
+    read_manifest(config["data"])
+
+    loader_args = dict(collate_fn=stack_batch, num_workers=config["num_workers"],
+                       pin_memory=device.type == "cuda", persistent_workers=config["num_workers"] > 0)
+    train_loader = idist.auto_dataloader(FaceLabDataset(config["data"], "train"), batch_size=config["batch_size"],
+                                         shuffle=True, drop_last=True, **loader_args)
+    val_loader = idist.auto_dataloader(FaceLabDataset(config["data"], "val"), batch_size=config["batch_size"],
+                                       shuffle=False, **loader_args)
+
+    model, predict = setup_task(config, device)
+    model = idist.auto_model(model.to(device))
+    optimizer = idist.auto_optim(torch.optim.Adam(model.parameters(), lr=config["lr"],
+                                                  weight_decay=config["weight_decay"]))
+    loss_fn = LOSSES[config["loss"]]
+
+    def to_lab01(batch):
+        return images_to_lab01(batch.to(device, non_blocking=True))
+
+    def train_step(engine, batch):
+        model.train()
+        pred, target = predict(model, to_lab01(batch))
+        loss = loss_fn(pred, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    @torch.no_grad()
+    def eval_step(engine, batch):
+        model.eval()
+        return predict(model, to_lab01(batch))
+
+    # DeterministicEngine reseeds every epoch and replays the sampler, so a run resumed from a
+    # mid-epoch checkpoint follows exactly the batches of an uninterrupted one
+    trainer = DeterministicEngine(train_step)
+    evaluator = Engine(eval_step)
+    Average(output_transform=lambda loss: loss).attach(trainer, "train_loss")
+    Loss(loss_fn).attach(evaluator, "val_loss")
+    # ignite's MeanSquaredError averages per image; the seed's MSE is per element, as F.mse_loss
+    Loss(F.mse_loss).attach(evaluator, "val_mse")
+    if isinstance(train_loader.sampler, torch.utils.data.DistributedSampler):
+        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_loader.sampler.set_epoch(e.state.epoch - 1))
+
+    record = RunRecord(config)
+    saver = DiskSaver(out, require_empty=False, create_dir=True)  # atomic: temp file, then rename
+    best = Checkpoint({"model": model, "run": record}, saver, filename_pattern="best.pt", n_saved=1,
+                      score_function=lambda e: -e.state.metrics["val_mse"], score_name="neg_val_mse")
+    evaluator.add_event_handler(Events.COMPLETED, best)
+    resumable = {"model": model, "optimizer": optimizer, "trainer": trainer, "run": record, "best": best}
+    if config["patience"] > 0:
+        stopper = EarlyStopping(config["patience"], lambda e: -e.state.metrics["val_mse"], trainer)
+        evaluator.add_event_handler(Events.COMPLETED, stopper)
+        resumable["early_stopping"] = stopper
+    last = Checkpoint(resumable, saver, filename_pattern="last.pt", n_saved=1)
+
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def validate_and_record(engine):
+        metrics = evaluator.run(val_loader).metrics
+        h = record.history
+        h["epoch"].append(engine.state.epoch)
+        h["train_loss"].append(engine.state.metrics["train_loss"])
+        h["val_loss"].append(metrics["val_loss"])
+        h["val_mse"].append(metrics["val_mse"])
+        last(engine)
+        if rank0:
+            write_json(out / "history.json", h)
+            plot_history(h, out / "loss.png", title=f"{config['task']} ({out.name})")
+            print(f"epoch {engine.state.epoch:3d}/{config['epochs']}  {config['loss']} loss: train "
+                  f"{h['train_loss'][-1]:.3e}, validation {metrics['val_loss']:.3e}  validation MSE "
+                  f"{metrics['val_mse']:.3e}", flush=True)
+
+    # SLURM sends a warning signal before the time limit (USR1) and TERM on preemption
+    interrupted = []
+    for sig in (signal.SIGUSR1, signal.SIGTERM):
+        signal.signal(sig, lambda signum, frame: interrupted.append(signum))
+
+    @trainer.on(Events.ITERATION_COMPLETED)
+    def checkpoint_on_signal(engine):
+        if interrupted:
+            last(engine)
+            engine.terminate()
+
+    if rank0 and sys.stderr.isatty():  # batch logs (SLURM, CI) get the per-epoch lines only
+        ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": loss})
+
+    last_path = out / "last.pt"
+    if config["resume"] and last_path.is_file():
+        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        _check_same_run(state["run"]["config"], config, last_path)
+        Checkpoint.load_objects(resumable, state)
+        if record.history["epoch"] and rank0:
+            print(f"resuming {last_path} at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
+        if config["patience"] > 0 and stopper.counter >= config["patience"]:
+            if rank0:
+                print(f"{last_path}: this run already stopped early; nothing to do (--no-resume to start afresh)")
+            return
+        if trainer.state.epoch >= config["epochs"]:
+            if rank0:
+                print(f"{last_path}: this run already trained {trainer.state.epoch} epochs; nothing to do")
+            return
+
+    trainer.run(train_loader, max_epochs=config["epochs"], epoch_length=2 if config["dry_run"] else None)
+    if interrupted:
+        if rank0:
+            print(f"interrupted by signal {interrupted[0]}: saved {last_path}; run the same command to resume",
+                  flush=True)
+        sys.exit(RESUMABLE_EXIT)
+    if rank0:
+        print(f"done: best checkpoint {out / 'best.pt'} (val MSE {min(record.history['val_mse']):.3e})")
+
+
+def _check_same_run(saved: dict, config: dict, path: Path) -> None:
+    changed = sorted(k for k in set(saved) | set(config)
+                     if k not in _OPERATIONAL_KEYS and saved.get(k) != config.get(k))
+    if changed:
+        raise UserError(f"{path}: the run there used other settings ({', '.join(changed)}); "
+                        "pass another --out, or --no-resume to overwrite it")
+
+
+def plot_history(history: dict, path: str | Path, title: str) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.plot(history["epoch"], history["train_loss"], label="train loss")
+    ax.plot(history["epoch"], history["val_loss"], label="validation loss")
+    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title=title)
+    ax.legend()
+    fig.tight_layout()
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading images: any file OpenCV decodes, with a one-line reason for anything it cannot.
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm"}
+
+
+class BadImage(Exception):
+    """An unreadable image file; str() is the reason, for a line that names the file."""
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Every file under root (recursively) whose suffix is an image format, in a stable order."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{root}: no such file or folder")
+    if root.is_file():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
+    """-> (RGB float32 in [0, 1], H x W x 3; alpha in [0, 1] or None). Grayscale, 16-bit and RGBA
+    inputs are all accepted; EXIF orientation is applied. Raises BadImage with the reason."""
+    import cv2
+
+    data = Path(path).read_bytes()
+    if not data:
+        raise BadImage("empty file")
+    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:]:
+        raise BadImage("truncated JPEG (no end-of-image marker)")
+    buf = np.frombuffer(data, np.uint8)
+    # ANYDEPTH keeps 16 bits, ANYCOLOR keeps gray as gray; both honour EXIF orientation
+    img = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    if img is None:
+        raise BadImage("not an image, or corrupt")
+    if img.shape[0] < 2 or img.shape[1] < 2:
+        raise BadImage(f"too small ({img.shape[1]}x{img.shape[0]})")
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype)
+    if scale is None:
+        raise BadImage(f"unsupported sample type {img.dtype}")
+    alpha = None
+    if data[:8] == b"\x89PNG\r\n\x1a\n" or Path(path).suffix.lower() in {".tif", ".tiff", ".webp"}:
+        raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
+        if raw is not None and raw.ndim == 3 and raw.shape[2] == 4 and raw.shape[:2] == img.shape[:2]:
+            alpha = raw[..., 3].astype(np.float32) / scale
+    img = img.astype(np.float32) / scale
+    rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return rgb, alpha
+
+
+def center_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square and resize to size x size (area interpolation when shrinking)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = image[top:top + s, left:left + s]
+    interpolation = cv2.INTER_AREA if s > size else cv2.INTER_CUBIC
+    return cv2.resize(square, (size, size), interpolation=interpolation) if s != size else square
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)

@@ -1,0 +1,227 @@
+"""Step 1: turn a folder of photos into the prepared arrays every other step reads.
+
+Loads every image (recursively), centre-crops and resizes it to --size, shuffles with --seed,
+splits 9:1 into train / held-out and the held-out part in half into validation / test, and
+augments the training set --augment-factor times (the original plus random flips, resized crops
+and rotations). Writes train.npy, val.npy, test.npy (uint8 RGB, N x H x W x 3, memory-mappable)
+and manifest.json (which file went where, seed, counts, versions). Same seed -> same bytes.
+
+With no --source and no data/face_images/, builds a small demo set from the colour photos that
+scikit-image and matplotlib ship, so a fresh clone runs end to end without a download.
+"""
+import argparse
+import math
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torchvision.transforms import v2
+
+from common import (IMAGE_SUFFIXES, BadImage, UserError, center_square, exit_on_user_error, find_images, read_image, to_uint8,
+                    write_json)
+
+DEFAULT_SOURCE = Path("data/face_images")
+# colour photos shipped inside installed packages: (package, file inside its data folder)
+DEMO_PHOTOS = [("skimage", n) for n in ("astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "ihc.png",
+                                        "motorcycle_left.png", "motorcycle_right.png", "retina.jpg",
+                                        "hubble_deep_field.jpg")] + \
+              [("matplotlib", n) for n in ("grace_hopper.jpg", "Minduka_Present_Blue_Pack.png")]
+DEMO_CROPS_PER_PHOTO = 20
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--source", type=Path, default=None,
+                   help=f"folder of images (searched recursively); default {DEFAULT_SOURCE}/ if present, else demo")
+    p.add_argument("--demo", action="store_true", help="use the built-in demo photos even if --source exists")
+    p.add_argument("--out", type=Path, default=Path("data/prepared"))
+    p.add_argument("--size", type=int, default=128, help="side of the square images")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--held-out", type=float, default=0.1, help="fraction held out, then halved into val / test")
+    p.add_argument("--split-by", choices=["image", "person"], default="image",
+                   help="person: keep each person (JPEG comment, e.g. s12) on one side of the split")
+    p.add_argument("--augment-factor", type=int, default=10, help="training images per original (1: none)")
+    args = p.parse_args(argv)
+    if args.size < 8 or args.augment_factor < 1 or not 0 < args.held_out < 1:
+        p.error("--size must be >= 8, --augment-factor >= 1 and 0 < --held-out < 1")
+    return args
+
+
+def jpeg_comment(path: Path) -> str | None:
+    """The person id the face dataset keeps in each JPEG's comment field (s1..s50), if any."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as im:
+            comment = im.info.get("comment")
+    except Exception:
+        return None
+    return comment.decode(errors="replace").strip() if isinstance(comment, bytes) else comment
+
+
+def load_folder(source: Path, size: int):
+    """-> (images uint8 N x size x size x 3, records [{file, person}], skipped [{file, reason}])."""
+    paths = find_images(source)
+    if not paths:
+        raise UserError(f"{source}: no image files found (looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
+    images, records, skipped = [], [], []
+    for path in paths:
+        name = str(path.relative_to(source)) if path != source else path.name
+        try:
+            rgb, _ = read_image(path)
+            if min(rgb.shape[:2]) < size:
+                raise BadImage(f"smaller than --size {size} ({rgb.shape[1]}x{rgb.shape[0]}); use a smaller --size")
+            if np.ptp(rgb - rgb.mean(axis=2, keepdims=True)) < 1e-3:
+                raise BadImage("grayscale: it holds no colour to learn from")
+        except (BadImage, OSError) as exc:
+            skipped.append({"file": name, "reason": str(exc)})
+            print(f"skipped {path}: {exc}", file=sys.stderr)
+            continue
+        images.append(to_uint8(center_square(rgb, size)))
+        records.append({"file": name, "person": jpeg_comment(path)})
+    if not images:
+        raise UserError(f"{source}: none of the {len(paths)} image files could be used (see the lines above)")
+    return np.stack(images), records, skipped
+
+
+def load_demo(size: int, seed: int):
+    """Random square crops of the colour photos bundled with scikit-image and matplotlib."""
+    import matplotlib
+    import skimage
+
+    folders = {"skimage": Path(skimage.__file__).parent / "data",
+               "matplotlib": Path(matplotlib.get_data_path()) / "sample_data"}
+    rng = np.random.default_rng(seed)
+    images, records = [], []
+    for package, name in DEMO_PHOTOS:
+        path = folders[package] / name
+        if not path.is_file():
+            continue
+        rgb, _ = read_image(path)
+        h, w = rgb.shape[:2]
+        for _ in range(DEMO_CROPS_PER_PHOTO):
+            side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))
+            top, left = int(rng.integers(0, h - side + 1)), int(rng.integers(0, w - side + 1))
+            images.append(to_uint8(center_square(rgb[top:top + side, left:left + side], size)))
+            records.append({"file": f"{package}:{name}@{left},{top},{side}", "person": None})
+    if not images:
+        raise UserError("no demo photos found inside scikit-image or matplotlib; pass --source DIR")
+    return np.stack(images), records, []
+
+
+def split_indices(records, held_out: float, by: str, rng: np.random.Generator):
+    """Shuffle, hold out a fraction, and halve the held-out part into validation and test."""
+    if by == "person":
+        people = sorted({r["person"] for r in records if r["person"]})
+        if len(people) < 3 or any(not r["person"] for r in records):
+            raise UserError("--split-by person needs a person id in every JPEG comment; use --split-by image")
+        order = [people[i] for i in rng.permutation(len(people))]
+        n_held = max(2, round(len(order) * held_out))
+        held_people = order[:n_held]
+        val_people, test_people = set(held_people[:math.ceil(n_held / 2)]), set(held_people[math.ceil(n_held / 2):])
+        shuffled = rng.permutation(len(records))
+        pick = lambda group: [int(i) for i in shuffled if records[i]["person"] in group]  # noqa: E731
+        return pick(set(order[n_held:])), pick(val_people), pick(test_people)
+    order = rng.permutation(len(records))
+    n_held = max(2, round(len(records) * held_out))
+    n_val = math.ceil(n_held / 2)
+    return [int(i) for i in order[n_held:]], [int(i) for i in order[:n_val]], [int(i) for i in order[n_val:n_held]]
+
+
+def augment(images: np.ndarray, factor: int, size: int, seed: int) -> np.ndarray:
+    """Each original followed by factor-1 random variants: rows [i*factor, (i+1)*factor)."""
+    transform = v2.Compose([
+        v2.RandomHorizontalFlip(),
+        v2.RandomVerticalFlip(),
+        v2.RandomRotation(20),
+        # cropping after the rotation removes most of its black corners
+        v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(0.9, 1.1), antialias=True),
+    ])
+    torch.manual_seed(seed)
+    out = np.empty((len(images) * factor, *images.shape[1:]), np.uint8)
+    chw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    for i, image in enumerate(chw):
+        out[i * factor] = images[i]
+        for k in range(1, factor):
+            out[i * factor + k] = transform(image).permute(1, 2, 0).numpy()
+    return out
+
+
+def versions() -> dict:
+    import cv2
+    import skimage
+    import torchvision
+
+    return {"python": platform.python_version(), "numpy": np.__version__, "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "opencv": cv2.__version__, "scikit-image": skimage.__version__}
+
+
+def write_prepared(out: Path, arrays: dict, manifest: dict) -> None:
+    """Write everything into a temporary sibling folder, then swap it in: never half a dataset."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the prepared set is for everyone
+    try:
+        for split, array in arrays.items():
+            np.save(tmp / f"{split}.npy", array)
+        write_json(tmp / "manifest.json", manifest)
+        if out.exists():
+            old = out.with_name(f".{out.name}.old")
+            shutil.rmtree(old, ignore_errors=True)
+            out.rename(old)
+            tmp.rename(out)
+            shutil.rmtree(old)
+        else:
+            tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def main():
+    args = parse_args()
+    start = time.perf_counter()
+    source = args.source if args.source is not None else DEFAULT_SOURCE
+    if args.demo or (args.source is None and not DEFAULT_SOURCE.is_dir()):
+        print("=" * 78 + f"\nNO DATASET: no --source and no {DEFAULT_SOURCE}/ folder, so this builds a small DEMO\n"
+              "set from the photos bundled with scikit-image and matplotlib. Numbers from it say\n"
+              "nothing about faces; pass --source ../shared/data/face_images for the real data.\n" + "=" * 78,
+              flush=True)
+        images, records, skipped = load_demo(args.size, args.seed)
+        source_name, demo = "demo (scikit-image and matplotlib sample photos)", True
+    else:
+        if not source.is_dir():
+            raise UserError(f"{source}: not a folder; pass --source DIR with your images")
+        images, records, skipped = load_folder(source, args.size)
+        source_name, demo = str(source), False
+
+    rng = np.random.default_rng(args.seed)
+    train_idx, val_idx, test_idx = split_indices(records, args.held_out, args.split_by, rng)
+    arrays = {"train": augment(images[train_idx], args.augment_factor, args.size, args.seed),
+              "val": images[val_idx], "test": images[test_idx]}
+    manifest = {
+        "source": source_name, "demo": demo, "seed": args.seed, "size": args.size,
+        "held_out": args.held_out, "split_by": args.split_by, "augment_factor": args.augment_factor,
+        "counts": {"source_images": len(records) + len(skipped), "skipped": len(skipped), "train": len(train_idx),
+                   "train_augmented": len(arrays["train"]), "val": len(val_idx), "test": len(test_idx)},
+        "files": {"train": [records[i] for i in train_idx], "val": [records[i] for i in val_idx],
+                  "test": [records[i] for i in test_idx]},
+        "skipped": skipped, "versions": versions(),
+        "layout": "train.npy rows [i*augment_factor, (i+1)*augment_factor) are files.train[i], original first",
+    }
+    write_prepared(args.out, arrays, manifest)
+    seconds = time.perf_counter() - start
+    c = manifest["counts"]
+    print(f"prepared {args.out}: {c['train']} train (x{args.augment_factor} = {c['train_augmented']}), "
+          f"{c['val']} validation, {c['test']} test, {c['skipped']} skipped; "
+          f"{c['source_images'] / seconds:.0f} source images/s, {len(arrays['train']) / seconds:.0f} written/s")
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,33 @@
+"""Step 2: train the regressor, L -> mean (a*, b*) of the image (the seed's first model).
+
+Defaults are the seed's: Adam lr 1e-4, weight decay 1e-5, 200 epochs. The best checkpoint by
+validation MSE is RUN/best.pt; RUN/last.pt resumes an interrupted run (rerun the same command).
+"""
+import argparse
+
+from common import SeedRegressor, add_training_args, exit_on_user_error, train
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    add_training_args(p, out="runs/regressor", epochs=200, lr=1e-4, weight_decay=1e-5, batch_size=64, patience=0)
+    return p.parse_args(argv)
+
+
+def setup_regressor(config, device):
+    def predict(model, lab01):
+        # prediction and target: the mean (a, b) of each image, on the [0, 1] scale
+        return model(lab01[:, :1]), lab01[:, 1:].mean(dim=(2, 3))
+
+    return SeedRegressor(), predict
+
+
+def main():
+    config = vars(parse_args())
+    config["task"] = "regressor"
+    train(config, setup_regressor)
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
