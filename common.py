@@ -155,7 +155,7 @@ class FaceLabDataset(torch.utils.data.Dataset):
         return self._len
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(self.array[index]))
+        return torch.from_numpy(np.array(self.array[index]))  # a writable copy of one row
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
         # one fancy-indexing read per batch instead of one read per image
@@ -269,12 +269,23 @@ class RunRecord:
     def __init__(self, config: dict):
         self.config = dict(config)
         self.history = {"epoch": [], "train_loss": [], "val_loss": [], "val_mse": []}
+        self.epoch_loss = [0.0, 0]  # sum and count of this epoch's batch losses, kept across a resume
 
     def state_dict(self) -> dict:
-        return {"config": self.config, "history": self.history}
+        return {"config": self.config, "history": self.history, "epoch_loss": self.epoch_loss}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history = state["history"]
+        self.history, self.epoch_loss = state["history"], state["epoch_loss"]
+
+
+# last.pt also holds ignite's saved random states, NumPy's among them: allow just those types
+_NUMPY_RNG_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+
+
+def torch_load(path: str | Path, device="cpu") -> dict:
+    """torch.load with weights_only=True: tensors, containers, numbers and NumPy RNG state only."""
+    with torch.serialization.safe_globals(_NUMPY_RNG_GLOBALS):
+        return torch.load(path, map_location=device, weights_only=True)
 
 
 def load_checkpoint(path: str | Path, task: str | None = None, device="cpu"):
@@ -283,7 +294,7 @@ def load_checkpoint(path: str | Path, task: str | None = None, device="cpu"):
     if not path.is_file():
         raise UserError(f"{path}: checkpoint not found; train one with train_colorizer.py or train_regressor.py")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        ckpt = torch_load(path, device)
     except Exception as exc:  # pickle, zip and unsupported-type errors all mean "not our checkpoint"
         raise UserError(f"{path}: not a checkpoint of this project ({type(exc).__name__}); "
                         "pass a best.pt or last.pt written by the training scripts") from None
@@ -394,7 +405,7 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     from ignite.engine import Engine, Events
     from ignite.engine.deterministic import DeterministicEngine
     from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, ProgressBar
-    from ignite.metrics import Average, Loss
+    from ignite.metrics import Loss
     from ignite.utils import manual_seed
 
     rank0 = idist.get_rank() == 0
@@ -406,8 +417,14 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
 
     loader_args = dict(collate_fn=stack_batch, num_workers=config["num_workers"],
                        pin_memory=device.type == "cuda", persistent_workers=config["num_workers"] > 0)
-    train_loader = idist.auto_dataloader(FaceLabDataset(config["data"], "train"), batch_size=config["batch_size"],
-                                         shuffle=True, drop_last=True, **loader_args)
+    # The shuffle depends only on (seed, epoch): a run resumed mid-epoch replays the same order.
+    # (A RandomSampler draws from the global RNG lazily, after ignite has restored the saved state.)
+    train_set = FaceLabDataset(config["data"], "train")
+    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=idist.get_world_size(),
+                                                  rank=idist.get_rank(), shuffle=True, seed=config["seed"],
+                                                  drop_last=True)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=config["batch_size"] // idist.get_world_size(),
+                                               sampler=sampler, drop_last=True, **loader_args)
     val_loader = idist.auto_dataloader(FaceLabDataset(config["data"], "val"), batch_size=config["batch_size"],
                                        shuffle=False, **loader_args)
 
@@ -427,6 +444,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        record.epoch_loss[0] += loss.item()
+        record.epoch_loss[1] += 1
         return loss.item()
 
     @torch.no_grad()
@@ -438,12 +457,15 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     # mid-epoch checkpoint follows exactly the batches of an uninterrupted one
     trainer = DeterministicEngine(train_step)
     evaluator = Engine(eval_step)
-    Average(output_transform=lambda loss: loss).attach(trainer, "train_loss")
     Loss(loss_fn).attach(evaluator, "val_loss")
     # ignite's MeanSquaredError averages per image; the seed's MSE is per element, as F.mse_loss
     Loss(F.mse_loss).attach(evaluator, "val_mse")
-    if isinstance(train_loader.sampler, torch.utils.data.DistributedSampler):
-        trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: train_loader.sampler.set_epoch(e.state.epoch - 1))
+    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: sampler.set_epoch(e.state.epoch - 1))
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def reset_epoch_loss(engine):
+        if engine.state.iteration % engine.state.epoch_length == 0:  # not when resuming mid-epoch
+            record.epoch_loss = [0.0, 0]
 
     record = RunRecord(config)
     saver = DiskSaver(out, require_empty=False, create_dir=True)  # atomic: temp file, then rename
@@ -462,7 +484,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
         metrics = evaluator.run(val_loader).metrics
         h = record.history
         h["epoch"].append(engine.state.epoch)
-        h["train_loss"].append(engine.state.metrics["train_loss"])
+        loss_sum, count = idist.all_reduce(torch.tensor(record.epoch_loss, dtype=torch.float64)).tolist()
+        h["train_loss"].append(loss_sum / count)
         h["val_loss"].append(metrics["val_loss"])
         h["val_mse"].append(metrics["val_mse"])
         last(engine)
@@ -489,7 +512,7 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
 
     last_path = out / "last.pt"
     if config["resume"] and last_path.is_file():
-        state = torch.load(last_path, map_location="cpu", weights_only=True)
+        state = torch_load(last_path)
         _check_same_run(state["run"]["config"], config, last_path)
         Checkpoint.load_objects(resumable, state)
         if record.history["epoch"] and rank0:

@@ -197,7 +197,8 @@ def main():
         source_name, demo = "demo (scikit-image and matplotlib sample photos)", True
     else:
         if not source.is_dir():
-            raise UserError(f"{source}: not a folder; pass --source DIR with your images")
+            what = "not a folder" if source.exists() else "no such folder"
+            raise UserError(f"{source}: {what}; pass --source DIR, a folder of your images")
         images, records, skipped = load_folder(source, args.size)
         source_name, demo = str(source), False
 

@@ -1,0 +1,256 @@
+"""Step 4: score colorizers and the regressor on the test split, beside three baselines.
+
+For every colorizer checkpoint and for three baselines computed from the same training set
+(gray: a = b = 0; the constant mean ab; the per-pixel mean ab map), on the same test images:
+the seed's MSE (three [0,1]-scaled Lab channels, L from the input), PSNR and SSIM on RGB
+(ignite, data range 1), mean CIEDE2000 (scikit-image) and colorfulness (Hasler and Suesstrunk
+2003) against the truth's. With --regressor: its predicted vs true mean a*, b* and test MSE.
+Writes report.md, metrics.json (per-image numbers too) and figures into --out.
+"""
+import argparse
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from common import (FaceLabDataset, UserError, ab_to_lab_units, atomic_write, colorize_lab01, denormalize_lab,
+                    exit_on_user_error, images_to_lab01, lab01_to_rgb, load_checkpoint, read_manifest,
+                    resolve_device, seed_mse_per_image, write_json)
+
+BASELINES = ("gray", "mean colour", "mean-face map")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="data/prepared", help="folder written by prepare_data.py")
+    p.add_argument("--colorizer", nargs="*", default=[], metavar="CKPT",
+                   help="colorizer checkpoints; several give one comparison table")
+    p.add_argument("--regressor", default=None, metavar="CKPT", help="regressor checkpoint")
+    p.add_argument("--out", type=Path, default=Path("runs/report"))
+    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--show", type=int, default=6, help="test images in the figures")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--batch-size", type=int, default=128)
+    return p.parse_args(argv)
+
+
+def load_lab01(data_dir, split, device, stride=1, batch_size=512) -> torch.Tensor:
+    array = FaceLabDataset(data_dir, split).array[::stride]
+    return torch.cat([images_to_lab01(torch.from_numpy(np.array(array[i:i + batch_size])).to(device))
+                      for i in range(0, len(array), batch_size)])
+
+
+def baselines(train_lab01: torch.Tensor, test_lab01: torch.Tensor) -> dict:
+    """Predictions that use no model: the colour of nothing, of the average, of the average face."""
+    L = test_lab01[:, :1]
+    gray_ab = torch.full_like(test_lab01[:, 1:], 128 / 255)  # a = b = 0
+    mean_ab = train_lab01[:, 1:].mean(dim=(0, 2, 3), keepdim=True).expand_as(gray_ab)
+    map_ab = train_lab01[:, 1:].mean(dim=0, keepdim=True).expand_as(gray_ab)
+    return {name: torch.cat([L, ab], dim=1) for name, ab in zip(BASELINES, (gray_ab, mean_ab, map_ab))}
+
+
+@torch.no_grad()
+def predict(model, lab01, regressor, batch_size):
+    return torch.cat([colorize_lab01(model, lab01[i:i + batch_size], regressor)
+                      for i in range(0, len(lab01), batch_size)])
+
+
+def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
+    """Hasler and Suesstrunk (2003) colorfulness of RGB images (N, 3, H, W) in [0, 1], on the 0..255 scale."""
+    r, g, b = (rgb * 255).unbind(1)
+    rg, yb = (r - g).flatten(1), (0.5 * (r + g) - b).flatten(1)
+    return torch.sqrt(rg.std(1, correction=0) ** 2 + yb.std(1, correction=0) ** 2) + \
+        0.3 * torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)
+
+
+def score(pred_lab01: torch.Tensor, true_lab01: torch.Tensor) -> dict:
+    """Per-image numbers for one method: seed MSE, PSNR, SSIM, CIEDE2000, colorfulness."""
+    from ignite.metrics import PSNR, SSIM
+    from skimage.color import deltaE_ciede2000
+
+    pred_rgb, true_rgb = lab01_to_rgb(pred_lab01), lab01_to_rgb(true_lab01)
+    psnr, ssim = PSNR(data_range=1.0), SSIM(data_range=1.0)
+    per_image = {"mse": seed_mse_per_image(pred_lab01, true_lab01).tolist(), "psnr": [], "ssim": []}
+    for p, t in zip(pred_rgb, true_rgb):
+        for metric, key in ((psnr, "psnr"), (ssim, "ssim")):
+            metric.reset()
+            metric.update((p[None], t[None]))
+            per_image[key].append(float(metric.compute()))
+    pred_lab = denormalize_lab(pred_lab01).permute(0, 2, 3, 1).cpu().numpy()
+    true_lab = denormalize_lab(true_lab01).permute(0, 2, 3, 1).cpu().numpy()
+    per_image["ciede2000"] = deltaE_ciede2000(true_lab, pred_lab, channel_axis=-1).mean(axis=(1, 2)).tolist()
+    per_image["colorfulness"] = colorfulness(pred_rgb).tolist()
+    return per_image
+
+
+def summarize(per_image: dict, truth_colorfulness: float) -> dict:
+    summary = {k: float(np.mean(v)) for k, v in per_image.items()}
+    summary["colorfulness_gap"] = abs(summary["colorfulness"] - truth_colorfulness)
+    return summary
+
+
+def describe(config: dict) -> str:
+    if config["arch"] == "seed":
+        text = f"seed {config['activation']}, {config['max_channels']} ch, {config['layers']} layers"
+    else:
+        text = f"U-Net {config['base_channels']}x{config['depth']}, {config['activation']}"
+    return text + (" + regressor" if config.get("regressor") else "") + f", {config['loss']}"
+
+
+def markdown_table(header: list[str], rows: list[list]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def save_figure(fig, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    plt.close(fig)
+
+
+def plot_grid(true_lab01, predictions: dict, indices, path: Path) -> None:
+    """Rows: test images. Columns: gray input, truth, then every method (the seed's Fig. 13, in RGB)."""
+    import matplotlib.pyplot as plt
+
+    columns = [("gray input", torch.cat([true_lab01[:, :1], torch.full_like(true_lab01[:, 1:], 128 / 255)], 1)),
+               ("truth", true_lab01)] + list(predictions.items())
+    fig, axes = plt.subplots(len(indices), len(columns), figsize=(1.6 * len(columns), 1.6 * len(indices) + 0.4),
+                             squeeze=False)
+    for c, (name, lab01) in enumerate(columns):
+        rgb = lab01_to_rgb(lab01[list(indices)]).permute(0, 2, 3, 1).cpu().numpy()
+        for r in range(len(indices)):
+            axes[r, c].imshow(rgb[r])
+            axes[r, c].axis("off")
+        axes[0, c].set_title(name, fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_lab_channels(true_lab01, pred_lab01, indices, path: Path, name: str) -> None:
+    """L, then a* and b* of the truth and of one model, as the seed showed its Lab outputs."""
+    import matplotlib.pyplot as plt
+
+    panels = [("L", true_lab01[:, 0], "gray"), ("true a*", true_lab01[:, 1], "RdYlGn_r"),
+              (f"{name} a*", pred_lab01[:, 1], "RdYlGn_r"), ("true b*", true_lab01[:, 2], "YlGnBu_r"),
+              (f"{name} b*", pred_lab01[:, 2], "YlGnBu_r")]
+    fig, axes = plt.subplots(len(indices), len(panels), figsize=(1.7 * len(panels), 1.6 * len(indices) + 0.4),
+                             squeeze=False)
+    for c, (title, channel, cmap) in enumerate(panels):
+        for r, i in enumerate(indices):
+            axes[r, c].imshow(channel[i].cpu().numpy(), cmap=cmap, vmin=0 if c == 0 else 0.3,
+                              vmax=1 if c == 0 else 0.7)
+            axes[r, c].axis("off")
+        axes[0, c].set_title(title, fontsize=7)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def plot_losses(histories: dict, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for name, h in histories.items():
+        line, = ax.plot(h["epoch"], h["train_loss"], label=f"{name} train")
+        ax.plot(h["epoch"], h["val_loss"], "--", color=line.get_color(), label=f"{name} validation")
+    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="training curves")
+    ax.legend(fontsize=6)
+    fig.tight_layout()
+    save_figure(fig, path)
+
+
+def main():
+    args = parse_args()
+    if not args.colorizer and not args.regressor:
+        raise UserError("nothing to evaluate: pass --colorizer CKPT [CKPT ...] and/or --regressor CKPT")
+    device = resolve_device(args.device)
+    manifest = read_manifest(args.data)
+    out = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    true_lab01 = load_lab01(args.data, args.split, device)
+    # baselines learn from the original training images (augmented copies excluded)
+    train_lab01 = load_lab01(args.data, "train", device, stride=manifest["augment_factor"])
+    truth_per_image = colorfulness(lab01_to_rgb(true_lab01)).tolist()
+    truth_colorfulness = float(np.mean(truth_per_image))
+
+    predictions = baselines(train_lab01, true_lab01)
+    kinds = {name: "baseline" for name in predictions}
+    histories, configs = {}, {}
+    for path in args.colorizer:
+        model, config, ckpt = load_checkpoint(path, task="colorizer", device=device)
+        regressor = load_checkpoint(config["regressor"], "regressor", device)[0] if config.get("regressor") else None
+        label = Path(path).parent.name + ("" if Path(path).stem == "best" else f"/{Path(path).stem}")
+        name = f"{label}: {describe(config)}"
+        predictions[name] = predict(model, true_lab01, regressor, args.batch_size)
+        kinds[name], histories[name], configs[name] = "colorizer", ckpt["run"]["history"], config
+
+    per_image = {name: score(pred, true_lab01) for name, pred in predictions.items()}
+    summary = {name: summarize(v, truth_colorfulness) for name, v in per_image.items()}
+    rows = [[name, kinds[name], f"{s['mse']:.3e}", f"{s['psnr']:.2f}", f"{s['ssim']:.4f}", f"{s['ciede2000']:.2f}",
+             f"{s['colorfulness']:.1f}", f"{s['colorfulness_gap']:.1f}"] for name, s in summary.items()]
+    table = markdown_table(["method", "kind", "seed MSE", "PSNR (dB)", "SSIM", "CIEDE2000", "colorfulness",
+                            "gap to truth"], rows)
+
+    n_show = min(args.show, len(true_lab01))
+    show = list(range(n_show))
+    plot_grid(true_lab01, predictions, show, out / "grid.png")
+    figures = ["grid.png"]
+    models = [n for n in predictions if kinds[n] == "colorizer"]
+    if models:
+        best = min(models, key=lambda n: summary[n]["mse"])
+        plot_lab_channels(true_lab01, predictions[best], show, out / "lab_channels.png", "model")
+        order = np.argsort(per_image[best]["mse"])
+        plot_grid(true_lab01, {best.split(":")[0]: predictions[best]},
+                  [int(i) for i in order[:3]] + [int(i) for i in order[-3:]], out / "best_worst.png")
+        figures += ["lab_channels.png", "best_worst.png"]
+
+    report = [f"# Evaluation on the {args.split} split ({len(true_lab01)} images)", "",
+              f"Command: `{' '.join(shlex.quote(a) for a in ['python', *sys.argv])}`", "",
+              f"Data: {manifest['source']} (seed {manifest['seed']}, split by {manifest.get('split_by', 'image')}"
+              f"{', DEMO data: these numbers say nothing about faces' if manifest['demo'] else ''}).", "",
+              "Seed MSE: mean over the three [0,1]-scaled Lab channels, L from the input. PSNR and SSIM on RGB "
+              "in [0, 1] (data range 1). CIEDE2000 in Lab units. Colorfulness: Hasler and Suesstrunk (2003); "
+              f"the truth's is {truth_colorfulness:.1f}.", "", table, ""]
+    if models:
+        report += [f"Per-image seed MSE of {best} (test image index: MSE):", "",
+                   ", ".join(f"{i}: {v:.2e}" for i, v in enumerate(per_image[best]["mse"])), ""]
+    results = {"split": args.split, "n_images": len(true_lab01), "data": manifest["source"], "demo": manifest["demo"],
+               "truth_colorfulness": truth_colorfulness, "summary": summary, "per_image": per_image,
+               "kinds": kinds, "configs": configs}
+
+    if args.regressor:
+        regressor, _, rckpt = load_checkpoint(args.regressor, task="regressor", device=device)
+        with torch.no_grad():
+            pred_ab = regressor(true_lab01[:, :1])
+        true_ab = true_lab01[:, 1:].mean(dim=(2, 3))
+        reg_mse = float(torch.mean((pred_ab - true_ab) ** 2))
+        pa, ta = ab_to_lab_units(pred_ab).tolist(), ab_to_lab_units(true_ab).tolist()
+        reg_rows = [[i, f"{ta[i][0]:.2f}", f"{pa[i][0]:.2f}", f"{ta[i][1]:.2f}", f"{pa[i][1]:.2f}"]
+                    for i in range(min(10, len(ta)))]
+        train_mean_ab = train_lab01[:, 1:].mean(dim=(0, 2, 3))
+        const_mse = float(torch.mean((train_mean_ab - true_ab) ** 2))
+        train_mean = ab_to_lab_units(train_mean_ab)
+        report += ["## Regressor: mean a*, b* of each test image (Lab units)", "",
+                   f"Test MSE of the mean (a, b) on the [0, 1] scale: {reg_mse:.3e} "
+                   f"(the training set's mean colour as a guess: {const_mse:.3e}; it is a*={train_mean[0]:.2f}, "
+                   f"b*={train_mean[1]:.2f}).", "",
+                   markdown_table(["test image", "true a*", "predicted a*", "true b*", "predicted b*"], reg_rows), ""]
+        results["regressor"] = {"mse": reg_mse, "constant_mean_mse": const_mse, "predicted_ab": pa, "true_ab": ta}
+        histories["regressor"] = rckpt["run"]["history"]
+
+    if histories:
+        plot_losses(histories, out / "loss_curves.png")
+        figures.insert(0, "loss_curves.png")
+    report += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text("\n".join(report)))
+    write_json(out / "metrics.json", results)
+    print(table)
+    print(f"\nreport: {out / 'report.md'}")
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)

@@ -1,0 +1,55 @@
+"""Model shapes and the seed's architecture, for every variant the flags allow."""
+import pytest
+import torch
+
+from common import SeedColorizer, SeedRegressor, UNetColorizer, build_model, seed_channels
+
+
+def test_seed_channel_widths():
+    assert seed_channels(128, 3) == [8, 32, 128]          # the seed's colorizer
+    assert seed_channels(512, 3) == [32, 128, 512]
+    assert seed_channels(128, 5) == [8, 16, 32, 64, 128]
+    assert seed_channels(64, 5) == [4, 8, 16, 32, 64]
+
+
+def test_regressor_is_the_seeds():
+    model = SeedRegressor()
+    convs = [m for m in model.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64, 128, 256, 256, 512]
+    assert all(c.kernel_size == (4, 4) and c.stride == (2, 2) and c.padding == (1, 1) for c in convs)
+    assert model.head.in_features == 512 * 2 * 2
+    out = model(torch.rand(3, 1, 128, 128))
+    assert out.shape == (3, 2) and out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize("max_channels", [128, 256, 512])
+@pytest.mark.parametrize("layers", [3, 5])
+@pytest.mark.parametrize("activation", ["sigmoid", "relu", "tanh"])
+def test_seed_colorizer_variants_keep_the_image_size(max_channels, layers, activation):
+    model = SeedColorizer(max_channels, layers, activation).eval()
+    out = model(torch.rand(2, 1, 128, 128))
+    assert out.shape == (2, 2, 128, 128)
+    if activation == "sigmoid":
+        assert out.min() >= 0 and out.max() <= 1
+    if activation == "tanh":
+        assert out.min() >= -1
+
+
+def test_seed_colorizer_layers_are_the_seeds():
+    convs = [m for m in SeedColorizer().net if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert [(type(c).__name__, c.out_channels, c.kernel_size) for c in convs] == [
+        ("Conv2d", 8, (3, 3)), ("Conv2d", 32, (3, 3)), ("Conv2d", 128, (3, 3)),
+        ("ConvTranspose2d", 32, (2, 2)), ("ConvTranspose2d", 8, (2, 2)), ("ConvTranspose2d", 2, (2, 2))]
+
+
+def test_unet_full_resolution_and_conditioning_input():
+    out = UNetColorizer(base_channels=8, depth=3, in_channels=3)(torch.rand(2, 3, 64, 64))
+    assert out.shape == (2, 2, 64, 64)
+
+
+def test_build_model_reads_the_config():
+    base = {"task": "colorizer", "arch": "seed", "max_channels": 256, "layers": 5, "activation": "tanh",
+            "regressor": None}
+    assert isinstance(build_model(base), SeedColorizer)
+    assert isinstance(build_model({**base, "arch": "unet", "base_channels": 8, "depth": 2}), UNetColorizer)
+    assert isinstance(build_model({"task": "regressor"}), SeedRegressor)

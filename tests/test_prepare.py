@@ -1,0 +1,107 @@
+"""prepare_data.py: counts, split, augmentation, determinism, the demo set and bad input."""
+import hashlib
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_script, synthetic_photo
+
+
+def digest(folder):
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+def test_counts_split_and_layout(prepared):
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    c = manifest["counts"]
+    assert (c["train"], c["val"], c["test"], c["train_augmented"]) == (36, 2, 2, 108)
+    train, val, test = (np.load(prepared / f"{s}.npy", mmap_mode="r") for s in ("train", "val", "test"))
+    assert train.shape == (108, 64, 64, 3) and train.dtype == np.uint8
+    assert val.shape == (2, 64, 64, 3) and test.shape == (2, 64, 64, 3)
+    files = {s: {r["file"] for r in manifest["files"][s]} for s in ("train", "val", "test")}
+    assert not (files["train"] & files["val"]) and not (files["train"] & files["test"]) and not (files["val"] & files["test"])
+    assert len(files["train"] | files["val"] | files["test"]) == 40
+    # augmented copies differ from their original, which comes first in its group
+    assert all(not np.array_equal(train[i * 3], train[i * 3 + k]) for i in range(36) for k in (1, 2))
+
+
+def test_same_seed_same_bytes_other_seed_other_split(photo_folder, tmp_path):
+    args = ["--source", photo_folder, "--size", 64, "--augment-factor", 2]
+    run_script("prepare_data.py", *args, "--out", tmp_path / "a")
+    run_script("prepare_data.py", *args, "--out", tmp_path / "b")
+    run_script("prepare_data.py", *args, "--out", tmp_path / "c", "--seed", 1)
+    assert digest(tmp_path / "a") == digest(tmp_path / "b")
+    assert digest(tmp_path / "a")["test.npy"] != digest(tmp_path / "c")["test.npy"]
+
+
+def test_face_counts(faces_dir, tmp_path):
+    run_script("prepare_data.py", "--source", faces_dir, "--out", tmp_path / "faces")
+    c = json.loads((tmp_path / "faces" / "manifest.json").read_text())["counts"]
+    assert (c["train"], c["train_augmented"], c["val"], c["test"]) == (675, 6750, 38, 37)
+
+
+def test_split_by_person_keeps_people_apart(faces_dir, tmp_path):
+    run_script("prepare_data.py", "--source", faces_dir, "--out", tmp_path / "p", "--split-by", "person",
+               "--augment-factor", 1)
+    files = json.loads((tmp_path / "p" / "manifest.json").read_text())["files"]
+    people = {s: {r["person"] for r in files[s]} for s in files}
+    assert people["train"].isdisjoint(people["test"]) and people["train"].isdisjoint(people["val"])
+    assert len(people["test"]) >= 2
+
+
+def test_demo_set_when_no_dataset(tmp_path):
+    result = run_script("prepare_data.py", "--demo", "--out", tmp_path / "demo", "--augment-factor", 2)
+    assert "DEMO" in result.stdout
+    manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
+    assert manifest["demo"] and manifest["counts"]["train"] > 100 and manifest["counts"]["test"] > 5
+
+
+def test_odd_and_bad_images(tmp_path):
+    src = tmp_path / "mixed"
+    src.mkdir()
+    rng = np.random.default_rng(3)
+    good = [synthetic_photo(rng, 96)[..., ::-1] for _ in range(12)]
+    for i, img in enumerate(good):
+        cv2.imwrite(str(src / f"good{i}.jpg"), img)
+    cv2.imwrite(str(src / "sixteen.png"), good[0].astype(np.uint16) * 257)                        # 16-bit
+    cv2.imwrite(str(src / "alpha.png"), np.dstack([good[1], np.full((96, 96), 200, np.uint8)]))   # RGBA
+    cv2.imwrite(str(src / "wide.png"), np.concatenate([good[2], good[3]], axis=1))                # not square
+    cv2.imwrite(str(src / "gray.png"), cv2.cvtColor(good[4], cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(src / "tiny.png"), good[5][:20, :20])
+    (src / "notes.txt").write_text("not an image")
+    (src / "fake.jpg").write_text("not an image either")
+    (src / "empty.png").write_bytes(b"")
+    whole = (src / "good0.jpg").read_bytes()
+    (src / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
+    result = run_script("prepare_data.py", "--source", src, "--out", tmp_path / "out", "--size", 64,
+                        "--augment-factor", 1)
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    reasons = {s["file"]: s["reason"] for s in manifest["skipped"]}
+    assert set(reasons) == {"gray.png", "tiny.png", "fake.jpg", "empty.png", "truncated.jpg"}
+    assert "grayscale" in reasons["gray.png"] and "smaller" in reasons["tiny.png"]
+    assert "truncated" in reasons["truncated.jpg"] and "empty" in reasons["empty.png"]
+    for name in reasons:
+        assert name in result.stderr
+    assert manifest["counts"]["source_images"] == 12 + 3 + 5
+
+
+@pytest.mark.parametrize("setup, message", [
+    (lambda p: None, "no such folder"),
+    (lambda p: p.mkdir(), "no image files found"),
+    (lambda p: (p.mkdir(), (p / "x.png").write_text("junk")), "none of the 1 image files could be used"),
+])
+def test_unusable_source_is_one_clear_line(tmp_path, setup, message):
+    src = tmp_path / "src"
+    setup(src)
+    result = run_script("prepare_data.py", "--source", src, "--out", tmp_path / "out", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: {src}")
+    assert message in result.stderr
+    assert not (tmp_path / "out").exists()  # nothing half-written
+
+
+def test_bad_flag_value_is_rejected(tmp_path):
+    result = run_script("prepare_data.py", "--augment-factor", "0", "--out", tmp_path / "o", check=False)
+    assert result.returncode == 2 and "--augment-factor" in result.stderr

@@ -1,0 +1,109 @@
+"""Training, checkpoints, resumption after a signal, evaluation and the errors users meet."""
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from common import RESUMABLE_EXIT, load_checkpoint, torch_load
+from conftest import ROOT, run_script
+
+
+def weights(path):
+    return torch_load(path)["model"]
+
+
+def assert_same_weights(a, b):
+    wa, wb = weights(a), weights(b)
+    assert wa.keys() == wb.keys()
+    for k in wa:
+        assert torch.equal(wa[k], wb[k]), k
+
+
+def test_training_writes_checkpoints_history_and_plot(trained):
+    for name in ("colorizer", "regressor"):
+        run = trained / name
+        for f in ("best.pt", "last.pt", "history.json", "loss.png"):
+            assert (run / f).is_file(), f
+        history = json.loads((run / "history.json").read_text())
+        assert history["epoch"] == [1, 2] and all(v > 0 for v in history["val_loss"])
+        ckpt = torch_load(run / "last.pt")  # weights_only=True
+        assert {"model", "optimizer", "trainer", "run"} <= ckpt.keys()
+        assert ckpt["run"]["config"]["task"] == name and ckpt["trainer"]["iteration"] == 2 * (108 // 16)
+
+
+def test_checkpoint_of_the_wrong_model_is_one_clear_line(prepared, trained, tmp_path):
+    result = run_script("evaluate.py", "--colorizer", trained / "regressor" / "best.pt", "--data", prepared,
+                        "--out", tmp_path / "r", check=False)
+    assert result.returncode == 2
+    assert "regressor checkpoint, but a colorizer checkpoint is needed" in result.stderr
+    junk = tmp_path / "junk.pt"
+    junk.write_text("hello")
+    result = run_script("evaluate.py", "--colorizer", junk, "--data", prepared, "--out", tmp_path / "r", check=False)
+    assert result.returncode == 2 and f"error: {junk}: not a checkpoint" in result.stderr
+    with pytest.raises(Exception, match="not found"):
+        load_checkpoint(tmp_path / "missing.pt")
+
+
+def test_same_seed_same_weights_and_scores(prepared, tmp_path):
+    args = ["--data", prepared, "--epochs", 1, "--batch-size", 16, "--device", "cpu"]
+    for run in ("a", "b"):
+        run_script("train_colorizer.py", *args, "--out", tmp_path / run)
+        run_script("evaluate.py", "--data", prepared, "--colorizer", tmp_path / run / "best.pt",
+                   "--out", tmp_path / f"report_{run}", "--device", "cpu")
+    assert_same_weights(tmp_path / "a" / "best.pt", tmp_path / "b" / "best.pt")
+    scores = [json.loads((tmp_path / f"report_{r}" / "metrics.json").read_text())["per_image"] for r in "ab"]
+    assert list(scores[0].values())[-1]["mse"] == list(scores[1].values())[-1]["mse"]
+
+
+def test_interrupted_run_resumes_to_the_same_result(prepared, tmp_path):
+    args = [sys.executable, str(ROOT / "train_colorizer.py"), "--data", str(prepared), "--epochs", "5",
+            "--batch-size", "2", "--device", "cpu"]
+    subprocess.run(args + ["--out", str(tmp_path / "straight")], check=True, capture_output=True, timeout=600)
+
+    run = tmp_path / "interrupted"
+    proc = subprocess.Popen(args + ["--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 300
+    while not (run / "history.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGUSR1)  # what SLURM sends before the time limit
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == RESUMABLE_EXIT, output
+    stopped = torch_load(run / "last.pt")["trainer"]
+    assert 54 <= stopped["iteration"] < 5 * 54  # stopped inside the run, after its first epoch
+
+    resumed = subprocess.run(args + ["--out", str(run)], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "resuming" in resumed.stdout
+    assert_same_weights(tmp_path / "straight" / "last.pt", run / "last.pt")
+    assert_same_weights(tmp_path / "straight" / "best.pt", run / "best.pt")
+    history = [json.loads((d / "history.json").read_text()) for d in (tmp_path / "straight", run)]
+    assert history[0] == history[1]
+
+
+def test_resuming_with_other_settings_is_refused(prepared, trained):
+    result = run_script("train_colorizer.py", "--data", prepared, "--out", trained / "colorizer", "--epochs", 3,
+                        "--batch-size", 16, "--activation", "tanh", check=False)
+    assert result.returncode == 2 and "used other settings (activation)" in result.stderr
+
+
+def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
+    col = trained / "colorizer"
+    out = tmp_path / "report"
+    run_script("evaluate.py", "--data", prepared, "--colorizer", col / "best.pt", col / "last.pt",
+               "--regressor", trained / "regressor" / "best.pt", "--out", out, "--device", "cpu")
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert list(metrics["kinds"].values()).count("baseline") == 3
+    assert list(metrics["kinds"].values()).count("colorizer") == 2
+    for s in metrics["summary"].values():
+        assert {"mse", "psnr", "ssim", "ciede2000", "colorfulness", "colorfulness_gap"} <= s.keys()
+        assert 0 < s["mse"] < 1
+    assert metrics["summary"]["gray"]["colorfulness"] == pytest.approx(0, abs=0.05)  # float32 Lab round trip
+    assert len(metrics["regressor"]["predicted_ab"]) == 2
+    report = (out / "report.md").read_text()
+    assert "mean-face map" in report and "Regressor" in report
+    for figure in ("grid.png", "loss_curves.png", "lab_channels.png", "best_worst.png"):
+        assert (out / figure).stat().st_size > 1000
