@@ -497,13 +497,16 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
                   f"{metrics['val_mse']:.3e}", flush=True)
 
     # SLURM sends a warning signal before the time limit (USR1) and TERM on preemption
-    interrupted = []
+    signalled, interrupted = [], []
     for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: interrupted.append(signum))
+        signal.signal(sig, lambda signum, frame: signalled.append(signum))
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def checkpoint_on_signal(engine):
-        if interrupted:
+        # with several processes, all stop at the same iteration if any was signalled
+        count = idist.all_reduce(len(signalled)) if idist.get_world_size() > 1 else len(signalled)
+        if count > 0:
+            interrupted.append(signalled[0] if signalled else "on another process")
             last(engine)
             engine.terminate()
 
@@ -515,7 +518,7 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
         state = torch_load(last_path)
         _check_same_run(state["run"]["config"], config, last_path)
         Checkpoint.load_objects(resumable, state)
-        if record.history["epoch"] and rank0:
+        if trainer.state.iteration and rank0:
             print(f"resuming {last_path} at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
         if config["patience"] > 0 and stopper.counter >= config["patience"]:
             if rank0:
@@ -527,9 +530,10 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
             return
 
     trainer.run(train_loader, max_epochs=config["epochs"], epoch_length=2 if config["dry_run"] else None)
+    idist.barrier()  # leave together: a rank that tears down gloo while another still talks to it aborts
     if interrupted:
         if rank0:
-            print(f"interrupted by signal {interrupted[0]}: saved {last_path}; run the same command to resume",
+            print(f"interrupted (signal {interrupted[0]}): saved {last_path}; run the same command to resume",
                   flush=True)
         sys.exit(RESUMABLE_EXIT)
     if rank0:

@@ -28,6 +28,8 @@ def parse_args(argv=None):
     p.add_argument("--data", default="data/prepared", help="folder written by prepare_data.py")
     p.add_argument("--colorizer", nargs="*", default=[], metavar="CKPT",
                    help="colorizer checkpoints; several give one comparison table")
+    p.add_argument("--runs", nargs="*", default=[], type=Path, metavar="DIR",
+                   help="folders of runs: every */best.pt below each is added as a colorizer")
     p.add_argument("--regressor", default=None, metavar="CKPT", help="regressor checkpoint")
     p.add_argument("--out", type=Path, default=Path("runs/report"))
     p.add_argument("--split", choices=["test", "val"], default="test")
@@ -165,6 +167,11 @@ def plot_losses(histories: dict, path: Path) -> None:
 
 def main():
     args = parse_args()
+    for folder in args.runs:
+        found = sorted(str(p) for p in folder.rglob("best.pt"))
+        if not found:
+            raise UserError(f"{folder}: no best.pt below it; train colorizers with --out {folder}/NAME first")
+        args.colorizer += found
     if not args.colorizer and not args.regressor:
         raise UserError("nothing to evaluate: pass --colorizer CKPT [CKPT ...] and/or --regressor CKPT")
     device = resolve_device(args.device)

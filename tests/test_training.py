@@ -107,3 +107,15 @@ def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
     assert "mean-face map" in report and "Regressor" in report
     for figure in ("grid.png", "loss_curves.png", "lab_channels.png", "best_worst.png"):
         assert (out / figure).stat().st_size > 1000
+
+
+def test_two_processes_with_torchrun_train_to_the_end(prepared, tmp_path):
+    out = tmp_path / "ddp"
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             str(ROOT / "train_colorizer.py"), "--data", str(prepared), "--out", str(out),
+                             "--epochs", "2", "--batch-size", "16", "--backend", "gloo"],
+                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "in 2 processes" in result.stderr
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
+    assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2]

@@ -1,0 +1,42 @@
+# env.sh - sourced by every job template: project folder, Python environment, resumable runs.
+set -euo pipefail
+cd "${PROJECT_DIR:-${SLURM_SUBMIT_DIR:-.}}"
+[ -f common.py ] || { echo "error: $(pwd) is not the project folder; submit from it or set PROJECT_DIR" >&2; exit 2; }
+export PYTHONUNBUFFERED=1
+
+# conda: through the module system where there is one (HiPerGator: `module load conda`);
+# plain machines have no `module`, and use the project's .venv instead
+if ! type module >/dev/null 2>&1; then
+  for f in /etc/profile.d/lmod.sh /etc/profile.d/modules.sh; do [ -f "$f" ] && source "$f" && break; done
+fi
+if type module >/dev/null 2>&1; then module load conda >/dev/null 2>&1 || true; fi
+CONDA_ENV=${CONDA_ENV:-colorization}
+if command -v conda >/dev/null 2>&1 && conda env list | grep -q "^${CONDA_ENV} "; then
+  eval "$(conda shell.bash hook)"
+  conda activate "$CONDA_ENV"
+elif [ -f .venv/bin/activate ]; then
+  source .venv/bin/activate
+else
+  echo "error: no conda environment '$CONDA_ENV' and no .venv; run 'conda env create -f environment.yml'" >&2
+  exit 2
+fi
+echo "job ${SLURM_JOB_ID:-local} on $(hostname) in $(pwd) with $(command -v python)"
+
+# Run a training command so that SLURM's warning signal (--signal=B:USR1@...) reaches it; the
+# trainer then saves last.pt and exits with status 3, and the job is requeued to resume.
+run_resumable() {
+  local pid status
+  "$@" &
+  pid=$!
+  trap 'kill -USR1 "$pid" 2>/dev/null' USR1
+  trap 'kill -TERM "$pid" 2>/dev/null' TERM
+  status=0; wait "$pid" || status=$?
+  while kill -0 "$pid" 2>/dev/null; do  # wait was interrupted by a trapped signal
+    status=0; wait "$pid" || status=$?
+  done
+  if [ "$status" -eq 3 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
+    echo "checkpoint saved; requeueing job $SLURM_JOB_ID to resume"
+    scontrol requeue "$SLURM_JOB_ID"
+  fi
+  return "$status"
+}

@@ -1,0 +1,29 @@
+#!/bin/bash
+#SBATCH --job-name=pipeline
+#SBATCH --cpus-per-task=1
+#SBATCH --mem=1gb
+#SBATCH --time=00:10:00
+#SBATCH --output=slurm-%x-%j.out
+# Reproduce the whole study on a SLURM cluster, from the project folder:
+#     sbatch slurm/pipeline.sh        (or: bash slurm/pipeline.sh)
+# It submits prepare -> regressor and colorizer (in parallel, each afterok prepare) -> evaluate
+# (afterok both), and prints the job ids and where the report will be. Settings, all optional:
+#   RUN_DIR=runs/pipeline  DATA_SOURCE=<image folder>  PARTITION=gpu  ACCOUNT=  CONDA_ENV=colorization
+#   REGRESSOR_EPOCHS=200  COLORIZER_EPOCHS=20  SBATCH_ARGS=  PREPARE_ARGS=  REGRESSOR_ARGS=
+#   COLORIZER_ARGS=  EVALUATE_ARGS=  (the *_ARGS are extra flags for that step's script)
+# e.g. RUN_DIR=runs/unet COLORIZER_ARGS="--arch unet" sbatch slurm/pipeline.sh
+source "${PROJECT_DIR:-${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}}/slurm/submit.sh"
+
+# shellcheck disable=SC2046,SC2086  # the *_ARGS hold several flags
+prepare=$(submit prepare.sbatch -- $(prepare_args))
+regressor=$(submit regressor.sbatch --dependency "afterok:$prepare" -- --data "$RUN_DIR/data" \
+  --out "$RUN_DIR/regressor" --epochs "$REGRESSOR_EPOCHS" $REGRESSOR_ARGS)
+colorizer=$(submit colorizer.sbatch --dependency "afterok:$prepare" -- --data "$RUN_DIR/data" \
+  --out "$RUN_DIR/colorizer" --epochs "$COLORIZER_EPOCHS" $COLORIZER_ARGS)
+evaluate=$(submit evaluate.sbatch --dependency "afterok:$regressor:$colorizer" -- --data "$RUN_DIR/data" \
+  --colorizer "$RUN_DIR/colorizer/best.pt" --regressor "$RUN_DIR/regressor/best.pt" --out "$RUN_DIR/report" \
+  $EVALUATE_ARGS)
+
+echo "prepare=$prepare regressor=$regressor colorizer=$colorizer evaluate=$evaluate"
+echo "logs:   $ROOT/$RUN_DIR/logs/"
+echo "report: $ROOT/$RUN_DIR/report/report.md (when job $evaluate has finished)"

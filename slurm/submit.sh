@@ -1,0 +1,37 @@
+# submit.sh - sourced by pipeline.sh and sweep.sh: settings and a submit helper.
+# Every setting is an environment variable with a default; SLURM's own SBATCH_* variables
+# (SBATCH_TIMELIMIT, SBATCH_QOS, ...) apply to every job as usual.
+set -euo pipefail
+ROOT=${PROJECT_DIR:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}}
+cd "$ROOT"
+[ -f common.py ] || { echo "error: $ROOT is not the project folder; submit from it or set PROJECT_DIR" >&2; exit 2; }
+export PROJECT_DIR=$ROOT
+RUN_DIR=${RUN_DIR:-runs/pipeline}          # everything a run writes: data, checkpoints, logs, report
+DATA_SOURCE=${DATA_SOURCE:-}               # image folder; empty: data/face_images/ if present, else demo
+PARTITION=${PARTITION:-gpu}
+ACCOUNT=${ACCOUNT:-}                       # --account, if your cluster needs one
+export CONDA_ENV=${CONDA_ENV:-colorization}
+SBATCH_ARGS=${SBATCH_ARGS:-}               # extra sbatch options for every job, e.g. "--qos=mygroup"
+PREPARE_ARGS=${PREPARE_ARGS:-}             # extra flags for each script
+REGRESSOR_ARGS=${REGRESSOR_ARGS:-}
+COLORIZER_ARGS=${COLORIZER_ARGS:-}
+EVALUATE_ARGS=${EVALUATE_ARGS:-}
+REGRESSOR_EPOCHS=${REGRESSOR_EPOCHS:-200}  # the seed's settings
+COLORIZER_EPOCHS=${COLORIZER_EPOCHS:-20}
+mkdir -p "$RUN_DIR/logs"
+
+# submit TEMPLATE [sbatch options...] -- [script flags...]; prints the job id
+submit() {
+  local template=$1; shift
+  local opts=()
+  while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
+  [ $# -gt 0 ] && shift
+  # shellcheck disable=SC2086  # SBATCH_ARGS holds several options
+  sbatch --parsable --chdir "$ROOT" --partition "$PARTITION" ${ACCOUNT:+--account "$ACCOUNT"} \
+    --output "$RUN_DIR/logs/%x-%j.out" $SBATCH_ARGS "${opts[@]}" "slurm/$template" "$@" | cut -d';' -f1
+}
+
+prepare_args() {
+  # shellcheck disable=SC2086
+  echo ${DATA_SOURCE:+--source "$DATA_SOURCE"} --out "$RUN_DIR/data" $PREPARE_ARGS
+}

@@ -1,0 +1,124 @@
+"""The job templates, unmodified, on a real one-node SLURM (slurm/local_cluster.sh starts one).
+
+Skipped, saying so, where no SLURM answers. Every wait is bounded."""
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import pytest
+from common import torch_load
+from conftest import ROOT
+
+# the real templates with tiny settings: small images, one epoch of two batches
+TINY = {"PREPARE_ARGS": "--size 64 --augment-factor 2", "REGRESSOR_EPOCHS": "1", "COLORIZER_EPOCHS": "1",
+        "REGRESSOR_ARGS": "--dry-run", "COLORIZER_ARGS": "--dry-run", "SBATCH_ARGS": "--time=00:10:00"}
+
+
+def slurm_answers():
+    if not shutil.which("sbatch"):
+        return False
+    return subprocess.run(["scontrol", "ping"], capture_output=True, text=True).returncode == 0
+
+
+pytestmark = pytest.mark.skipif(not slurm_answers(), reason="no SLURM here: start one with "
+                                "`sudo slurm/local_cluster.sh start` to run the SLURM tests")
+
+
+def run_driver(script, env):
+    result = subprocess.run(["bash", f"slurm/{script}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                            env={**os.environ, "PROJECT_DIR": str(ROOT), **env})
+    assert result.returncode == 0, result.stderr
+    return dict(re.findall(r"([\w-]+)=(\d+)", result.stdout)), result.stdout
+
+
+def wait_for(job_ids, timeout=420):
+    """Wait until none of the jobs is queued or running; -> {id: (name, state, start, end)}."""
+    ids = ",".join(job_ids)
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["squeue", "-h", "-j", ids], capture_output=True, text=True).stdout.strip():
+        if time.monotonic() > deadline:
+            subprocess.run(["scancel", *job_ids])
+            pytest.fail(f"jobs {ids} still queued or running after {timeout}s")
+        time.sleep(1)
+    time.sleep(1)  # the completion record is written just after the job leaves the queue
+    out = subprocess.run(["sacct", "-c", "-j", ids, "-o", "JobID,JobName,State,Start,End", "-n", "-P"],
+                         capture_output=True, text=True).stdout
+    records = {}
+    for line in out.splitlines():  # job ids restart with a fresh cluster: the last record is this one
+        job, name, state, start, end = line.split("|")
+        records[job] = (name, state.split()[0], start, end)
+    return records
+
+
+def test_pipeline_completes_in_dependency_order(photo_folder, tmp_path):
+    run_dir = tmp_path / "pipeline"
+    jobs, out = run_driver("pipeline.sh", {**TINY, "RUN_DIR": str(run_dir), "DATA_SOURCE": str(photo_folder)})
+    assert set(jobs) == {"prepare", "regressor", "colorizer", "evaluate"}, out
+    records = wait_for(list(jobs.values()))
+    state = {step: records[jobs[step]] for step in jobs}
+    assert {s: r[1] for s, r in state.items()} == dict.fromkeys(jobs, "COMPLETED"), \
+        {s: (r[1], (run_dir / "logs").glob("*")) for s, r in state.items()}
+    start, end = {s: r[2] for s, r in state.items()}, {s: r[3] for s, r in state.items()}
+    assert end["prepare"] <= start["regressor"] and end["prepare"] <= start["colorizer"]
+    assert max(end["regressor"], end["colorizer"]) <= start["evaluate"]
+    assert (run_dir / "report" / "report.md").is_file() and (run_dir / "report" / "metrics.json").is_file()
+    assert str(run_dir / "report" / "report.md") in out
+
+
+def test_failed_step_cancels_its_dependents(tmp_path):
+    jobs, _ = run_driver("pipeline.sh", {**TINY, "RUN_DIR": str(tmp_path / "run"),
+                                         "DATA_SOURCE": str(tmp_path / "no-such-folder")})
+    records = wait_for(list(jobs.values()), timeout=120)
+    states = {step: records[jobs[step]][1] for step in jobs}
+    assert states == {"prepare": "FAILED", "regressor": "CANCELLED", "colorizer": "CANCELLED",
+                      "evaluate": "CANCELLED"}
+    log = next((tmp_path / "run" / "logs").glob("prepare-*.out")).read_text()
+    assert "no-such-folder: no such folder" in log
+
+
+def test_sweep_array_and_its_tables(photo_folder, tmp_path):
+    run_dir = tmp_path / "sweep"
+    jobs, _ = run_driver("sweep.sh", {**TINY, "RUN_DIR": str(run_dir), "DATA_SOURCE": str(photo_folder)})
+    records = wait_for(list(jobs.values()), timeout=600)
+    for step in ("prepare", "array", "evaluate-activation", "evaluate-capacity"):
+        assert records[jobs[step]][1] == "COMPLETED", (step, records)
+    activation = (run_dir / "activation" / "report" / "report.md").read_text()
+    capacity = (run_dir / "capacity" / "report" / "report.md").read_text()
+    for name in ("relu:", "sigmoid:", "tanh:"):
+        assert name in activation
+    for name in ("c128-l3", "c256-l3", "c512-l3", "c128-l5", "c256-l5", "c512-l5", "c64-l5"):
+        assert f"| {name}: seed" in capacity
+
+
+def test_signal_before_time_limit_checkpoints_requeues_and_resumes(prepared, tmp_path):
+    out = tmp_path / "run"
+    job = subprocess.run(["sbatch", "--parsable", "--output", str(tmp_path / "job-%j.out"), "--open-mode=append",
+                          "slurm/colorizer.sbatch", "--data", str(prepared), "--out", str(out), "--epochs", "8",
+                          "--batch-size", "2"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PROJECT_DIR": str(ROOT)}).stdout.strip()
+    deadline = time.monotonic() + 180
+    while not (out / "history.json").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    # what --signal=B:USR1@180 does near the time limit: signal the batch shell
+    subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    records = wait_for([job], timeout=300)
+    log = (tmp_path / f"job-{job}.out").read_text()
+    assert "requeueing job" in log and "resuming" in log, log
+    assert records[job][1] == "COMPLETED"
+    history = torch_load(out / "last.pt")["run"]["history"]
+    assert history["epoch"] == list(range(1, 9))
+
+
+def test_two_processes_under_srun_write_one_checkpoint(prepared, tmp_path):
+    out = tmp_path / "ddp"
+    job = subprocess.run(["sbatch", "--parsable", "--ntasks-per-node=2", "--output", str(tmp_path / "ddp-%j.out"),
+                          "slurm/multigpu.sbatch", "--data", str(prepared), "--out", str(out), "--epochs", "2",
+                          "--batch-size", "16"], cwd=ROOT, capture_output=True, text=True,
+                         env={**os.environ, "PROJECT_DIR": str(ROOT), "BACKEND": "gloo"}).stdout.strip()
+    records = wait_for([job], timeout=300)
+    log = (tmp_path / f"ddp-{job}.out").read_text()
+    assert records[job][1] == "COMPLETED", log
+    assert "in 2 processes" in log
+    assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
