@@ -16,6 +16,7 @@ import signal
 import sys
 import tempfile
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -353,7 +354,7 @@ def resolve_device(name: str) -> torch.device:
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
 # settings that may change between an interrupted run and its resumption
-_OPERATIONAL_KEYS = {"device", "num_workers", "backend", "dry_run", "resume", "out", "data", "epochs", "patience"}
+_OPERATIONAL_KEYS = {"image_size", "device", "num_workers", "backend", "dry_run", "resume", "out", "data", "epochs", "patience"}
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int, lr: float,
@@ -396,6 +397,7 @@ def train(config: dict, setup_task) -> None:
     predict(model, lab01_batch) -> (prediction, target) for the loss."""
     import ignite.distributed as idist
 
+    config["image_size"] = read_manifest(config["data"])["size"]  # what the network was trained on
     with idist.Parallel(backend=_choose_backend(config["backend"])) as parallel:
         parallel.run(_train_process, config, setup_task)
 
@@ -583,19 +585,26 @@ def find_images(root: str | Path) -> list[Path]:
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
 
 
-def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
-    """-> (RGB float32 in [0, 1], H x W x 3; alpha in [0, 1] or None). Grayscale, 16-bit and RGBA
-    inputs are all accepted; EXIF orientation is applied. Raises BadImage with the reason."""
+class Photo(NamedTuple):
+    rgb: np.ndarray            # float32 in [0, 1], H x W x 3
+    alpha: np.ndarray | None   # float32 in [0, 1], H x W, if the file has transparency
+    bits: int                  # 8 or 16 bits per sample in the file
+
+
+def read_image(path: str | Path) -> Photo:
+    """Decode any image OpenCV reads, once: grayscale, 16-bit and RGBA included; EXIF orientation is
+    applied to JPEGs. Raises BadImage with the reason."""
     import cv2
 
     data = Path(path).read_bytes()
     if not data:
         raise BadImage("empty file")
-    if data[:2] == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:]:
+    jpeg = data[:2] == b"\xff\xd8"
+    if jpeg and b"\xff\xd9" not in data[-1024:]:
         raise BadImage("truncated JPEG (no end-of-image marker)")
     buf = np.frombuffer(data, np.uint8)
-    # ANYDEPTH keeps 16 bits, ANYCOLOR keeps gray as gray; both honour EXIF orientation
-    img = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
+    # JPEGs carry EXIF orientation, which these flags honour; other formats keep their alpha unchanged
+    img = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if jpeg else cv2.IMREAD_UNCHANGED)
     if img is None:
         raise BadImage("not an image, or corrupt")
     if img.shape[0] < 2 or img.shape[1] < 2:
@@ -603,14 +612,14 @@ def read_image(path: str | Path) -> tuple[np.ndarray, np.ndarray | None]:
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype)
     if scale is None:
         raise BadImage(f"unsupported sample type {img.dtype}")
-    alpha = None
-    if data[:8] == b"\x89PNG\r\n\x1a\n" or Path(path).suffix.lower() in {".tif", ".tiff", ".webp"}:
-        raw = cv2.imdecode(buf, cv2.IMREAD_UNCHANGED)
-        if raw is not None and raw.ndim == 3 and raw.shape[2] == 4 and raw.shape[:2] == img.shape[:2]:
-            alpha = raw[..., 3].astype(np.float32) / scale
     img = img.astype(np.float32) / scale
-    rgb = np.repeat(img[..., None], 3, axis=2) if img.ndim == 2 else cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
-    return rgb, alpha
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    alpha = img[..., -1] if channels in (2, 4) else None
+    if channels <= 2:
+        rgb = np.repeat((img if channels == 1 else img[..., 0])[..., None], 3, axis=2)
+    else:
+        rgb = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+    return Photo(rgb, alpha, 16 if scale > 255 else 8)
 
 
 def center_square(image: np.ndarray, size: int) -> np.ndarray:

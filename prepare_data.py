@@ -22,8 +22,8 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from common import (IMAGE_SUFFIXES, BadImage, UserError, center_square, exit_on_user_error, find_images, read_image, to_uint8,
-                    write_json)
+from common import (IMAGE_SUFFIXES, BadImage, UserError, center_square, exit_on_user_error, find_images,
+                    read_image, to_uint8, write_json)
 
 DEFAULT_SOURCE = Path("data/face_images")
 # colour photos shipped inside installed packages: (package, file inside its data folder)
@@ -74,7 +74,7 @@ def load_folder(source: Path, size: int):
     for path in paths:
         name = str(path.relative_to(source)) if path != source else path.name
         try:
-            rgb, _ = read_image(path)
+            rgb = read_image(path).rgb
             if min(rgb.shape[:2]) < size:
                 raise BadImage(f"smaller than --size {size} ({rgb.shape[1]}x{rgb.shape[0]}); use a smaller --size")
             if np.ptp(rgb - rgb.mean(axis=2, keepdims=True)) < 1e-3:
@@ -103,7 +103,7 @@ def load_demo(size: int, seed: int):
         path = folders[package] / name
         if not path.is_file():
             continue
-        rgb, _ = read_image(path)
+        rgb = read_image(path).rgb
         h, w = rgb.shape[:2]
         for _ in range(DEMO_CROPS_PER_PHOTO):
             side = int(rng.integers(min(h, w) // 3, min(h, w) + 1))

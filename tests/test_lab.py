@@ -40,7 +40,7 @@ def test_round_trip_batched_float32():
 
 def test_real_faces_agree_with_skimage(faces_dir):
     paths = sorted(faces_dir.glob("*.jpg"))[:8]
-    rgb = np.stack([read_image(p)[0] for p in paths]).astype(np.float64)
+    rgb = np.stack([read_image(p).rgb for p in paths]).astype(np.float64)
     ours = rgb_to_lab(torch.from_numpy(rgb.transpose(0, 3, 1, 2))).numpy().transpose(0, 2, 3, 1)
     np.testing.assert_allclose(ours, color.rgb2lab(rgb), atol=1e-6)
 

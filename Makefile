@@ -1,0 +1,46 @@
+# Fresh machine:  make demo   (venv, install, whole pipeline on the default data, short settings)
+#                 make test   (the test suite; SLURM tests run where a SLURM answers)
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+FACES  ?= ../shared/data/face_images
+RUNS   ?= runs
+
+.PHONY: venv demo test faces sweep-local slurm-start bench clean
+
+venv: $(VENV)/.installed
+$(VENV)/.installed: requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(VENV)/bin/pip install --quiet -r requirements.txt
+	$(PY) -c "import torch, torchvision, torchvision.ops, ignite, cv2, skimage; \
+	  torchvision.ops.nms(torch.rand(3, 4), torch.rand(3), 0.5); \
+	  print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| ignite', ignite.__version__)"
+	touch $@
+
+# data/face_images/ if present, else the bundled demo photos; a few epochs
+demo: venv
+	$(PY) prepare_data.py --out $(RUNS)/demo/data
+	$(PY) train_regressor.py --data $(RUNS)/demo/data --out $(RUNS)/demo/regressor --epochs 3
+	$(PY) train_colorizer.py --data $(RUNS)/demo/data --out $(RUNS)/demo/colorizer --epochs 5
+	$(PY) evaluate.py --data $(RUNS)/demo/data --colorizer $(RUNS)/demo/colorizer/best.pt \
+	  --regressor $(RUNS)/demo/regressor/best.pt --out $(RUNS)/demo/report
+	@echo; echo "report: $(RUNS)/demo/report/report.md"
+
+test: venv
+	$(PY) -m pytest
+
+# the seed's study on the real faces with the seed's settings (on a CPU: hours for the regressor)
+faces: venv
+	$(PY) prepare_data.py --source $(FACES) --out $(RUNS)/faces/data
+	$(PY) train_regressor.py --data $(RUNS)/faces/data --out $(RUNS)/faces/regressor
+	for act in sigmoid relu tanh; do \
+	  $(PY) train_colorizer.py --data $(RUNS)/faces/data --out $(RUNS)/faces/activation/$$act --activation $$act; done
+	$(PY) evaluate.py --data $(RUNS)/faces/data --runs $(RUNS)/faces/activation \
+	  --regressor $(RUNS)/faces/regressor/best.pt --out $(RUNS)/faces/report
+
+slurm-start:
+	sudo bash slurm/local_cluster.sh start
+
+clean:
+	rm -rf $(RUNS)/demo .pytest_cache

@@ -1,0 +1,74 @@
+"""colorize.py on a folder of mixed real-world files, and its errors."""
+import cv2
+import numpy as np
+from skimage import data
+
+from conftest import run_script
+
+
+def make_mixed_folder(root):
+    photo = data.astronaut()[..., ::-1]
+    (root / "sub").mkdir(parents=True)
+    cv2.imwrite(str(root / "large.jpg"), cv2.resize(photo, (2000, 1500)))
+    cv2.imwrite(str(root / "small.png"), cv2.resize(photo, (90, 50)))
+    cv2.imwrite(str(root / "gray.jpg"), cv2.cvtColor(photo, cv2.COLOR_BGR2GRAY))
+    cv2.imwrite(str(root / "sub" / "sixteen.png"), photo.astype(np.uint16) * 257)
+    cv2.imwrite(str(root / "sub" / "rgba.png"), np.dstack([photo, np.full(photo.shape[:2], 100, np.uint8)]))
+    cv2.imwrite(str(root / "tiny.png"), photo[:1, :1])
+    (root / "corrupt.jpg").write_bytes((root / "gray.jpg").read_bytes()[:2000])
+    (root / "empty.png").write_bytes(b"")
+    (root / "notes.txt").write_text("not a photo")
+    return {"large.jpg": ((1500, 2000, 3), np.uint8), "small.png": ((50, 90, 3), np.uint8),
+            "gray.jpg": ((512, 512, 3), np.uint8), "sub/sixteen.png": ((512, 512, 3), np.uint16),
+            "sub/rgba.png": ((512, 512, 4), np.uint8)}
+
+
+def test_mixed_folder(trained, tmp_path):
+    expected = make_mixed_folder(tmp_path / "in")
+    result = run_script("colorize.py", tmp_path / "in", "--checkpoint", trained / "colorizer" / "best.pt",
+                        "--out", tmp_path / "out", "--side-by-side", "--device", "cpu", check=False)
+    assert result.returncode == 1
+    for bad in ("corrupt.jpg: truncated", "empty.png: empty file", "tiny.png: too small", "notes.txt: not an image"):
+        assert bad in result.stderr
+    assert "5 colorized" in result.stdout and "3 failed" in result.stdout
+    for name, (shape, dtype) in expected.items():
+        image = cv2.imread(str(tmp_path / "out" / name), cv2.IMREAD_UNCHANGED)
+        assert image.shape == shape and image.dtype == dtype, name
+    rgba = cv2.imread(str(tmp_path / "out" / "sub" / "rgba.png"), cv2.IMREAD_UNCHANGED)
+    assert (rgba[..., 3] == 100).all()  # transparency kept
+    compare = cv2.imread(str(tmp_path / "out" / "large_compare.jpg"))
+    assert compare.shape == (1500, 4000, 3)
+    # the lightness of the output is the input's, at full resolution
+    original = cv2.cvtColor(cv2.imread(str(tmp_path / "in" / "large.jpg")), cv2.COLOR_BGR2Lab)[..., 0]
+    colored = cv2.cvtColor(cv2.imread(str(tmp_path / "out" / "large.jpg")), cv2.COLOR_BGR2Lab)[..., 0]
+    assert np.abs(original.astype(int) - colored.astype(int)).mean() < 3
+    assert not list((tmp_path / "out").rglob("*.tmp"))
+
+
+def test_not_a_colorizer_checkpoint(trained, tmp_path):
+    (tmp_path / "x.png").write_bytes(b"")
+    result = run_script("colorize.py", tmp_path / "x.png", "--checkpoint", trained / "regressor" / "best.pt",
+                        "--out", tmp_path / "out", check=False)
+    assert result.returncode == 2 and "regressor checkpoint, but a colorizer" in result.stderr
+    junk = tmp_path / "junk.pt"
+    junk.write_text("no")
+    result = run_script("colorize.py", tmp_path / "x.png", "--checkpoint", junk, "--out", tmp_path / "o", check=False)
+    assert result.returncode == 2 and "not a checkpoint" in result.stderr
+
+
+def test_unwritable_output_folder(trained, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("a file where the output folder should be")
+    cv2.imwrite(str(tmp_path / "a.png"), data.astronaut())
+    result = run_script("colorize.py", tmp_path / "a.png", "--checkpoint", trained / "colorizer" / "best.pt",
+                        "--out", blocker / "out", check=False)
+    assert result.returncode == 2 and "cannot create the output folder" in result.stderr
+
+
+def test_inputs_are_never_overwritten(trained, tmp_path):
+    cv2.imwrite(str(tmp_path / "a.png"), data.astronaut())
+    before = (tmp_path / "a.png").read_bytes()
+    result = run_script("colorize.py", tmp_path, "--checkpoint", trained / "colorizer" / "best.pt",
+                        "--out", tmp_path, check=False)
+    assert result.returncode == 1 and "would overwrite the input" in result.stderr
+    assert (tmp_path / "a.png").read_bytes() == before
