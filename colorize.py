@@ -26,7 +26,7 @@ def parse_args(argv=None):
     p.add_argument("--checkpoint", required=True, help="a colorizer checkpoint (best.pt of a training run)")
     p.add_argument("--out", type=Path, required=True, help="output folder; inputs are never overwritten")
     p.add_argument("--regressor", default=None,
-                   help="regressor checkpoint for a colorizer conditioned on one (default: the one it was trained with)")
+                   help="regressor checkpoint for a conditioned colorizer (default: the one it was trained with)")
     p.add_argument("--size", type=int, default=None, help="network input size (default: the training size)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
@@ -57,7 +57,7 @@ def collect(inputs: list[Path]):
 def network_shape(h: int, w: int, size: int, multiple: int) -> tuple[int, int]:
     """Short side -> size, long side in proportion, both multiples of what the network halves to."""
     scale = size / min(h, w)
-    return (max(multiple, round(h * scale / multiple) * multiple), max(multiple, round(w * scale / multiple) * multiple))
+    return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (h, w))
 
 
 class Colorizer:

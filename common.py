@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import NamedTuple
 
@@ -111,10 +112,24 @@ def ab_to_lab_units(ab01: torch.Tensor) -> torch.Tensor:
     return ab01 * 255 - 128
 
 
+_SRGB_TO_LINEAR_UINT8 = {}  # per device: the sRGB curve at the 256 values a stored byte can take
+
+
 def images_to_lab01(images_uint8: torch.Tensor) -> torch.Tensor:
-    """A batch of stored images (N, H, W, 3) uint8 RGB -> (N, 3, H, W) float Lab in [0, 1]."""
-    rgb = images_uint8.permute(0, 3, 1, 2).float() / 255
-    return normalize_lab(rgb_to_lab(rgb))
+    """A batch of stored images (N, H, W, 3) uint8 RGB -> (N, 3, H, W) float Lab in [0, 1].
+    The same numbers as normalize_lab(rgb_to_lab(...)), faster: a lookup table replaces the sRGB
+    power curve and the work stays channels-last until the end (this runs on every training batch)."""
+    device = images_uint8.device
+    if device not in _SRGB_TO_LINEAR_UINT8:
+        c = torch.arange(256, dtype=torch.float64) / 255
+        curve = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+        _SRGB_TO_LINEAR_UINT8[device] = curve.float().to(device)
+    linear = _SRGB_TO_LINEAR_UINT8[device][images_uint8.long()]
+    matrix = (_XYZ_FROM_RGB / torch.tensor(_WHITE_D65, dtype=torch.float64)[:, None]).float().to(device)
+    xyz = linear @ matrix.T
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    fx, fy, fz = f.unbind(-1)
+    return torch.stack([(116 * fy - 16) / 100, (500 * (fx - fy) + 128) / 255, (200 * (fy - fz) + 128) / 255], dim=1)
 
 
 def lab01_to_rgb(lab01: torch.Tensor) -> torch.Tensor:
@@ -269,7 +284,7 @@ class RunRecord:
 
     def __init__(self, config: dict):
         self.config = dict(config)
-        self.history = {"epoch": [], "train_loss": [], "val_loss": [], "val_mse": []}
+        self.history = {"epoch": [], "train_loss": [], "val_loss": [], "val_mse": [], "train_images_per_s": []}
         self.epoch_loss = [0.0, 0]  # sum and count of this epoch's batch losses, kept across a resume
 
     def state_dict(self) -> dict:
@@ -354,7 +369,8 @@ def resolve_device(name: str) -> torch.device:
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
 # settings that may change between an interrupted run and its resumption
-_OPERATIONAL_KEYS = {"image_size", "device", "num_workers", "backend", "dry_run", "resume", "out", "data", "epochs", "patience"}
+_OPERATIONAL_KEYS = {"image_size", "device", "num_workers", "backend", "dry_run", "resume", "out", "data", "epochs",
+                     "patience", "epoch_length"}
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int, lr: float,
@@ -376,6 +392,7 @@ def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int,
                    help="torch.distributed backend; auto: none for one process, else nccl on GPU, gloo on CPU")
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start afresh even if the run folder holds last.pt")
+    g.add_argument("--epoch-length", type=int, default=None, help="batches per epoch (default: the whole set)")
     g.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the setup")
 
 
@@ -464,8 +481,11 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     Loss(F.mse_loss).attach(evaluator, "val_mse")
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: sampler.set_epoch(e.state.epoch - 1))
 
+    clock = {}
+
     @trainer.on(Events.EPOCH_STARTED)
     def reset_epoch_loss(engine):
+        clock["start"], clock["iteration"] = time.perf_counter(), engine.state.iteration
         if engine.state.iteration % engine.state.epoch_length == 0:  # not when resuming mid-epoch
             record.epoch_loss = [0.0, 0]
 
@@ -483,6 +503,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
 
     @trainer.on(Events.EPOCH_COMPLETED)
     def validate_and_record(engine):
+        images = (engine.state.iteration - clock["iteration"]) * config["batch_size"]
+        speed = images / (time.perf_counter() - clock["start"])  # training only, all processes together
         metrics = evaluator.run(val_loader).metrics
         h = record.history
         h["epoch"].append(engine.state.epoch)
@@ -490,13 +512,14 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
         h["train_loss"].append(loss_sum / count)
         h["val_loss"].append(metrics["val_loss"])
         h["val_mse"].append(metrics["val_mse"])
+        h["train_images_per_s"].append(speed)
         last(engine)
         if rank0:
             write_json(out / "history.json", h)
             plot_history(h, out / "loss.png", title=f"{config['task']} ({out.name})")
             print(f"epoch {engine.state.epoch:3d}/{config['epochs']}  {config['loss']} loss: train "
                   f"{h['train_loss'][-1]:.3e}, validation {metrics['val_loss']:.3e}  validation MSE "
-                  f"{metrics['val_mse']:.3e}", flush=True)
+                  f"{metrics['val_mse']:.3e}  ({speed:.0f} training images/s)", flush=True)
 
     # SLURM sends a warning signal before the time limit (USR1) and TERM on preemption
     signalled, interrupted = [], []
@@ -531,7 +554,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
                 print(f"{last_path}: this run already trained {trainer.state.epoch} epochs; nothing to do")
             return
 
-    trainer.run(train_loader, max_epochs=config["epochs"], epoch_length=2 if config["dry_run"] else None)
+    epoch_length = 2 if config["dry_run"] else config["epoch_length"]
+    trainer.run(train_loader, max_epochs=config["epochs"], epoch_length=epoch_length)
     idist.barrier()  # leave together: a rank that tears down gloo while another still talks to it aborts
     if interrupted:
         if rank0:

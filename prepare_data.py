@@ -11,6 +11,7 @@ scikit-image and matplotlib ship, so a fresh clone runs end to end without a dow
 """
 import argparse
 import math
+import os
 import platform
 import shutil
 import sys
@@ -47,6 +48,7 @@ def parse_args(argv=None):
     p.add_argument("--split-by", choices=["image", "person"], default="image",
                    help="person: keep each person (JPEG comment, e.g. s12) on one side of the split")
     p.add_argument("--augment-factor", type=int, default=10, help="training images per original (1: none)")
+    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for augmentation")
     args = p.parse_args(argv)
     if args.size < 8 or args.augment_factor < 1 or not 0 < args.held_out < 1:
         p.error("--size must be >= 8, --augment-factor >= 1 and 0 < --held-out < 1")
@@ -134,22 +136,40 @@ def split_indices(records, held_out: float, by: str, rng: np.random.Generator):
     return [int(i) for i in order[n_held:]], [int(i) for i in order[:n_val]], [int(i) for i in order[n_val:n_held]]
 
 
-def augment(images: np.ndarray, factor: int, size: int, seed: int) -> np.ndarray:
-    """Each original followed by factor-1 random variants: rows [i*factor, (i+1)*factor)."""
-    transform = v2.Compose([
-        v2.RandomHorizontalFlip(),
-        v2.RandomVerticalFlip(),
-        v2.RandomRotation(20),
-        # cropping after the rotation removes most of its black corners
-        v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(0.9, 1.1), antialias=True),
-    ])
-    torch.manual_seed(seed)
+class AugmentedCopies(torch.utils.data.Dataset):
+    """The factor-1 random variants of each original: random flips, rotation and resized crop."""
+
+    def __init__(self, images: np.ndarray, factor: int, size: int, seed: int):
+        self.chw = torch.from_numpy(images).permute(0, 3, 1, 2)
+        self.copies, self.seed = factor - 1, seed
+        self.transform = v2.Compose([
+            v2.RandomHorizontalFlip(),
+            v2.RandomVerticalFlip(),
+            v2.RandomRotation(20),
+            # cropping after the rotation removes most of its black corners
+            v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(0.9, 1.1), antialias=True),
+        ])
+
+    def __len__(self):
+        return len(self.chw) * self.copies
+
+    def __getitem__(self, k):
+        # seeded per item: the same bytes whichever worker process makes it
+        torch.manual_seed(self.seed * 1_000_003 + k)
+        return self.transform(self.chw[k // self.copies]).permute(1, 2, 0)
+
+
+def augment(images: np.ndarray, factor: int, size: int, seed: int, workers: int) -> np.ndarray:
+    """Each original followed by its factor-1 variants: rows [i*factor, (i+1)*factor)."""
     out = np.empty((len(images) * factor, *images.shape[1:]), np.uint8)
-    chw = torch.from_numpy(images).permute(0, 3, 1, 2)
-    for i, image in enumerate(chw):
-        out[i * factor] = images[i]
-        for k in range(1, factor):
-            out[i * factor + k] = transform(image).permute(1, 2, 0).numpy()
+    out[::factor] = images
+    if factor == 1:
+        return out
+    loader = torch.utils.data.DataLoader(AugmentedCopies(images, factor, size, seed), batch_size=256,
+                                         num_workers=workers, worker_init_fn=lambda _: torch.set_num_threads(1))
+    variants = torch.cat(list(loader)).numpy()
+    keep = np.arange(len(out)) % factor != 0
+    out[keep] = variants
     return out
 
 
@@ -204,7 +224,7 @@ def main():
 
     rng = np.random.default_rng(args.seed)
     train_idx, val_idx, test_idx = split_indices(records, args.held_out, args.split_by, rng)
-    arrays = {"train": augment(images[train_idx], args.augment_factor, args.size, args.seed),
+    arrays = {"train": augment(images[train_idx], args.augment_factor, args.size, args.seed, args.workers),
               "val": images[val_idx], "test": images[test_idx]}
     manifest = {
         "source": source_name, "demo": demo, "seed": args.seed, "size": args.size,

@@ -51,6 +51,13 @@ def test_normalization_convention():
     np.testing.assert_allclose(denormalize_lab(normalize_lab(lab)), lab, atol=1e-5)
 
 
+def test_stored_batches_convert_like_skimage():
+    images = torch.from_numpy(data.astronaut()[None, ::4, ::4].copy())
+    lab = color.rgb2lab(images[0].numpy() / 255.0)
+    expected = np.stack([lab[..., 0] / 100, (lab[..., 1] + 128) / 255, (lab[..., 2] + 128) / 255])
+    np.testing.assert_allclose(images_to_lab01(images)[0].numpy(), expected, atol=1e-5)
+
+
 def test_uint8_batches_convert_to_unit_range():
     images = torch.randint(0, 256, (4, 8, 8, 3), dtype=torch.uint8)
     lab01 = images_to_lab01(images)

@@ -21,7 +21,7 @@ def test_counts_split_and_layout(prepared):
     assert train.shape == (108, 64, 64, 3) and train.dtype == np.uint8
     assert val.shape == (2, 64, 64, 3) and test.shape == (2, 64, 64, 3)
     files = {s: {r["file"] for r in manifest["files"][s]} for s in ("train", "val", "test")}
-    assert not (files["train"] & files["val"]) and not (files["train"] & files["test"]) and not (files["val"] & files["test"])
+    assert files["train"].isdisjoint(files["val"] | files["test"]) and files["val"].isdisjoint(files["test"])
     assert len(files["train"] | files["val"] | files["test"]) == 40
     # augmented copies differ from their original, which comes first in its group
     assert all(not np.array_equal(train[i * 3], train[i * 3 + k]) for i in range(36) for k in (1, 2))

@@ -1,0 +1,263 @@
+"""Speed of the data path, training and colorize.py, measured in one run on one machine.
+
+    python benchmarks/bench.py [--faces DIR] [--out benchmarks/results]
+
+1. training images/s through the real script (train_*.py in a subprocess) vs the pure compute
+   ceiling (same model, batch and step on Lab tensors already in memory): the ratio;
+2. the same vs a naive loader that decodes each file and converts it with scikit-image in
+   __getitem__ (the seed's approach): the ratio;
+3. peak resident memory of a training run on the faces augmented x10 and x100: the ratio;
+4. prepare_data.py throughput on the 750 faces;
+5. colorize.py: images/s at 128x128 in batches, and seconds for one 12-megapixel photo.
+Writes bench.json and bench.md into --out. Uses the faces from --faces / $FACES_DIR (default
+../shared/data/face_images); without them, the demo photos (numbers then not comparable).
+"""
+import argparse
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from common import (FaceLabDataset, RunRecord, SeedColorizer, SeedRegressor, UNetColorizer,  # noqa: E402
+                    images_to_lab01, read_image)
+
+MODELS = {  # name: (training script, its model flags, the model, what it predicts)
+    "seed colorizer": ("train_colorizer.py", [], lambda: SeedColorizer(), "colorizer"),
+    "seed regressor": ("train_regressor.py", [], lambda: SeedRegressor(), "regressor"),
+    "U-Net 8x4": ("train_colorizer.py", ["--arch", "unet", "--base-channels", "8", "--depth", "4"],
+                  lambda: UNetColorizer(8, 4), "colorizer"),
+}
+
+
+def step_fn(model, task):
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+
+    def step(lab01):
+        if task == "regressor":
+            pred, target = model(lab01[:, :1]), lab01[:, 1:].mean(dim=(2, 3))
+        else:
+            pred, target = torch.cat([lab01[:, :1], model(lab01[:, :1])], 1), lab01
+        loss = F.mse_loss(pred, target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+    return step
+
+
+def images_per_s(step, next_batch, batch_size, iters, warmup=2):
+    """Training images per second of step() on batches from next_batch(), which is timed too."""
+    for _ in range(warmup):
+        step(next_batch())
+    start = time.perf_counter()
+    for _ in range(iters):
+        step(next_batch())
+    return iters * batch_size / (time.perf_counter() - start)
+
+
+def ceiling(name, data_dir, batch_size, iters):
+    _, _, build, task = MODELS[name]
+    torch.manual_seed(0)
+    images = torch.from_numpy(np.array(FaceLabDataset(data_dir, "train").array[:batch_size]))
+    lab01 = images_to_lab01(images)  # converted once: the loop only steps the model
+    return images_per_s(step_fn(build(), task), lambda: lab01, batch_size, iters)
+
+
+class NaiveFileDataset(torch.utils.data.Dataset):
+    """The seed's loader: decode a file and convert it with scikit-image for every item."""
+
+    def __init__(self, files):
+        self.files = files
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        from skimage.color import rgb2lab
+        lab = rgb2lab(read_image(self.files[i]).rgb)
+        return torch.from_numpy(np.stack([lab[..., 0] / 100, (lab[..., 1] + 128) / 255,
+                                          (lab[..., 2] + 128) / 255])).float()
+
+
+def naive(name, files, batch_size, iters):
+    _, _, build, task = MODELS[name]
+    torch.manual_seed(0)
+    loader = iter(torch.utils.data.DataLoader(NaiveFileDataset(files), batch_size=batch_size, shuffle=True,
+                                              drop_last=True))
+    return images_per_s(step_fn(build(), task), lambda: next(loader), batch_size, iters)
+
+
+def run_measured(cmd):
+    """Run a command; -> (stdout, peak RSS in MiB, peak anonymous RSS in MiB sampled every 20 ms)."""
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    peak_anon = [0]
+
+    def sample():
+        status = Path(f"/proc/{proc.pid}/status")
+        while proc.poll() is None:
+            try:
+                anon = int(re.search(r"RssAnon:\s+(\d+)", status.read_text()).group(1))
+                peak_anon[0] = max(peak_anon[0], anon)
+            except (OSError, AttributeError):
+                pass
+            time.sleep(0.02)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    output = proc.stdout.read()
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    sampler.join()
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(map(str, cmd))} failed:\n{output}")
+    return output, usage.ru_maxrss / 1024, peak_anon[0] / 1024
+
+
+def train_script(name, data_dir, out, batch_size, iters):
+    """Images/s of the real training script's second epoch, and its peak memory."""
+    script, flags, _, _ = MODELS[name]
+    cmd = [sys.executable, script, "--data", data_dir, "--out", out, "--epochs", "2", "--epoch-length", str(iters),
+           "--batch-size", str(batch_size), "--patience", "0", "--device", "cpu", "--no-resume", *flags]
+    _, rss, anon = run_measured(cmd)
+    history = json.loads((Path(out) / "history.json").read_text())
+    return history["train_images_per_s"][-1], rss, anon
+
+
+def prepare(source, out, factor):
+    cmd = [sys.executable, "prepare_data.py", "--out", out, "--augment-factor", str(factor)]
+    cmd += ["--source", str(source)] if source else ["--demo"]
+    start = time.perf_counter()
+    output, _, _ = run_measured(cmd)
+    wall = time.perf_counter() - start
+    counts = json.loads((Path(out) / "manifest.json").read_text())["counts"]
+    return {"wall_s": wall, "source_images": counts["source_images"], "written_images":
+            counts["train_augmented"] + counts["val"] + counts["test"],
+            "source_images_per_s": counts["source_images"] / wall,
+            "written_images_per_s": (counts["train_augmented"] + counts["val"] + counts["test"]) / wall,
+            "script_says": output.strip().splitlines()[-1]}
+
+
+def colorize_speed(data_dir, tmp):
+    """colorize.py's own functions, in process: 128x128 files in batches, and one 12-MP photo."""
+    import cv2
+
+    import colorize
+
+    model = SeedColorizer()
+    config = {"task": "colorizer", "arch": "seed", "max_channels": 128, "layers": 3, "activation": "sigmoid",
+              "regressor": None, "loss": "mse", "image_size": 128}
+    ckpt = Path(tmp) / "seed.pt"
+    torch.save({"model": model.state_dict(), "run": RunRecord(config).state_dict()}, ckpt)
+    faces = np.array(FaceLabDataset(data_dir, "train").array[::10][:512])
+    folder = Path(tmp) / "in"
+    folder.mkdir()
+    for i, face in enumerate(faces):
+        cv2.imwrite(str(folder / f"{i:04d}.jpg"), face[..., ::-1])
+    photo = cv2.resize(faces[0], (4000, 3000), interpolation=cv2.INTER_CUBIC)[..., ::-1]
+    cv2.imwrite(str(Path(tmp) / "photo12mp.jpg"), photo)
+    colorizer = colorize.Colorizer(ckpt, None, None, torch.device("cpu"))
+
+    def run(paths, batch_size):
+        items = [(p, Path(tmp) / "out" / p.name, colorize.load(p, colorizer)) for p in paths]
+        for i in range(0, len(items), batch_size):
+            chunk = items[i:i + batch_size]
+            ab = colorizer.predict_ab(np.stack([it[2]["L_small"] for it in chunk]))
+            for (_, target, item), ab_small in zip(chunk, ab):
+                colorize.finish(item, ab_small, target, False)
+
+    files = sorted(folder.glob("*.jpg"))
+    run(files[:64], 64)  # warm-up
+    start = time.perf_counter()
+    run(files, 64)
+    per_s = len(files) / (time.perf_counter() - start)
+    start = time.perf_counter()
+    run([Path(tmp) / "photo12mp.jpg"], 1)
+    return {"images_per_s_128": per_s, "n_images": len(files), "seconds_12mp": time.perf_counter() - start}
+
+
+def machine():
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor())
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+            "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+
+def markdown(r):
+    rows = ["| model | real script (img/s) | compute ceiling (img/s) | ratio 1: real / ceiling "
+            "| naive loader (img/s) | ratio 2: real / naive |", "|---|---|---|---|---|---|"]
+    for name, t in r["training"].items():
+        rows.append(f"| {name} | {t['real']:.0f} | {t['ceiling']:.0f} | {t['real'] / t['ceiling']:.2f} "
+                    f"| {t['naive']:.0f} | {t['real'] / t['naive']:.1f} |")
+    m, p, c = r["memory"], r["prepare"], r["colorize"]
+    return "\n".join([
+        f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
+        f"GPU: {r['machine']['gpu'] or 'none'}. Data: {r['data']}. Batch size {r['batch_size']}.", "",
+        *rows, "",
+        f"Peak memory of a seed-colorizer training run ({m['iters']} batches per epoch, 2 epochs): "
+        f"x10 ({m['x10_images']} images) {m['x10_rss_mib']:.0f} MiB RSS / {m['x10_anon_mib']:.0f} MiB anonymous; "
+        f"x100 ({m['x100_images']} images) {m['x100_rss_mib']:.0f} MiB / {m['x100_anon_mib']:.0f} MiB. "
+        f"Ratio 3 (x100 / x10, RSS): {m['x100_rss_mib'] / m['x10_rss_mib']:.2f}.", "",
+        f"prepare_data.py on {p['source_images']} images ({p['written_images']} written, wall time with "
+        f"interpreter start): {p['source_images_per_s']:.0f} source images/s, {p['written_images_per_s']:.0f} "
+        f"written images/s.", "",
+        f"colorize.py (seed colorizer, in process): {c['images_per_s_128']:.0f} images/s at 128x128 in batches of 64 "
+        f"({c['n_images']} JPEG files read, colorized and written); one 12-megapixel photo: {c['seconds_12mp']:.2f} s.",
+    ])
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--faces", type=Path,
+                   default=Path(os.environ.get("FACES_DIR", ROOT.parent / "shared" / "data" / "face_images")))
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--batch-size", type=int, default=64)
+    args = p.parse_args()
+    source = args.faces if args.faces.is_dir() else None
+    if source is None:
+        print(f"{args.faces}: no faces there; benchmarking on the demo photos instead", file=sys.stderr)
+    results = {"machine": machine(), "data": str(source or "demo photos"), "batch_size": args.batch_size}
+    with tempfile.TemporaryDirectory() as tmp:
+        x10, x100 = Path(tmp) / "x10", Path(tmp) / "x100"
+        print("prepare x10 ...", flush=True)
+        results["prepare"] = prepare(source, x10, 10)
+        files = [Path(source) / r["file"] for r in json.loads((x10 / "manifest.json").read_text())["files"]["train"]] \
+            if source else None
+        results["training"] = {}
+        for name, iters in (("seed colorizer", 30), ("seed regressor", 10), ("U-Net 8x4", 6)):
+            print(f"training speed: {name} ...", flush=True)
+            real, _, _ = train_script(name, x10, Path(tmp) / "run", args.batch_size, iters)
+            t = {"real": real, "ceiling": ceiling(name, x10, args.batch_size, iters)}
+            t["naive"] = naive(name, files, args.batch_size, max(3, iters // 3)) if files else float("nan")
+            results["training"][name] = t
+        print("memory x10 and x100 ...", flush=True)
+        prepare(source, x100, 100)
+        mem = {"iters": 40}
+        for label, data in (("x10", x10), ("x100", x100)):
+            _, rss, anon = train_script("seed colorizer", data, Path(tmp) / f"mem{label}", args.batch_size, 40)
+            mem.update({f"{label}_rss_mib": rss, f"{label}_anon_mib": anon,
+                        f"{label}_images": len(FaceLabDataset(data, "train"))})
+        results["memory"] = mem
+        print("colorize ...", flush=True)
+        results["colorize"] = colorize_speed(x10, tmp)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+    table = markdown(results)
+    (args.out / "bench.md").write_text(f"Command: `python benchmarks/bench.py`\n\n{table}\n")
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
