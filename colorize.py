@@ -31,6 +31,8 @@ def parse_args(argv=None):
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--side-by-side", action="store_true", help="also write NAME_compare.EXT: gray | colour")
+    p.add_argument("--temperature", type=float, default=None,
+                   help="classification checkpoints: annealed-mean temperature (default: the trained one)")
     args = p.parse_args(argv)
     if args.batch_size < 1 or (args.size is not None and args.size < 16):
         p.error("--batch-size must be >= 1 and --size >= 16")
@@ -126,6 +128,10 @@ def main():
     args = parse_args()
     device = resolve_device(args.device)
     colorizer = Colorizer(args.checkpoint, args.regressor, args.size, device)
+    if args.temperature is not None:
+        if colorizer.config.get("head") != "classify":
+            raise UserError(f"{args.checkpoint}: --temperature applies to classification checkpoints only")
+        colorizer.model.temperature = args.temperature
     jobs, skipped = collect(args.inputs)
     try:
         args.out.mkdir(parents=True, exist_ok=True)

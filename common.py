@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import signal
 import sys
@@ -204,7 +205,7 @@ class SeedRegressor(nn.Module):
         return torch.sigmoid(self.head(self.features(L).flatten(1)))
 
 
-FINAL_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh}
+FINAL_ACTIVATIONS = {"sigmoid": nn.Sigmoid, "relu": nn.ReLU, "tanh": nn.Tanh, "none": nn.Identity}
 
 
 def seed_channels(max_channels: int, layers: int) -> list[int]:
@@ -214,20 +215,23 @@ def seed_channels(max_channels: int, layers: int) -> list[int]:
 
 
 class SeedColorizer(nn.Module):
-    """L -> ab: Conv 3x3 s2 p1 (+BN, ReLU) down, ConvTranspose 2x2 s2 (+BN, ReLU) up, final activation."""
+    """L -> ab: Conv 3x3 s2 p1 (+BN, ReLU) down, ConvTranspose 2x2 s2 (+BN, ReLU) up, final activation.
+    out_stride 4 stops the up path at a quarter of the resolution (for the classification head)."""
 
-    def __init__(self, max_channels=128, layers=3, activation="sigmoid", in_channels=1):
+    def __init__(self, max_channels=128, layers=3, activation="sigmoid", in_channels=1, out_channels=2,
+                 out_stride=1):
         super().__init__()
         widths = seed_channels(max_channels, layers)
         down, c_in = [], in_channels
         for c in widths:
             down += [nn.Conv2d(c_in, c, 3, stride=2, padding=1), nn.BatchNorm2d(c), nn.ReLU()]
             c_in = c
+        n_up = layers - int(math.log2(out_stride))
         up = []
-        for c in widths[-2::-1]:
+        for c in widths[-2::-1][:n_up - 1]:
             up += [nn.ConvTranspose2d(c_in, c, 2, stride=2), nn.BatchNorm2d(c), nn.ReLU()]
             c_in = c
-        up += [nn.ConvTranspose2d(c_in, 2, 2, stride=2), FINAL_ACTIVATIONS[activation]()]
+        up += [nn.ConvTranspose2d(c_in, out_channels, 2, stride=2), FINAL_ACTIVATIONS[activation]()]
         self.net = nn.Sequential(*down, *up)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -235,9 +239,11 @@ class SeedColorizer(nn.Module):
 
 
 class UNetColorizer(nn.Module):
-    """Encoder-decoder with skip connections at every scale, back to full resolution."""
+    """Encoder-decoder with skip connections at every scale, back to full resolution
+    (or to 1/out_stride of it, for the classification head)."""
 
-    def __init__(self, base_channels=32, depth=4, activation="sigmoid", in_channels=1):
+    def __init__(self, base_channels=32, depth=4, activation="sigmoid", in_channels=1, out_channels=2,
+                 out_stride=1):
         super().__init__()
 
         def block(c_in, c_out):
@@ -245,12 +251,13 @@ class UNetColorizer(nn.Module):
                                  nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU())
 
         widths = [base_channels * 2 ** i for i in range(depth + 1)]
+        top = int(math.log2(out_stride))  # the finest level the decoder climbs back to
         self.down = nn.ModuleList([block(in_channels, widths[0])] +
                                   [block(widths[i], widths[i + 1]) for i in range(depth)])
         self.up = nn.ModuleList([nn.ConvTranspose2d(widths[i + 1], widths[i], 2, stride=2)
-                                 for i in reversed(range(depth))])
-        self.merge = nn.ModuleList([block(2 * widths[i], widths[i]) for i in reversed(range(depth))])
-        self.out = nn.Sequential(nn.Conv2d(widths[0], 2, 1), FINAL_ACTIVATIONS[activation]())
+                                 for i in reversed(range(top, depth))])
+        self.merge = nn.ModuleList([block(2 * widths[i], widths[i]) for i in reversed(range(top, depth))])
+        self.out = nn.Sequential(nn.Conv2d(widths[top], out_channels, 1), FINAL_ACTIVATIONS[activation]())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skips = []
@@ -262,16 +269,101 @@ class UNetColorizer(nn.Module):
         return self.out(x)
 
 
+# ---------------------------------------------------------------------------------------------
+# Colour as classification (Zhang, Isola and Efros 2016): ab quantized on a grid of 10 into the
+# bins that are in the sRGB gamut, soft-encoded targets, class rebalancing, annealed-mean decoding.
+
+AB_GRID = 10
+CLASSIFY_STRIDE = 4  # logits at a quarter of the resolution, as in the paper
+
+
+def ab_bins() -> torch.Tensor:
+    """(Q, 2) centres in Lab units of the ab cells (grid 10) that some sRGB colour falls into:
+    Q = 313, as in the paper."""
+    if "bins" not in _AB_BINS:
+        levels = torch.linspace(0, 1, 64)
+        cube = torch.stack(torch.meshgrid(levels, levels, levels, indexing="ij")).reshape(3, -1, 1)
+        ab = rgb_to_lab(cube)[1:, :, 0]
+        cells = torch.unique(torch.round(ab / AB_GRID).long().T, dim=0)  # sorted: a stable bin order
+        _AB_BINS["bins"] = (cells * AB_GRID).float()
+    return _AB_BINS["bins"]
+
+
+_AB_BINS = {}
+
+
+def nearest_bins(ab: torch.Tensor, bins: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ab in Lab units (N, 2, H, W) -> (distances, indices) of the k nearest bins, each (N, H, W, k)."""
+    d = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), bins)
+    dist, idx = d.topk(k, dim=1, largest=False)
+    shape = (ab.shape[0], *ab.shape[2:], k)
+    return dist.view(shape), idx.view(shape)
+
+
+def soft_encode(ab01: torch.Tensor, bins: torch.Tensor, k=5, sigma=5.0):
+    """ab in [0, 1] at full resolution -> (target distribution over the bins at 1/CLASSIFY_STRIDE
+    resolution, (N, Q, h, w): the k nearest bins weighted by a Gaussian of sigma Lab units;
+    index of the nearest bin, (N, h, w))."""
+    ab = F.avg_pool2d(ab01, CLASSIFY_STRIDE) * 255 - 128
+    dist, idx = nearest_bins(ab, bins, k)
+    weights = torch.softmax(-dist ** 2 / (2 * sigma ** 2), dim=-1)
+    target = torch.zeros(*idx.shape[:3], len(bins), device=ab.device).scatter_(-1, idx, weights)
+    return target.permute(0, 3, 1, 2), idx[..., 0]
+
+
+def ab_prior(images_uint8: np.ndarray, bins: torch.Tensor, sigma=5.0, batch=16) -> torch.Tensor:
+    """Empirical distribution of the training pixels over the bins, smoothed with a Gaussian of
+    sigma (Lab units) across bins: the p-tilde of the paper's class rebalancing."""
+    counts = torch.zeros(len(bins), dtype=torch.float64)
+    for i in range(0, len(images_uint8), batch):
+        ab = denormalize_lab(images_to_lab01(torch.from_numpy(np.array(images_uint8[i:i + batch]))))[:, 1:]
+        counts += torch.bincount(nearest_bins(ab, bins, 1)[1].flatten(), minlength=len(bins)).double()
+    p = counts / counts.sum()
+    kernel = torch.exp(-torch.cdist(bins.double(), bins.double()) ** 2 / (2 * sigma ** 2))
+    smoothed = kernel @ p
+    return (smoothed / smoothed.sum()).float()
+
+
+def rebalancing_weights(prior: torch.Tensor, lam=0.5) -> torch.Tensor:
+    """w proportional to 1 / ((1 - lambda) p + lambda / Q), scaled so that its mean under p is 1."""
+    w = 1 / ((1 - lam) * prior + lam / len(prior))
+    return w / (prior * w).sum()
+
+
+class ClassifyingColorizer(nn.Module):
+    """A body that outputs logits over the ab bins at 1/4 resolution. Training mode returns the
+    logits; eval mode decodes them with the annealed mean (softmax of logits / T) to ab in [0, 1],
+    upsampled to full resolution, so evaluation and colorize.py use it like any colorizer."""
+
+    def __init__(self, body: nn.Module, temperature: float = 0.38):
+        super().__init__()
+        self.body, self.temperature = body, temperature
+        self.register_buffer("bins01", (ab_bins() + 128) / 255)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        logits = self.body(x)
+        if self.training:
+            return logits
+        p = torch.softmax(logits / self.temperature, dim=1)
+        ab01 = torch.einsum("nqhw,qc->nchw", p, self.bins01)
+        return F.interpolate(ab01, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
 def build_model(config: dict) -> nn.Module:
     """The network a run's config describes (the same function rebuilds it from a checkpoint)."""
     if config["task"] == "regressor":
         return SeedRegressor()
     in_channels = 3 if config.get("regressor") else 1  # L, plus the regressor's mean a and b as planes
+    classify = config.get("head") == "classify"
+    head = dict(activation="none", out_channels=len(ab_bins()), out_stride=CLASSIFY_STRIDE) if classify else \
+        dict(activation=config["activation"])
     if config["arch"] == "seed":
-        return SeedColorizer(config["max_channels"], config["layers"], config["activation"], in_channels)
-    if config["arch"] == "unet":
-        return UNetColorizer(config["base_channels"], config["depth"], config["activation"], in_channels)
-    raise UserError(f"unknown architecture '{config['arch']}': use seed or unet")
+        body = SeedColorizer(config["max_channels"], config["layers"], in_channels=in_channels, **head)
+    elif config["arch"] == "unet":
+        body = UNetColorizer(config["base_channels"], config["depth"], in_channels=in_channels, **head)
+    else:
+        raise UserError(f"unknown architecture '{config['arch']}': use seed or unet")
+    return ClassifyingColorizer(body, config.get("temperature", 0.38)) if classify else body
 
 
 # ---------------------------------------------------------------------------------------------
@@ -410,8 +502,9 @@ def _choose_backend(name: str) -> str | None:
 
 
 def train(config: dict, setup_task) -> None:
-    """Train the model setup_task(config, device) -> (model, predict) describes, where
-    predict(model, lab01_batch) -> (prediction, target) for the loss."""
+    """Train what setup_task(config, device) -> (model, predict, train_loss, val_loss) describes:
+    predict(model, lab01_batch) -> (output, target), scored by train_loss(output, target) in training
+    mode and by val_loss in eval mode. The validation MSE is that of (output, target) in eval mode."""
     import ignite.distributed as idist
 
     config["image_size"] = read_manifest(config["data"])["size"]  # what the network was trained on
@@ -447,11 +540,10 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     val_loader = idist.auto_dataloader(FaceLabDataset(config["data"], "val"), batch_size=config["batch_size"],
                                        shuffle=False, **loader_args)
 
-    model, predict = setup_task(config, device)
+    model, predict, loss_fn, val_loss_fn = setup_task(config, device)
     model = idist.auto_model(model.to(device))
     optimizer = idist.auto_optim(torch.optim.Adam(model.parameters(), lr=config["lr"],
                                                   weight_decay=config["weight_decay"]))
-    loss_fn = LOSSES[config["loss"]]
 
     def to_lab01(batch):
         return images_to_lab01(batch.to(device, non_blocking=True))
@@ -476,7 +568,7 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     # mid-epoch checkpoint follows exactly the batches of an uninterrupted one
     trainer = DeterministicEngine(train_step)
     evaluator = Engine(eval_step)
-    Loss(loss_fn).attach(evaluator, "val_loss")
+    Loss(val_loss_fn).attach(evaluator, "val_loss")
     # ignite's MeanSquaredError averages per image; the seed's MSE is per element, as F.mse_loss
     Loss(F.mse_loss).attach(evaluator, "val_mse")
     trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: sampler.set_epoch(e.state.epoch - 1))
@@ -517,7 +609,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
         if rank0:
             write_json(out / "history.json", h)
             plot_history(h, out / "loss.png", title=f"{config['task']} ({out.name})")
-            print(f"epoch {engine.state.epoch:3d}/{config['epochs']}  {config['loss']} loss: train "
+            loss_name = "cross-entropy" if config.get("head") == "classify" else config["loss"]
+            print(f"epoch {engine.state.epoch:3d}/{config['epochs']}  {loss_name} loss: train "
                   f"{h['train_loss'][-1]:.3e}, validation {metrics['val_loss']:.3e}  validation MSE "
                   f"{metrics['val_mse']:.3e}  ({speed:.0f} training images/s)", flush=True)
 

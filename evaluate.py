@@ -95,11 +95,16 @@ def summarize(per_image: dict, truth_colorfulness: float) -> dict:
 
 
 def describe(config: dict) -> str:
+    classify = config.get("head") == "classify"
+    activation = "" if classify else f", {config['activation']}"
     if config["arch"] == "seed":
-        text = f"seed {config['activation']}, {config['max_channels']} ch, {config['layers']} layers"
+        text = f"seed{activation}, {config['max_channels']} ch, {config['layers']} layers"
     else:
-        text = f"U-Net {config['base_channels']}x{config['depth']}, {config['activation']}"
-    return text + (" + regressor" if config.get("regressor") else "") + f", {config['loss']}"
+        text = f"U-Net {config['base_channels']}x{config['depth']}{activation}"
+    text += " + regressor" if config.get("regressor") else ""
+    if classify:
+        return text + f", classify (T={config['temperature']})"
+    return text + f", {config['loss']}"
 
 
 def markdown_table(header: list[str], rows: list[list]) -> str:

@@ -4,12 +4,19 @@ Defaults are the seed's: its small encoder-decoder, sigmoid output, Adam lr 0.01
 epochs, early stopping with patience 5 on validation MSE, the loss an MSE between the true Lab
 image and the input L merged with the predicted ab. Flags select the seed's variants (final
 activation, max channels, layers per side) and better models (--arch unet, --regressor CKPT to
-condition on a trained regressor's mean colour).
+condition on a trained regressor's mean colour, --head classify for colour as classification
+after Zhang, Isola and Efros 2016).
 """
 import argparse
+from pathlib import Path
 
-from common import (FINAL_ACTIVATIONS, add_training_args, build_model, colorize_lab01, exit_on_user_error,
-                    load_checkpoint, train)
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from common import (FINAL_ACTIVATIONS, LOSSES, FaceLabDataset, ab_bins, ab_prior, add_training_args, atomic_write,
+                    build_model, colorize_lab01, colorizer_input, exit_on_user_error, load_checkpoint,
+                    read_manifest, rebalancing_weights, soft_encode, train)
 
 
 def parse_args(argv=None):
@@ -25,10 +32,25 @@ def parse_args(argv=None):
     m.add_argument("--depth", type=int, default=4, help="unet: number of downsamplings")
     m.add_argument("--regressor", default=None,
                    help="a trained regressor checkpoint: condition on its predicted mean colour")
+    m.add_argument("--head", choices=["regress", "classify"], default="regress",
+                   help="classify: a distribution over quantized ab bins (Zhang et al. 2016) instead of ab values")
+    m.add_argument("--rebalance", type=float, default=0.5, help="classify: class rebalancing lambda")
+    m.add_argument("--temperature", type=float, default=0.38, help="classify: annealed-mean temperature")
     args = p.parse_args(argv)
     if args.layers < 2 or args.max_channels < 16 or args.depth < 1:
         p.error("--layers must be >= 2, --max-channels >= 16 and --depth >= 1")
     return args
+
+
+def load_ab_prior(data_dir, bins):
+    """The training set's smoothed ab distribution over the bins: computed once, saved beside the data."""
+    path = Path(data_dir) / "ab_prior.npy"
+    if not path.is_file():
+        factor = read_manifest(data_dir)["augment_factor"]
+        prior = ab_prior(FaceLabDataset(data_dir, "train").array[::factor], bins).numpy()
+        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), prior))
+        print(f"computed the ab prior of the training images over {len(bins)} bins: {path}")
+    return torch.from_numpy(np.load(path))
 
 
 def setup_colorizer(config, device):
@@ -37,11 +59,27 @@ def setup_colorizer(config, device):
         # frozen: the colorizer learns to use the regressor's guess, as it will at test time
         regressor, _, _ = load_checkpoint(config["regressor"], task="regressor", device=device)
         regressor.requires_grad_(False)
+    model = build_model(config)
+    if config["head"] == "regress":
+        loss = LOSSES[config["loss"]]
+        return model, lambda m, lab01: (colorize_lab01(m, lab01, regressor), lab01), loss, loss
 
-    def predict(model, lab01):
-        return colorize_lab01(model, lab01, regressor), lab01
+    bins = ab_bins().to(device)
+    weights = rebalancing_weights(load_ab_prior(config["data"], bins.cpu()), config["rebalance"]).to(device)
 
-    return build_model(config), predict
+    def predict(m, lab01):
+        if not m.training:  # evaluation: decoded colours, scored like any colorizer
+            return colorize_lab01(m, lab01, regressor), lab01
+        L = lab01[:, :1]
+        logits = m(colorizer_input(L, regressor(L) if regressor is not None else None))
+        target, nearest = soft_encode(lab01[:, 1:], bins)
+        return logits, (target, weights[nearest])
+
+    def rebalanced_cross_entropy(logits, target):
+        distribution, pixel_weights = target
+        return -(pixel_weights * (distribution * F.log_softmax(logits, dim=1)).sum(dim=1)).mean()
+
+    return model, predict, rebalanced_cross_entropy, F.mse_loss
 
 
 def main():

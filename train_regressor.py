@@ -5,7 +5,7 @@ validation MSE is RUN/best.pt; RUN/last.pt resumes an interrupted run (rerun the
 """
 import argparse
 
-from common import SeedRegressor, add_training_args, exit_on_user_error, train
+from common import LOSSES, SeedRegressor, add_training_args, exit_on_user_error, train
 
 
 def parse_args(argv=None):
@@ -20,7 +20,8 @@ def setup_regressor(config, device):
         # prediction and target: the mean (a, b) of each image, on the [0, 1] scale
         return model(lab01[:, :1]), lab01[:, 1:].mean(dim=(2, 3))
 
-    return SeedRegressor(), predict
+    loss = LOSSES[config["loss"]]
+    return SeedRegressor(), predict, loss, loss
 
 
 def main():

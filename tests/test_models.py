@@ -1,8 +1,10 @@
 """Model shapes and the seed's architecture, for every variant the flags allow."""
 import pytest
 import torch
+from skimage import data
 
-from common import SeedColorizer, SeedRegressor, UNetColorizer, build_model, seed_channels
+from common import (SeedColorizer, SeedRegressor, UNetColorizer, ab_bins, build_model, nearest_bins,
+                    rebalancing_weights, rgb_to_lab, seed_channels, soft_encode)
 
 
 def test_seed_channel_widths():
@@ -53,3 +55,37 @@ def test_build_model_reads_the_config():
     assert isinstance(build_model(base), SeedColorizer)
     assert isinstance(build_model({**base, "arch": "unet", "base_channels": 8, "depth": 2}), UNetColorizer)
     assert isinstance(build_model({"task": "regressor"}), SeedRegressor)
+
+
+def test_ab_bins_cover_the_srgb_gamut_on_a_grid_of_10():
+    bins = ab_bins()
+    assert 250 <= len(bins) <= 313 and len(torch.unique(bins, dim=0)) == len(bins)
+    assert (bins % 10 == 0).all()
+    # every colour of a photo falls within half a cell of some bin
+    lab = rgb_to_lab(torch.from_numpy(data.astronaut() / 255.0).permute(2, 0, 1).float())
+    dist, _ = nearest_bins(lab[None, 1:], bins, 1)
+    assert dist.max() <= 5 * 2 ** 0.5 + 1e-4
+
+
+def test_soft_encoding_and_rebalancing():
+    bins = ab_bins()
+    ab01 = torch.rand(2, 2, 16, 16)
+    target, nearest = soft_encode(ab01, bins)
+    assert target.shape == (2, len(bins), 4, 4) and nearest.shape == (2, 4, 4)
+    torch.testing.assert_close(target.sum(dim=1), torch.ones(2, 4, 4))
+    assert (target > 0).sum(dim=1).eq(5).all()  # the 5 nearest bins
+    assert torch.equal(target.argmax(dim=1), nearest)
+    prior = torch.softmax(torch.randn(len(bins)), 0)
+    w = rebalancing_weights(prior, 0.5)
+    torch.testing.assert_close((prior * w).sum(), torch.tensor(1.0))
+    assert w[prior.argmax()] < w[prior.argmin()]  # rare colours weigh more
+
+
+def test_classifier_returns_logits_in_training_and_colours_in_eval():
+    config = {"task": "colorizer", "arch": "seed", "max_channels": 128, "layers": 3, "activation": "sigmoid",
+              "regressor": None, "head": "classify", "temperature": 0.38}
+    model = build_model(config)
+    x = torch.rand(2, 1, 64, 64)
+    assert model.train()(x).shape == (2, len(ab_bins()), 16, 16)
+    ab = model.eval()(x)
+    assert ab.shape == (2, 2, 64, 64) and ab.min() >= 0 and ab.max() <= 1

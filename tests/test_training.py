@@ -5,10 +5,13 @@ import subprocess
 import sys
 import time
 
+import cv2
+import numpy as np
 import pytest
 import torch
+from skimage import data
 
-from common import RESUMABLE_EXIT, load_checkpoint, torch_load
+from common import RESUMABLE_EXIT, ab_bins, load_checkpoint, torch_load
 from conftest import ROOT, run_script
 
 
@@ -119,3 +122,21 @@ def test_two_processes_with_torchrun_train_to_the_end(prepared, tmp_path):
     assert "in 2 processes" in result.stderr
     assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
     assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2]
+
+
+def test_classification_head_trains_evaluates_and_colorizes(prepared, tmp_path):
+    run = tmp_path / "classify"
+    result = run_script("train_colorizer.py", "--data", prepared, "--out", run, "--epochs", 1, "--batch-size", 16,
+                        "--head", "classify", "--device", "cpu")
+    assert "ab prior" in result.stdout or (prepared / "ab_prior.npy").is_file()
+    prior = np.load(prepared / "ab_prior.npy")
+    assert prior.shape == (len(ab_bins()),) and abs(prior.sum() - 1) < 1e-5
+    run_script("evaluate.py", "--data", prepared, "--colorizer", run / "best.pt", "--out", tmp_path / "report",
+               "--device", "cpu")
+    assert "classify (T=0.38)" in (tmp_path / "report" / "report.md").read_text()
+    cv2.imwrite(str(tmp_path / "photo.png"), data.astronaut())
+    for t in ("0.38", "1.0"):
+        run_script("colorize.py", tmp_path / "photo.png", "--checkpoint", run / "best.pt", "--out", tmp_path / t,
+                   "--temperature", t, "--device", "cpu")
+    a, b = (cv2.imread(str(tmp_path / t / "photo.png")).astype(int) for t in ("0.38", "1.0"))
+    assert a.shape == (512, 512, 3) and np.abs(a - b).mean() > 0  # the temperature changes the colours
