@@ -1,6 +1,7 @@
 """colorize.py on a folder of mixed real-world files, and its errors."""
 import cv2
 import numpy as np
+from PIL import Image
 from skimage import data
 
 from conftest import run_script
@@ -18,7 +19,10 @@ def make_mixed_folder(root):
     (root / "corrupt.jpg").write_bytes((root / "gray.jpg").read_bytes()[:2000])
     (root / "empty.png").write_bytes(b"")
     (root / "notes.txt").write_text("not a photo")
-    return {"large.jpg": ((1500, 2000, 3), np.uint8), "small.png": ((50, 90, 3), np.uint8),
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 300x200, shown rotated a quarter turn: 200x300
+    Image.fromarray(cv2.resize(photo, (300, 200))[..., ::-1]).save(root / "rotated.jpg", exif=exif.tobytes())
+    return {"rotated.jpg": ((300, 200, 3), np.uint8), "large.jpg": ((1500, 2000, 3), np.uint8), "small.png": ((50, 90, 3), np.uint8),
             "gray.jpg": ((512, 512, 3), np.uint8), "sub/sixteen.png": ((512, 512, 3), np.uint16),
             "sub/rgba.png": ((512, 512, 4), np.uint8)}
 
@@ -30,7 +34,7 @@ def test_mixed_folder(trained, tmp_path):
     assert result.returncode == 1
     for bad in ("corrupt.jpg: truncated", "empty.png: empty file", "tiny.png: too small", "notes.txt: not an image"):
         assert bad in result.stderr
-    assert "5 colorized" in result.stdout and "3 failed" in result.stdout
+    assert "6 colorized" in result.stdout and "3 failed" in result.stdout
     for name, (shape, dtype) in expected.items():
         image = cv2.imread(str(tmp_path / "out" / name), cv2.IMREAD_UNCHANGED)
         assert image.shape == shape and image.dtype == dtype, name
