@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 FACES  ?= ../shared/data/face_images
 RUNS   ?= runs
 
-.PHONY: venv demo test faces sweep-local slurm-start bench clean
+.PHONY: venv demo test faces results bench slurm-start clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -25,19 +25,30 @@ demo: venv
 	$(PY) train_colorizer.py --data $(RUNS)/demo/data --out $(RUNS)/demo/colorizer --epochs 5
 	$(PY) evaluate.py --data $(RUNS)/demo/data --colorizer $(RUNS)/demo/colorizer/best.pt \
 	  --regressor $(RUNS)/demo/regressor/best.pt --out $(RUNS)/demo/report
-	@echo; echo "report: $(RUNS)/demo/report/report.md"
 
 test: venv
 	$(PY) -m pytest
 
-# the seed's study on the real faces with the seed's settings (on a CPU: hours for the regressor)
+# the seed's study on the real faces (a CPU takes hours for the regressor's 200 epochs)
+REGRESSOR_EPOCHS ?= 200
 faces: venv
 	$(PY) prepare_data.py --source $(FACES) --out $(RUNS)/faces/data
-	$(PY) train_regressor.py --data $(RUNS)/faces/data --out $(RUNS)/faces/regressor
-	for act in sigmoid relu tanh; do \
-	  $(PY) train_colorizer.py --data $(RUNS)/faces/data --out $(RUNS)/faces/activation/$$act --activation $$act; done
+	for act in sigmoid relu tanh; do $(PY) train_colorizer.py --data $(RUNS)/faces/data \
+	  --out $(RUNS)/faces/activation/$$act --activation $$act; done
+	$(PY) train_colorizer.py --data $(RUNS)/faces/data --out $(RUNS)/faces/quality/unet8 --arch unet \
+	  --base-channels 8 --depth 4 --lr 0.002 --epochs 12
+	$(PY) train_colorizer.py --data $(RUNS)/faces/data --out $(RUNS)/faces/quality/seed_classify --head classify
+	$(PY) train_regressor.py --data $(RUNS)/faces/data --out $(RUNS)/faces/regressor --epochs $(REGRESSOR_EPOCHS)
+
+# the README's results tables and figures, from the runs `make faces` trained
+results: venv
 	$(PY) evaluate.py --data $(RUNS)/faces/data --runs $(RUNS)/faces/activation \
-	  --regressor $(RUNS)/faces/regressor/best.pt --out $(RUNS)/faces/report
+	  --regressor $(RUNS)/faces/regressor/best.pt --out docs/results/activation
+	$(PY) evaluate.py --data $(RUNS)/faces/data --colorizer $(RUNS)/faces/activation/sigmoid/best.pt \
+	  --runs $(RUNS)/faces/quality --out docs/results/quality
+
+bench: venv
+	$(PY) benchmarks/bench.py
 
 slurm-start:
 	sudo bash slurm/local_cluster.sh start

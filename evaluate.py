@@ -10,6 +10,7 @@ Writes report.md, metrics.json (per-image numbers too) and figures into --out.
 import argparse
 import shlex
 import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -133,7 +134,7 @@ def plot_grid(true_lab01, predictions: dict, indices, path: Path) -> None:
         for r in range(len(indices)):
             axes[r, c].imshow(rgb[r])
             axes[r, c].axis("off")
-        axes[0, c].set_title(name, fontsize=7)
+        axes[0, c].set_title(textwrap.fill(name, 22), fontsize=6)
     fig.tight_layout()
     save_figure(fig, path)
 
