@@ -94,9 +94,14 @@ class NaiveFileDataset(torch.utils.data.Dataset):
 def naive(name, files, batch_size, iters):
     _, _, build, task = MODELS[name]
     torch.manual_seed(0)
-    loader = iter(torch.utils.data.DataLoader(NaiveFileDataset(files), batch_size=batch_size, shuffle=True,
-                                              drop_last=True))
-    return images_per_s(step_fn(build(), task), lambda: next(loader), batch_size, iters)
+    loader = torch.utils.data.DataLoader(NaiveFileDataset(files), batch_size=batch_size, shuffle=True, drop_last=True)
+
+    def forever():
+        while True:
+            yield from loader
+
+    batches = forever()
+    return images_per_s(step_fn(build(), task), lambda: next(batches), batch_size, iters)
 
 
 def run_measured(cmd):
