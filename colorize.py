@@ -94,13 +94,13 @@ def load(path: Path, colorizer: Colorizer):
 
 def encode(image: np.ndarray, suffix: str, depth16: bool) -> bytes:
     """RGB(A) float in [0, 1] -> bytes in the input's format (16 bits where the format holds them)."""
+    bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
     if suffix in {".jpg", ".jpeg", ".webp", ".bmp", ".jp2"} or not depth16:
-        data = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+        data = cv2.convertScaleAbs(bgr, alpha=255)  # rounds and saturates to 8 bits in one pass
     else:
-        data = np.clip(np.rint(image * 65535), 0, 65535).astype(np.uint16)
-    code = cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR
+        data = np.clip(np.rint(bgr * 65535), 0, 65535).astype(np.uint16)
     params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in {".jpg", ".jpeg"} else []
-    ok, buf = cv2.imencode(suffix, cv2.cvtColor(data, code), params)
+    ok, buf = cv2.imencode(suffix, data, params)
     if not ok:
         raise BadImage(f"OpenCV cannot write {suffix} files")
     return buf.tobytes()

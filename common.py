@@ -738,7 +738,8 @@ def read_image(path: str | Path) -> Photo:
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype)
     if scale is None:
         raise BadImage(f"unsupported sample type {img.dtype}")
-    img = img.astype(np.float32) / scale
+    img = img.astype(np.float32)
+    img *= 1 / scale  # in place: a 12-megapixel photo makes big temporaries
     channels = 1 if img.ndim == 2 else img.shape[2]
     alpha = img[..., -1] if channels in (2, 4) else None
     if channels <= 2:
