@@ -43,12 +43,17 @@ def exit_on_user_error(main):
         sys.exit(2)
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def atomic_write(path: str | Path, write) -> None:
     """Call write(tmp_path), then rename onto path, so no half-written file is ever left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
+    os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result should not be
     try:
         write(tmp)
         os.replace(tmp, path)
