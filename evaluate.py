@@ -117,7 +117,7 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
 def save_figure(fig, path: Path) -> None:
     import matplotlib.pyplot as plt
 
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=90))
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=72))
     plt.close(fig)
 
 
