@@ -84,13 +84,17 @@ def _white(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(_WHITE_D65, device=x.device, dtype=x.dtype).view(3, 1, 1)
 
 
+def _lab_from_xyz(xyz: torch.Tensor, dim: int) -> torch.Tensor:
+    """White-normalised XYZ (channels on dim) -> L*a*b* in Lab units, channels on dim."""
+    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856) ** (1 / 3), 7.787 * xyz + 16 / 116)
+    fx, fy, fz = f.unbind(dim)
+    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=dim)
+
+
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1], shape (..., 3, H, W) -> L*a*b* in Lab units (L in [0, 100])."""
     linear = torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    xyz = _apply_matrix(_XYZ_FROM_RGB, linear) / _white(rgb)
-    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856) ** (1 / 3), 7.787 * xyz + 16 / 116)
-    fx, fy, fz = f.unbind(-3)
-    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=-3)
+    return _lab_from_xyz(_apply_matrix(_XYZ_FROM_RGB, linear) / _white(rgb), dim=-3)
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
@@ -133,10 +137,7 @@ def images_to_lab01(images_uint8: torch.Tensor) -> torch.Tensor:
         _SRGB_TO_LINEAR_UINT8[device] = curve.float().to(device)
     linear = _SRGB_TO_LINEAR_UINT8[device][images_uint8.long()]
     matrix = (_XYZ_FROM_RGB / torch.tensor(_WHITE_D65, dtype=torch.float64)[:, None]).float().to(device)
-    xyz = linear @ matrix.T
-    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856) ** (1 / 3), 7.787 * xyz + 16 / 116)
-    fx, fy, fz = f.unbind(-1)
-    return torch.stack([(116 * fy - 16) / 100, (500 * (fx - fy) + 128) / 255, (200 * (fy - fz) + 128) / 255], dim=1)
+    return normalize_lab(_lab_from_xyz(linear @ matrix.T, dim=-1).permute(0, 3, 1, 2))
 
 
 def lab01_to_rgb(lab01: torch.Tensor) -> torch.Tensor:
