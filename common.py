@@ -2,8 +2,9 @@
 models, checkpoints and the one training loop both trainers run.
 
 Conventions, written once here:
-  * images are stored as uint8 RGB, channels last (N, H, W, 3);
-  * CIE L*a*b* (D65, 2 degree observer, as scikit-image) is computed on the device, in batches;
+  * images are stored as uint8 RGB, channels last (N, H, W, 3), and beside them, converted once
+    when preparing, as the networks see them: Lab in [0, 1], float16, channels first (N, 3, H, W);
+  * CIE L*a*b* is D65, 2 degree observer, as scikit-image; computed on tensors, in batches;
   * networks see Lab scaled to [0, 1]: L/100, (a+128)/255, (b+128)/255.
 """
 from __future__ import annotations
@@ -145,27 +146,51 @@ def lab01_to_rgb(lab01: torch.Tensor) -> torch.Tensor:
 
 
 # ---------------------------------------------------------------------------------------------
-# Prepared data: prepare_data.py writes {train,val,test}.npy (uint8 RGB, N x H x W x 3) and
-# manifest.json; training memory-maps them, so memory stays flat however large the set is.
+# Prepared data: prepare_data.py writes, per split, {split}.npy (uint8 RGB, N x H x W x 3: the
+# images), {split}_lab.npy (float16 Lab in [0, 1], N x 3 x H x W: what the networks read, so the
+# training loop converts nothing) and manifest.json. Training memory-maps them: memory stays flat
+# however large the set is.
 
 SPLITS = ("train", "val", "test")
+LAB_SUFFIX = "_lab"
+PREPARED_FORMAT = 2  # 2: {split}_lab.npy beside {split}.npy
 
 
 def read_manifest(data_dir: str | Path) -> dict:
     path = Path(data_dir) / "manifest.json"
     if not path.is_file():
         raise UserError(f"{path}: no prepared data here; run `python prepare_data.py --out {data_dir}` first")
-    return json.loads(path.read_text())
+    manifest = json.loads(path.read_text())
+    if manifest.get("format", 1) < PREPARED_FORMAT:
+        raise UserError(f"{path}: prepared by an older version of prepare_data.py (no Lab arrays); "
+                        f"run prepare_data.py again with --out {data_dir}")
+    return manifest
+
+
+def split_file(data_dir: str | Path, split: str, lab: bool) -> Path:
+    path = Path(data_dir) / f"{split}{LAB_SUFFIX if lab else ''}.npy"
+    if not path.is_file():
+        raise UserError(f"{path}: missing split '{split}'; run prepare_data.py again")
+    return path
+
+
+def read_images(data_dir: str | Path, split: str) -> np.ndarray:
+    """The uint8 RGB images of a split (N, H, W, 3), memory-mapped."""
+    return np.load(split_file(data_dir, split, lab=False), mmap_mode="r")
+
+
+def lab01_from_uint8(images: np.ndarray, batch_size=256, device="cpu") -> torch.Tensor:
+    """uint8 RGB (N, H, W, 3), e.g. a memory map -> Lab01 (N, 3, H, W) float32, in batches."""
+    return torch.cat([images_to_lab01(torch.from_numpy(np.array(images[i:i + batch_size])).to(device))
+                      for i in range(0, len(images), batch_size)])
 
 
 class FaceLabDataset(torch.utils.data.Dataset):
-    """One split of the prepared data. Items are uint8 RGB tensors (H, W, 3); the Lab conversion
-    happens later, batched on the training device (see images_to_lab01)."""
+    """One split of the prepared data, as the networks see it: float16 Lab01 (3, H, W) items,
+    memory-mapped from {split}_lab.npy (converted once by prepare_data.py)."""
 
     def __init__(self, data_dir: str | Path, split: str):
-        self.path = Path(data_dir) / f"{split}.npy"
-        if not self.path.is_file():
-            raise UserError(f"{self.path}: missing split '{split}'; run prepare_data.py again")
+        self.path = split_file(data_dir, split, lab=True)
         self._array = None  # opened lazily, so that DataLoader workers each map the file themselves
         self._len = int(np.load(self.path, mmap_mode="r").shape[0])
 
@@ -184,9 +209,7 @@ class FaceLabDataset(torch.utils.data.Dataset):
         return self._len
 
     def __getitem__(self, index: int) -> torch.Tensor:
-        row = np.array(self.array[index])  # a writable copy
-        self._release()
-        return torch.from_numpy(row)
+        return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
         batch = self.array[np.asarray(indices)]  # one fancy-indexing read per batch, not one per image
@@ -194,9 +217,29 @@ class FaceLabDataset(torch.utils.data.Dataset):
         return torch.from_numpy(batch)
 
 
-def stack_batch(batch):
-    """collate_fn for FaceLabDataset: __getitems__ already returns the stacked batch."""
-    return batch if isinstance(batch, torch.Tensor) else torch.stack(batch)
+class DeviceImages(torch.utils.data.Dataset):
+    """--data-on-device: a whole split's uint8 RGB images held on the device (a quarter of the
+    memory of float32 Lab); batches are gathered there and converted there (images_to_lab01)."""
+
+    def __init__(self, data_dir: str | Path, split: str, device: torch.device):
+        self.images = torch.from_numpy(np.array(read_images(data_dir, split))).to(device)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        return self.images[torch.as_tensor(indices, device=self.images.device)]
+
+
+def batch_to_lab01(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader batch -> float32 Lab01 on the device: stored Lab is only cast, device images converted."""
+    batch = batch.to(device, non_blocking=True)
+    return images_to_lab01(batch) if batch.dtype == torch.uint8 else batch.float()
+
+
+def stack_batch(batch: torch.Tensor) -> torch.Tensor:
+    """collate_fn: the datasets' __getitems__ already return the stacked batch."""
+    return batch
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,12 +369,12 @@ def soft_encode(ab01: torch.Tensor, bins: torch.Tensor, k=5, sigma=5.0):
     return target.permute(0, 3, 1, 2), idx[..., 0]
 
 
-def ab_prior(images_uint8: np.ndarray, bins: torch.Tensor, sigma=5.0, batch=16) -> torch.Tensor:
-    """Empirical distribution of the training pixels over the bins, smoothed with a Gaussian of
-    sigma (Lab units) across bins: the p-tilde of the paper's class rebalancing."""
+def ab_prior(lab01: np.ndarray, bins: torch.Tensor, sigma=5.0, batch=16) -> torch.Tensor:
+    """Empirical distribution of the training pixels (Lab01, N x 3 x H x W) over the bins, smoothed
+    with a Gaussian of sigma (Lab units) across bins: the p-tilde of the paper's class rebalancing."""
     counts = torch.zeros(len(bins), dtype=torch.float64)
-    for i in range(0, len(images_uint8), batch):
-        ab = denormalize_lab(images_to_lab01(torch.from_numpy(np.array(images_uint8[i:i + batch]))))[:, 1:]
+    for i in range(0, len(lab01), batch):
+        ab = denormalize_lab(torch.from_numpy(np.array(lab01[i:i + batch])).float())[:, 1:]
         counts += torch.bincount(nearest_bins(ab, bins, 1)[1].flatten(), minlength=len(bins)).double()
     p = counts / counts.sum()
     kernel = torch.exp(-torch.cdist(bins.double(), bins.double()) ** 2 / (2 * sigma ** 2))
@@ -477,7 +520,7 @@ def resolve_device(name: str) -> torch.device:
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
 # settings that may change between an interrupted run and its resumption
 _OPERATIONAL_KEYS = {"image_size", "device", "num_workers", "backend", "dry_run", "resume", "out", "data", "epochs",
-                     "patience", "epoch_length"}
+                     "patience", "epoch_length", "data_on_device", "amp", "channels_last", "compile"}
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int, lr: float,
@@ -494,13 +537,21 @@ def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int,
     g.add_argument("--loss", choices=["mse", "l1", "huber"], default="mse")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    g.add_argument("--num-workers", type=int, default=0, help="DataLoader workers (0: load in the main process)")
+    g.add_argument("--num-workers", type=int, default=None,
+                   help="DataLoader workers; default 0 on CPU (a batch is one read of converted arrays, and "
+                        "workers would take cores from the model), 4 on GPU (pinned memory, non-blocking copies)")
     g.add_argument("--backend", choices=["auto", "none", "gloo", "nccl"], default="auto",
                    help="torch.distributed backend; auto: none for one process, else nccl on GPU, gloo on CPU")
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start afresh even if the run folder holds last.pt")
     g.add_argument("--epoch-length", type=int, default=None, help="batches per epoch (default: the whole set)")
     g.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the setup")
+    f = parser.add_argument_group("speed (results do not depend on these, beyond rounding)")
+    f.add_argument("--data-on-device", action="store_true",
+                   help="hold the whole prepared set on the device as uint8 and convert batches there (GPU)")
+    f.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast in training steps")
+    f.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and batches")
+    f.add_argument("--compile", action="store_true", help="torch.compile the model (needs a C++ compiler on CPU)")
 
 
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
@@ -542,31 +593,43 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     out = Path(config["out"])
     read_manifest(config["data"])
 
-    loader_args = dict(collate_fn=stack_batch, num_workers=config["num_workers"],
-                       pin_memory=device.type == "cuda", persistent_workers=config["num_workers"] > 0)
+    on_device = config["data_on_device"]
+    workers = 0 if on_device else config["num_workers"]
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+    loader_args = dict(collate_fn=stack_batch, num_workers=workers, persistent_workers=workers > 0,
+                       pin_memory=device.type == "cuda" and not on_device)
+
+    def dataset(split):
+        return DeviceImages(config["data"], split, device) if on_device else FaceLabDataset(config["data"], split)
+
     # The shuffle depends only on (seed, epoch): a run resumed mid-epoch replays the same order.
     # (A RandomSampler draws from the global RNG lazily, after ignite has restored the saved state.)
-    train_set = FaceLabDataset(config["data"], "train")
+    train_set = dataset("train")
     sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=idist.get_world_size(),
                                                   rank=idist.get_rank(), shuffle=True, seed=config["seed"],
                                                   drop_last=True)
     train_loader = torch.utils.data.DataLoader(train_set, batch_size=config["batch_size"] // idist.get_world_size(),
                                                sampler=sampler, drop_last=True, **loader_args)
-    val_loader = idist.auto_dataloader(FaceLabDataset(config["data"], "val"), batch_size=config["batch_size"],
-                                       shuffle=False, **loader_args)
+    val_loader = idist.auto_dataloader(dataset("val"), batch_size=config["batch_size"], shuffle=False, **loader_args)
 
     model, predict, loss_fn, val_loss_fn = setup_task(config, device)
-    model = idist.auto_model(model.to(device))
+    memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
+    model = idist.auto_model(model.to(device, memory_format=memory_format))
     optimizer = idist.auto_optim(torch.optim.Adam(model.parameters(), lr=config["lr"],
                                                   weight_decay=config["weight_decay"]))
+    # checkpoints hold `model`; steps run `network`, its compiled form if asked for
+    network = torch.compile(model) if config["compile"] else model
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["amp"])
 
     def to_lab01(batch):
-        return images_to_lab01(batch.to(device, non_blocking=True))
+        return batch_to_lab01(batch, device).contiguous(memory_format=memory_format)
 
     def train_step(engine, batch):
-        model.train()
-        pred, target = predict(model, to_lab01(batch))
-        loss = loss_fn(pred, target)
+        network.train()
+        with autocast:
+            pred, target = predict(network, to_lab01(batch))
+            loss = loss_fn(pred.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -576,8 +639,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
 
     @torch.no_grad()
     def eval_step(engine, batch):
-        model.eval()
-        return predict(model, to_lab01(batch))
+        network.eval()
+        return predict(network, to_lab01(batch))  # full precision: validation scores are exact
 
     # DeterministicEngine reseeds every epoch and replays the sampler, so a run resumed from a
     # mid-epoch checkpoint follows exactly the batches of an uninterrupted one
@@ -625,7 +688,7 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
             write_json(out / "history.json", h)
             plot_history(h, out / "loss.png", title=f"{config['task']} ({out.name})")
             loss_name = "cross-entropy" if config.get("head") == "classify" else config["loss"]
-            print(f"epoch {engine.state.epoch:3d}/{config['epochs']}  {loss_name} loss: train "
+            print(f"epoch {engine.state.epoch:3d}/{engine.state.max_epochs}  {loss_name} loss: train "
                   f"{h['train_loss'][-1]:.3e}, validation {metrics['val_loss']:.3e}  validation MSE "
                   f"{metrics['val_mse']:.3e}  ({speed:.0f} training images/s)", flush=True)
 
@@ -662,8 +725,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
                 print(f"{last_path}: this run already trained {trainer.state.epoch} epochs; nothing to do")
             return
 
-    epoch_length = 2 if config["dry_run"] else config["epoch_length"]
-    trainer.run(train_loader, max_epochs=config["epochs"], epoch_length=epoch_length)
+    epoch_length, epochs = (2, 1) if config["dry_run"] else (config["epoch_length"], config["epochs"])
+    trainer.run(train_loader, max_epochs=epochs, epoch_length=epoch_length)
     idist.barrier()  # leave together: a rank that tears down gloo while another still talks to it aborts
     if interrupted:
         if rank0:

@@ -5,6 +5,8 @@ For every colorizer checkpoint and for three baselines computed from the same tr
 the seed's MSE (three [0,1]-scaled Lab channels, L from the input), PSNR and SSIM on RGB
 (ignite, data range 1), mean CIEDE2000 (scikit-image) and colorfulness (Hasler and Suesstrunk
 2003) against the truth's. With --regressor: its predicted vs true mean a*, b* and test MSE.
+With --photos: the same table on photos that are not in the prepared data (faces of people the
+models never saw), centre-cropped and resized to the training size.
 Writes report.md, metrics.json (per-image numbers too) and figures into --out.
 """
 import argparse
@@ -16,9 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (FaceLabDataset, UserError, ab_to_lab_units, atomic_write, colorize_lab01, denormalize_lab,
-                    exit_on_user_error, images_to_lab01, lab01_to_rgb, load_checkpoint, read_manifest,
-                    resolve_device, seed_mse_per_image, write_json)
+from common import (BadImage, UserError, ab_to_lab_units, atomic_write, center_square, colorize_lab01,
+                    denormalize_lab, exit_on_user_error, find_images, lab01_from_uint8, lab01_to_rgb,
+                    load_checkpoint, read_image, read_images, read_manifest, resolve_device, seed_mse_per_image,
+                    to_uint8, write_json)
 
 BASELINES = ("gray", "mean colour", "mean-face map")
 
@@ -32,18 +35,14 @@ def parse_args(argv=None):
     p.add_argument("--runs", nargs="*", default=[], type=Path, metavar="DIR",
                    help="folders of runs: every */best.pt below each is added as a colorizer")
     p.add_argument("--regressor", default=None, metavar="CKPT", help="regressor checkpoint")
+    p.add_argument("--photos", nargs="*", default=[], type=Path, metavar="PATH",
+                   help="image files or folders outside the prepared data: scored in a second table")
     p.add_argument("--out", type=Path, default=Path("runs/report"))
     p.add_argument("--split", choices=["test", "val"], default="test")
     p.add_argument("--show", type=int, default=6, help="test images in the figures")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=int, default=128)
     return p.parse_args(argv)
-
-
-def load_lab01(data_dir, split, device, stride=1, batch_size=512) -> torch.Tensor:
-    array = FaceLabDataset(data_dir, split).array[::stride]
-    return torch.cat([images_to_lab01(torch.from_numpy(np.array(array[i:i + batch_size])).to(device))
-                      for i in range(0, len(array), batch_size)])
 
 
 def baselines(train_lab01: torch.Tensor, test_lab01: torch.Tensor) -> dict:
@@ -93,6 +92,39 @@ def summarize(per_image: dict, truth_colorfulness: float) -> dict:
     summary = {k: float(np.mean(v)) for k, v in per_image.items()}
     summary["colorfulness_gap"] = abs(summary["colorfulness"] - truth_colorfulness)
     return summary
+
+
+def compare(true_lab01, train_lab01, colorizers: dict, batch_size: int):
+    """Every baseline and colorizer on the same images -> (predictions, per-image numbers, summary,
+    the truth's colorfulness)."""
+    predictions = baselines(train_lab01, true_lab01)
+    for name, (model, regressor) in colorizers.items():
+        predictions[name] = predict(model, true_lab01, regressor, batch_size)
+    truth_colorfulness = float(colorfulness(lab01_to_rgb(true_lab01)).mean())
+    per_image = {name: score(pred, true_lab01) for name, pred in predictions.items()}
+    summary = {name: summarize(v, truth_colorfulness) for name, v in per_image.items()}
+    return predictions, per_image, summary, truth_colorfulness
+
+
+def results_table(summary: dict, kinds: dict) -> str:
+    rows = [[name, kinds[name], f"{s['mse']:.3e}", f"{s['psnr']:.2f}", f"{s['ssim']:.4f}", f"{s['ciede2000']:.2f}",
+             f"{s['colorfulness']:.1f}", f"{s['colorfulness_gap']:.1f}"] for name, s in summary.items()]
+    return markdown_table(["method", "kind", "seed MSE", "PSNR (dB)", "SSIM", "CIEDE2000", "colorfulness",
+                           "gap to truth"], rows)
+
+
+def load_photos(paths: list[Path], size: int, device) -> tuple[torch.Tensor, list[str]]:
+    """Photos outside the prepared data, prepared as prepare_data.py prepares its images."""
+    files = [f for path in paths for f in find_images(path)]
+    if not files:
+        raise UserError(f"--photos {' '.join(map(str, paths))}: no image files there")
+    images = []
+    for f in files:
+        try:
+            images.append(to_uint8(center_square(read_image(f).rgb, size)))
+        except BadImage as exc:
+            raise UserError(f"{f}: {exc}; remove it from --photos") from None
+    return lab01_from_uint8(np.stack(images), device=device), [str(f) for f in files]
 
 
 def describe(config: dict) -> str:
@@ -184,29 +216,24 @@ def main():
     manifest = read_manifest(args.data)
     out = args.out
     out.mkdir(parents=True, exist_ok=True)
-    true_lab01 = load_lab01(args.data, args.split, device)
+    # from the uint8 images, exactly: the stored float16 Lab would add rounding to the scores
+    true_lab01 = lab01_from_uint8(read_images(args.data, args.split), device=device)
     # baselines learn from the original training images (augmented copies excluded)
-    train_lab01 = load_lab01(args.data, "train", device, stride=manifest["augment_factor"])
-    truth_per_image = colorfulness(lab01_to_rgb(true_lab01)).tolist()
-    truth_colorfulness = float(np.mean(truth_per_image))
+    train_lab01 = lab01_from_uint8(read_images(args.data, "train")[::manifest["augment_factor"]], device=device)
+    photos, photo_files = load_photos(args.photos, manifest["size"], device) if args.photos else (None, [])
 
-    predictions = baselines(train_lab01, true_lab01)
-    kinds = {name: "baseline" for name in predictions}
-    histories, configs = {}, {}
+    kinds = {name: "baseline" for name in BASELINES}
+    colorizers, histories, configs = {}, {}, {}
     for path in args.colorizer:
         model, config, ckpt = load_checkpoint(path, task="colorizer", device=device)
         regressor = load_checkpoint(config["regressor"], "regressor", device)[0] if config.get("regressor") else None
         label = Path(path).parent.name + ("" if Path(path).stem == "best" else f"/{Path(path).stem}")
         name = f"{label}: {describe(config)}"
-        predictions[name] = predict(model, true_lab01, regressor, args.batch_size)
+        colorizers[name] = (model, regressor)
         kinds[name], histories[name], configs[name] = "colorizer", ckpt["run"]["history"], config
 
-    per_image = {name: score(pred, true_lab01) for name, pred in predictions.items()}
-    summary = {name: summarize(v, truth_colorfulness) for name, v in per_image.items()}
-    rows = [[name, kinds[name], f"{s['mse']:.3e}", f"{s['psnr']:.2f}", f"{s['ssim']:.4f}", f"{s['ciede2000']:.2f}",
-             f"{s['colorfulness']:.1f}", f"{s['colorfulness_gap']:.1f}"] for name, s in summary.items()]
-    table = markdown_table(["method", "kind", "seed MSE", "PSNR (dB)", "SSIM", "CIEDE2000", "colorfulness",
-                            "gap to truth"], rows)
+    predictions, per_image, summary, truth_colorfulness = compare(true_lab01, train_lab01, colorizers, args.batch_size)
+    table = results_table(summary, kinds)
 
     n_show = min(args.show, len(true_lab01))
     show = list(range(n_show))
@@ -234,6 +261,18 @@ def main():
     results = {"split": args.split, "n_images": len(true_lab01), "data": manifest["source"], "demo": manifest["demo"],
                "truth_colorfulness": truth_colorfulness, "summary": summary, "per_image": per_image,
                "kinds": kinds, "configs": configs}
+
+    if photos is not None:
+        photo_predictions, photo_per_image, photo_summary, photo_truth = compare(photos, train_lab01, colorizers,
+                                                                                 args.batch_size)
+        plot_grid(photos, photo_predictions, range(min(args.show, len(photos))), out / "photos.png")
+        figures.append("photos.png")
+        report += [f"## {len(photos)} photos that are not in the prepared data", "",
+                   "Files: " + ", ".join(f"`{Path(f).name}`" for f in photo_files) +
+                   f". The truth's colorfulness is {photo_truth:.1f}; baselines from the same training set.", "",
+                   results_table(photo_summary, kinds), ""]
+        results["photos"] = {"files": photo_files, "truth_colorfulness": photo_truth, "summary": photo_summary,
+                             "per_image": photo_per_image}
 
     if args.regressor:
         regressor, _, rckpt = load_checkpoint(args.regressor, task="regressor", device=device)

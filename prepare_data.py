@@ -3,8 +3,10 @@
 Loads every image (recursively), centre-crops and resizes it to --size, shuffles with --seed,
 splits 9:1 into train / held-out and the held-out part in half into validation / test, and
 augments the training set --augment-factor times (the original plus random flips, resized crops
-and rotations). Writes train.npy, val.npy, test.npy (uint8 RGB, N x H x W x 3, memory-mappable)
-and manifest.json (which file went where, seed, counts, versions). Same seed -> same bytes.
+and rotations). Writes train.npy, val.npy, test.npy (uint8 RGB, N x H x W x 3), beside each its
+Lab conversion {split}_lab.npy (float16 Lab in [0, 1], N x 3 x H x W: what training reads, so
+that no step of the training loop converts colours), all memory-mappable, and manifest.json
+(which file went where, seed, counts, versions). Same seed -> same bytes.
 
 With no --source and no data/face_images/, builds a small demo set from the colour photos that
 scikit-image and matplotlib ship, so a fresh clone runs end to end without a download.
@@ -23,8 +25,8 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from common import (IMAGE_SUFFIXES, BadImage, UserError, center_square, exit_on_user_error, find_images,
-                    read_image, to_uint8, write_json)
+from common import (IMAGE_SUFFIXES, LAB_SUFFIX, PREPARED_FORMAT, BadImage, UserError, center_square,
+                    exit_on_user_error, find_images, images_to_lab01, read_image, to_uint8, write_json)
 
 DEFAULT_SOURCE = Path("data/face_images")
 # colour photos shipped inside installed packages: (package, file inside its data folder)
@@ -182,6 +184,16 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "opencv": cv2.__version__, "scikit-image": skimage.__version__}
 
 
+def write_lab(path: Path, images: np.ndarray, batch_size=256) -> None:
+    """The images as the networks read them, converted once here: float16 Lab01, N x 3 x H x W
+    (float16 rounds a value in [0, 1] by at most 2.4e-4: far below any error that matters here)."""
+    lab = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(images), 3, *images.shape[1:3]))
+    for i in range(0, len(images), batch_size):
+        lab[i:i + batch_size] = images_to_lab01(torch.from_numpy(images[i:i + batch_size])).half().numpy()
+    lab.flush()
+    del lab
+
+
 def write_prepared(out: Path, arrays: dict, manifest: dict) -> None:
     """Write everything into a temporary sibling folder, then swap it in: never half a dataset."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -190,6 +202,7 @@ def write_prepared(out: Path, arrays: dict, manifest: dict) -> None:
     try:
         for split, array in arrays.items():
             np.save(tmp / f"{split}.npy", array)
+            write_lab(tmp / f"{split}{LAB_SUFFIX}.npy", array)
         write_json(tmp / "manifest.json", manifest)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -227,14 +240,15 @@ def main():
     arrays = {"train": augment(images[train_idx], args.augment_factor, args.size, args.seed, args.workers),
               "val": images[val_idx], "test": images[test_idx]}
     manifest = {
-        "source": source_name, "demo": demo, "seed": args.seed, "size": args.size,
+        "format": PREPARED_FORMAT, "source": source_name, "demo": demo, "seed": args.seed, "size": args.size,
         "held_out": args.held_out, "split_by": args.split_by, "augment_factor": args.augment_factor,
         "counts": {"source_images": len(records) + len(skipped), "skipped": len(skipped), "train": len(train_idx),
                    "train_augmented": len(arrays["train"]), "val": len(val_idx), "test": len(test_idx)},
         "files": {"train": [records[i] for i in train_idx], "val": [records[i] for i in val_idx],
                   "test": [records[i] for i in test_idx]},
         "skipped": skipped, "versions": versions(),
-        "layout": "train.npy rows [i*augment_factor, (i+1)*augment_factor) are files.train[i], original first",
+        "layout": "train.npy rows [i*augment_factor, (i+1)*augment_factor) are files.train[i], original first; "
+                  "{split}_lab.npy row k is {split}.npy row k in float16 Lab01, channels first",
     }
     write_prepared(args.out, arrays, manifest)
     seconds = time.perf_counter() - start

@@ -3,7 +3,8 @@
     python benchmarks/bench.py [--faces DIR] [--out benchmarks/results]
 
 1. training images/s through the real script (train_*.py in a subprocess) vs the pure compute
-   ceiling (same model, batch and step on Lab tensors already in memory): the ratio;
+   ceiling (same model, batch and step on Lab tensors already in memory): the ratio, as the
+   median of --repeats paired measurements (this kind of VM is noisy);
 2. the same vs a naive loader that decodes each file and converts it with scikit-image in
    __getitem__ (the seed's approach): the ratio;
 3. peak resident memory of a training run on the faces augmented x10 and x100: the ratio;
@@ -11,12 +12,15 @@
 5. colorize.py: images/s at 128x128 in batches, and seconds for one 12-megapixel photo.
 Writes bench.json and bench.md into --out. Uses the faces from --faces / $FACES_DIR (default
 ../shared/data/face_images); without them, the demo photos (numbers then not comparable).
+On a GPU the training scripts run with --data-on-device --amp --channels-last, and the ceiling
+steps with the same bfloat16 autocast and memory format.
 """
 import argparse
 import json
 import os
 import platform
 import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -32,7 +36,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import (FaceLabDataset, RunRecord, SeedColorizer, SeedRegressor, UNetColorizer,  # noqa: E402
-                    images_to_lab01, read_image)
+                    read_image, read_images, resolve_device)
 
 MODELS = {  # name: (training script, its model flags, the model, what it predicts)
     "seed colorizer": ("train_colorizer.py", [], lambda: SeedColorizer(), "colorizer"),
@@ -42,37 +46,45 @@ MODELS = {  # name: (training script, its model flags, the model, what it predic
 }
 
 
-def step_fn(model, task):
+def step_fn(model, task, device):
+    """One training step as the scripts take it, with the speed settings they use on this device."""
+    cuda = device.type == "cuda"
+    memory_format = torch.channels_last if cuda else torch.contiguous_format
+    model = model.to(device, memory_format=memory_format)
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step(lab01):
-        if task == "regressor":
-            pred, target = model(lab01[:, :1]), lab01[:, 1:].mean(dim=(2, 3))
-        else:
-            pred, target = torch.cat([lab01[:, :1], model(lab01[:, :1])], 1), lab01
-        loss = F.mse_loss(pred, target)
+        lab01 = lab01.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+            if task == "regressor":
+                pred, target = model(lab01[:, :1]), lab01[:, 1:].mean(dim=(2, 3))
+            else:
+                pred, target = torch.cat([lab01[:, :1], model(lab01[:, :1])], 1), lab01
+            loss = F.mse_loss(pred.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     return step
 
 
-def images_per_s(step, next_batch, batch_size, iters, warmup=2):
+def images_per_s(step, next_batch, batch_size, iters, device, warmup=2):
     """Training images per second of step() on batches from next_batch(), which is timed too."""
     for _ in range(warmup):
         step(next_batch())
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    synchronize()
     start = time.perf_counter()
     for _ in range(iters):
         step(next_batch())
+    synchronize()
     return iters * batch_size / (time.perf_counter() - start)
 
 
-def ceiling(name, data_dir, batch_size, iters):
+def ceiling(name, data_dir, batch_size, iters, device):
     _, _, build, task = MODELS[name]
     torch.manual_seed(0)
-    images = torch.from_numpy(np.array(FaceLabDataset(data_dir, "train").array[:batch_size]))
-    lab01 = images_to_lab01(images)  # converted once: the loop only steps the model
-    return images_per_s(step_fn(build(), task), lambda: lab01, batch_size, iters)
+    lab01 = torch.from_numpy(np.array(FaceLabDataset(data_dir, "train").array[:batch_size])).float().to(device)
+    return images_per_s(step_fn(build(), task, device), lambda: lab01, batch_size, iters, device)  # steps only
 
 
 class NaiveFileDataset(torch.utils.data.Dataset):
@@ -91,7 +103,7 @@ class NaiveFileDataset(torch.utils.data.Dataset):
                                           (lab[..., 2] + 128) / 255])).float()
 
 
-def naive(name, files, batch_size, iters):
+def naive(name, files, batch_size, iters, device):
     _, _, build, task = MODELS[name]
     torch.manual_seed(0)
     loader = torch.utils.data.DataLoader(NaiveFileDataset(files), batch_size=batch_size, shuffle=True, drop_last=True)
@@ -101,7 +113,7 @@ def naive(name, files, batch_size, iters):
             yield from loader
 
     batches = forever()
-    return images_per_s(step_fn(build(), task), lambda: next(batches), batch_size, iters)
+    return images_per_s(step_fn(build(), task, device), lambda: next(batches), batch_size, iters, device)
 
 
 def run_measured(cmd):
@@ -130,11 +142,13 @@ def run_measured(cmd):
     return output, usage.ru_maxrss / 1024, peak_anon[0] / 1024
 
 
-def train_script(name, data_dir, out, batch_size, iters):
+def train_script(name, data_dir, out, batch_size, iters, device):
     """Images/s of the real training script's second epoch, and its peak memory."""
     script, flags, _, _ = MODELS[name]
+    if device.type == "cuda":
+        flags = [*flags, "--data-on-device", "--amp", "--channels-last"]
     cmd = [sys.executable, script, "--data", data_dir, "--out", out, "--epochs", "2", "--epoch-length", str(iters),
-           "--batch-size", str(batch_size), "--patience", "0", "--device", "cpu", "--no-resume", *flags]
+           "--batch-size", str(batch_size), "--patience", "0", "--device", device.type, "--no-resume", *flags]
     _, rss, anon = run_measured(cmd)
     history = json.loads((Path(out) / "history.json").read_text())
     return history["train_images_per_s"][-1], rss, anon
@@ -165,7 +179,7 @@ def colorize_speed(data_dir, tmp):
               "regressor": None, "loss": "mse", "image_size": 128}
     ckpt = Path(tmp) / "seed.pt"
     torch.save({"model": model.state_dict(), "run": RunRecord(config).state_dict()}, ckpt)
-    faces = np.array(FaceLabDataset(data_dir, "train").array[::10][:512])
+    faces = np.array(read_images(data_dir, "train")[::10][:512])
     folder = Path(tmp) / "in"
     folder.mkdir()
     for i, face in enumerate(faces):
@@ -202,14 +216,16 @@ def machine():
 
 def markdown(r):
     rows = ["| model | real script (img/s) | compute ceiling (img/s) | ratio 1: real / ceiling "
-            "| naive loader (img/s) | ratio 2: real / naive |", "|---|---|---|---|---|---|"]
+            "| ratio 1, each repeat | naive loader (img/s) | ratio 2: real / naive |", "|---|---|---|---|---|---|---|"]
     for name, t in r["training"].items():
-        rows.append(f"| {name} | {t['real']:.0f} | {t['ceiling']:.0f} | {t['real'] / t['ceiling']:.2f} "
-                    f"| {t['naive']:.0f} | {t['real'] / t['naive']:.1f} |")
+        rows.append(f"| {name} | {t['real']:.0f} | {t['ceiling']:.0f} | **{t['ratio1']:.2f}** "
+                    f"| {' '.join(f'{x:.2f}' for x in t['ratio1_each'])} | {t['naive']:.0f} "
+                    f"| {t['real'] / t['naive']:.1f} |")
     m, p, c = r["memory"], r["prepare"], r["colorize"]
     return "\n".join([
         f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
-        f"GPU: {r['machine']['gpu'] or 'none'}. Data: {r['data']}. Batch size {r['batch_size']}.", "",
+        f"GPU: {r['machine']['gpu'] or 'none'}. Data: {r['data']}. Batch size {r['batch_size']}. Training device: "
+        f"{r['device']}; medians of {r['repeats']} paired repeats (real script, then ceiling).", "",
         *rows, "",
         f"Peak memory of a seed-colorizer training run ({m['iters']} batches per epoch, 2 epochs): "
         f"x10 ({m['x10_images']} images) {m['x10_rss_mib']:.0f} MiB RSS / {m['x10_anon_mib']:.0f} MiB anonymous; "
@@ -229,11 +245,15 @@ def main():
                    default=Path(os.environ.get("FACES_DIR", ROOT.parent / "shared" / "data" / "face_images")))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--repeats", type=int, default=3, help="paired real/ceiling measurements per model")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = p.parse_args()
+    device = resolve_device(args.device)
     source = args.faces if args.faces.is_dir() else None
     if source is None:
         print(f"{args.faces}: no faces there; benchmarking on the demo photos instead", file=sys.stderr)
-    results = {"machine": machine(), "data": str(source or "demo photos"), "batch_size": args.batch_size}
+    results = {"machine": machine(), "data": str(source or "demo photos"), "batch_size": args.batch_size,
+               "device": device.type, "repeats": args.repeats}
     with tempfile.TemporaryDirectory() as tmp:
         x10, x100 = Path(tmp) / "x10", Path(tmp) / "x100"
         print("prepare x10 ...", flush=True)
@@ -241,17 +261,25 @@ def main():
         files = [Path(source) / r["file"] for r in json.loads((x10 / "manifest.json").read_text())["files"]["train"]] \
             if source else None
         results["training"] = {}
-        for name, iters in (("seed colorizer", 30), ("seed regressor", 10), ("U-Net 8x4", 6)):
+        # windows of about 8 s on this 2-core VM (batches: 60, 20, 6 on a CPU; a GPU gets 10x more)
+        scale = 10 if device.type == "cuda" else 1
+        for name, iters in (("seed colorizer", 60 * scale), ("seed regressor", 20 * scale), ("U-Net 8x4", 6 * scale)):
             print(f"training speed: {name} ...", flush=True)
-            real, _, _ = train_script(name, x10, Path(tmp) / "run", args.batch_size, iters)
-            t = {"real": real, "ceiling": ceiling(name, x10, args.batch_size, iters)}
-            t["naive"] = naive(name, files, args.batch_size, max(3, iters // 3)) if files else float("nan")
+            real, top = [], []
+            for _ in range(args.repeats):
+                real.append(train_script(name, x10, Path(tmp) / "run", args.batch_size, iters, device)[0])
+                top.append(ceiling(name, x10, args.batch_size, iters, device))
+            t = {"real": statistics.median(real), "ceiling": statistics.median(top), "real_each": real,
+                 "ceiling_each": top, "ratio1_each": [a / b for a, b in zip(real, top)]}
+            t["ratio1"] = statistics.median(t["ratio1_each"])
+            t["naive"] = naive(name, files, args.batch_size, max(3, iters // 3), device) if files else float("nan")
             results["training"][name] = t
         print("memory x10 and x100 ...", flush=True)
         prepare(source, x100, 100)
         mem = {"iters": 40}
         for label, data in (("x10", x10), ("x100", x100)):
-            _, rss, anon = train_script("seed colorizer", data, Path(tmp) / f"mem{label}", args.batch_size, 40)
+            _, rss, anon = train_script("seed colorizer", data, Path(tmp) / f"mem{label}", args.batch_size, 40,
+                                        torch.device("cpu"))
             mem.update({f"{label}_rss_mib": rss, f"{label}_anon_mib": anon,
                         f"{label}_images": len(FaceLabDataset(data, "train"))})
         results["memory"] = mem
@@ -260,7 +288,8 @@ def main():
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
     table = markdown(results)
-    (args.out / "bench.md").write_text(f"Command: `python benchmarks/bench.py`\n\n{table}\n")
+    command = " ".join(["python benchmarks/bench.py", *sys.argv[1:]])
+    (args.out / "bench.md").write_text(f"Command: `{command}`\n\n{table}\n")
     print(table)
 
 

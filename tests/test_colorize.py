@@ -22,7 +22,8 @@ def make_mixed_folder(root):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 300x200, shown rotated a quarter turn: 200x300
     Image.fromarray(cv2.resize(photo, (300, 200))[..., ::-1]).save(root / "rotated.jpg", exif=exif.tobytes())
-    return {"rotated.jpg": ((300, 200, 3), np.uint8), "large.jpg": ((1500, 2000, 3), np.uint8), "small.png": ((50, 90, 3), np.uint8),
+    return {"rotated.jpg": ((300, 200, 3), np.uint8), "large.jpg": ((1500, 2000, 3), np.uint8),
+            "small.png": ((50, 90, 3), np.uint8),
             "gray.jpg": ((512, 512, 3), np.uint8), "sub/sixteen.png": ((512, 512, 3), np.uint16),
             "sub/rgba.png": ((512, 512, 4), np.uint8)}
 

@@ -5,7 +5,9 @@ import json
 import cv2
 import numpy as np
 import pytest
+import torch
 
+from common import images_to_lab01
 from conftest import run_script, synthetic_photo
 
 
@@ -25,6 +27,31 @@ def test_counts_split_and_layout(prepared):
     assert len(files["train"] | files["val"] | files["test"]) == 40
     # augmented copies differ from their original, which comes first in its group
     assert all(not np.array_equal(train[i * 3], train[i * 3 + k]) for i in range(36) for k in (1, 2))
+
+
+def test_lab_arrays_are_the_images_converted(prepared):
+    """{split}_lab.npy is what training reads: the uint8 images in Lab01, float16, channels first."""
+    for split in ("train", "val", "test"):
+        images = np.load(prepared / f"{split}.npy")
+        lab = np.load(prepared / f"{split}_lab.npy")
+        assert lab.dtype == np.float16 and lab.shape == (len(images), 3, *images.shape[1:3])
+        exact = images_to_lab01(torch.from_numpy(images)).numpy()
+        # float16 rounds values in [0.5, 1) to steps of 2^-11: at most half a step off
+        np.testing.assert_allclose(lab.astype(np.float32), exact, rtol=0, atol=2 ** -12 + 1e-6)
+
+
+def test_data_from_an_older_version_is_one_clear_line(prepared, tmp_path):
+    old = tmp_path / "old"
+    old.mkdir()
+    manifest = json.loads((prepared / "manifest.json").read_text())
+    del manifest["format"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    for split in ("train", "val", "test"):
+        (old / f"{split}.npy").write_bytes((prepared / f"{split}.npy").read_bytes())
+    result = run_script("train_colorizer.py", "--data", old, "--out", tmp_path / "run", check=False)
+    assert result.returncode == 2
+    assert result.stderr.strip() == (f"error: {old / 'manifest.json'}: prepared by an older version of "
+                                     f"prepare_data.py (no Lab arrays); run prepare_data.py again with --out {old}")
 
 
 def test_same_seed_same_bytes_other_seed_other_split(photo_folder, tmp_path):

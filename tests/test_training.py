@@ -1,5 +1,6 @@
 """Training, checkpoints, resumption after a signal, evaluation and the errors users meet."""
 import json
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,7 +13,7 @@ import torch
 from skimage import data
 
 from common import RESUMABLE_EXIT, ab_bins, load_checkpoint, torch_load
-from conftest import ROOT, run_script
+from conftest import ROOT, run_script, synthetic_photo
 
 
 def weights(path):
@@ -98,8 +99,13 @@ def test_resuming_with_other_settings_is_refused(prepared, trained):
 def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
     col = trained / "colorizer"
     out = tmp_path / "report"
+    photos = tmp_path / "unseen"
+    photos.mkdir()
+    for i, seed in enumerate((7, 8)):
+        cv2.imwrite(str(photos / f"p{i}.png"), synthetic_photo(np.random.default_rng(seed), 100))
     run_script("evaluate.py", "--data", prepared, "--colorizer", col / "best.pt", col / "last.pt",
-               "--regressor", trained / "regressor" / "best.pt", "--out", out, "--device", "cpu")
+               "--regressor", trained / "regressor" / "best.pt", "--out", out, "--device", "cpu",
+               "--photos", photos)
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["kinds"].values()).count("baseline") == 3
     assert list(metrics["kinds"].values()).count("colorizer") == 2
@@ -110,8 +116,16 @@ def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
     assert len(metrics["regressor"]["predicted_ab"]) == 2
     report = (out / "report.md").read_text()
     assert "mean-face map" in report and "Regressor" in report
-    for figure in ("grid.png", "loss_curves.png", "lab_channels.png", "best_worst.png"):
+    for figure in ("grid.png", "loss_curves.png", "lab_channels.png", "best_worst.png", "photos.png"):
         assert (out / figure).stat().st_size > 1000
+    # the photos outside the data get their own table, every method scored on both of them
+    assert "2 photos that are not in the prepared data" in report
+    assert metrics["photos"]["summary"].keys() == metrics["summary"].keys()
+    assert all(len(v["mse"]) == 2 for v in metrics["photos"]["per_image"].values())
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    result = run_script("evaluate.py", "--data", prepared, "--colorizer", col / "best.pt", "--out", out,
+                        "--photos", photos, check=False)
+    assert result.returncode == 2 and result.stderr.startswith(f"error: {photos / 'broken.jpg'}: ")
 
 
 def test_two_processes_with_torchrun_train_to_the_end(prepared, tmp_path):
@@ -142,3 +156,32 @@ def test_classification_head_trains_evaluates_and_colorizes(prepared, tmp_path):
                    "--temperature", t, "--device", "cpu")
     a, b = (cv2.imread(str(tmp_path / t / "photo.png")).astype(int) for t in ("0.38", "1.0"))
     assert a.shape == (512, 512, 3) and np.abs(a - b).mean() > 0  # the temperature changes the colours
+
+
+def test_speed_flags_change_how_not_what(prepared, tmp_path):
+    """--data-on-device (uint8 on the device, converted per batch), --channels-last and --amp (bfloat16)
+    step on the same batches as the default path: the same losses, up to rounding."""
+    args = ["--data", prepared, "--epochs", 1, "--epoch-length", 3, "--batch-size", 16, "--device", "cpu"]
+    history = {}
+    for name, flags in (("plain", []), ("device", ["--data-on-device", "--channels-last"]), ("amp", ["--amp"])):
+        run_script("train_colorizer.py", *args, *flags, "--out", tmp_path / name)
+        history[name] = json.loads((tmp_path / name / "history.json").read_text())
+        _, config, _ = load_checkpoint(tmp_path / name / "best.pt", task="colorizer")
+        assert config["data_on_device"] == (name == "device") and config["amp"] == (name == "amp")
+    for name, tolerance in (("device", 3e-3), ("amp", 2e-2)):
+        for key in ("train_loss", "val_mse"):
+            assert history[name][key] == pytest.approx(history["plain"][key], rel=tolerance), (name, key)
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler (g++)")
+def test_compiled_model_trains_alike_and_saves_plain_weights(prepared, tmp_path):
+    args = ["--data", prepared, "--batch-size", 16, "--device", "cpu", "--dry-run"]
+    run_script("train_colorizer.py", *args, "--out", tmp_path / "plain")
+    run_script("train_colorizer.py", *args, "--out", tmp_path / "compiled", "--compile")
+    plain, compiled = weights(tmp_path / "plain" / "last.pt"), weights(tmp_path / "compiled" / "last.pt")
+    assert plain.keys() == compiled.keys()  # no "_orig_mod." prefix: loads into the plain model
+    # (weights are not compared: the biases before BatchNorm get no gradient, so Adam moves them by
+    # the sign of rounding noise, which fused kernels change)
+    history = [json.loads((tmp_path / run / "history.json").read_text()) for run in ("plain", "compiled")]
+    for key in ("train_loss", "val_mse"):
+        assert history[1][key] == pytest.approx(history[0][key], rel=1e-2), key
