@@ -237,6 +237,15 @@ def batch_to_lab01(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images_to_lab01(batch) if batch.dtype == torch.uint8 else batch.float()
 
 
+def training_augmentation(size: int):
+    """--augment: batch -> each image randomly flipped and crop-resized back to size (its own draw)."""
+    from torchvision.transforms import v2
+
+    transform = v2.Compose([v2.RandomHorizontalFlip(),
+                            v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True)])
+    return lambda batch: torch.stack([transform(image) for image in batch])
+
+
 def stack_batch(batch: torch.Tensor) -> torch.Tensor:
     """collate_fn: the datasets' __getitems__ already return the stacked batch."""
     return batch
@@ -547,6 +556,9 @@ def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int,
     g.add_argument("--epoch-length", type=int, default=None, help="batches per epoch (default: the whole set)")
     g.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the setup")
     f = parser.add_argument_group("speed (results do not depend on these, beyond rounding)")
+    g.add_argument("--augment", action="store_true",
+                   help="a fresh random flip and resized crop of every training image at every step, on top of "
+                        "the fixed copies prepare_data.py made")
     f.add_argument("--data-on-device", action="store_true",
                    help="hold the whole prepared set on the device as uint8 and convert batches there (GPU)")
     f.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast in training steps")
@@ -625,10 +637,12 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     def to_lab01(batch):
         return batch_to_lab01(batch, device).contiguous(memory_format=memory_format)
 
+    augment = training_augmentation(config["image_size"]) if config["augment"] else (lambda lab01: lab01)
+
     def train_step(engine, batch):
         network.train()
         with autocast:
-            pred, target = predict(network, to_lab01(batch))
+            pred, target = predict(network, augment(to_lab01(batch)))
             loss = loss_fn(pred.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -737,7 +751,11 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
         print(f"done: best checkpoint {out / 'best.pt'} (val MSE {min(record.history['val_mse']):.3e})")
 
 
+_ADDED_KEYS = {"augment": False}  # settings newer than some checkpoints: absent means this default
+
+
 def _check_same_run(saved: dict, config: dict, path: Path) -> None:
+    saved = {**_ADDED_KEYS, **saved}
     changed = sorted(k for k in set(saved) | set(config)
                      if k not in _OPERATIONAL_KEYS and saved.get(k) != config.get(k))
     if changed:

@@ -12,7 +12,7 @@ import pytest
 import torch
 from skimage import data
 
-from common import RESUMABLE_EXIT, ab_bins, load_checkpoint, torch_load
+from common import RESUMABLE_EXIT, ab_bins, load_checkpoint, torch_load, training_augmentation
 from conftest import ROOT, run_script, synthetic_photo
 
 
@@ -171,6 +171,22 @@ def test_speed_flags_change_how_not_what(prepared, tmp_path):
     for name, tolerance in (("device", 3e-3), ("amp", 2e-2)):
         for key in ("train_loss", "val_mse"):
             assert history[name][key] == pytest.approx(history["plain"][key], rel=tolerance), (name, key)
+    # --augment does change what is learned: other pixels from the first batch on
+    run_script("train_colorizer.py", *args, "--augment", "--out", tmp_path / "augment")
+    augmented = json.loads((tmp_path / "augment" / "history.json").read_text())
+    assert augmented["train_loss"] != history["plain"]["train_loss"]
+    assert augmented["val_mse"] != history["plain"]["val_mse"]
+
+
+def test_training_augmentation_draws_per_image():
+    torch.manual_seed(0)
+    ramp = torch.linspace(0, 1, 32).expand(3, 32, 32)  # left to right: a flip reverses it
+    batch = ramp.expand(64, 3, 32, 32).contiguous()
+    out = training_augmentation(32)(batch)
+    assert out.shape == batch.shape and 0 <= out.min() and out.max() <= 1
+    flipped = out[:, 0, 16, 0] > out[:, 0, 16, -1]
+    assert 10 < int(flipped.sum()) < 54  # about half, each image its own draw
+    assert len({round(float(x.mean()), 4) for x in out}) > 10  # crops differ too
 
 
 @pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler (g++)")
