@@ -555,10 +555,10 @@ def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int,
                    help="start afresh even if the run folder holds last.pt")
     g.add_argument("--epoch-length", type=int, default=None, help="batches per epoch (default: the whole set)")
     g.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the setup")
-    f = parser.add_argument_group("speed (results do not depend on these, beyond rounding)")
     g.add_argument("--augment", action="store_true",
                    help="a fresh random flip and resized crop of every training image at every step, on top of "
                         "the fixed copies prepare_data.py made")
+    f = parser.add_argument_group("speed (results do not depend on these, beyond rounding)")
     f.add_argument("--data-on-device", action="store_true",
                    help="hold the whole prepared set on the device as uint8 and convert batches there (GPU)")
     f.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast in training steps")
