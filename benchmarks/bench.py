@@ -30,40 +30,46 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (FaceLabDataset, RunRecord, SeedColorizer, SeedRegressor, UNetColorizer,  # noqa: E402
-                    read_image, read_images, resolve_device)
+from common import FaceLabDataset, RunRecord, SeedColorizer, read_image, read_images, resolve_device  # noqa: E402
 
-MODELS = {  # name: (training script, its model flags, the model, what it predicts)
-    "seed colorizer": ("train_colorizer.py", [], lambda: SeedColorizer(), "colorizer"),
-    "seed regressor": ("train_regressor.py", [], lambda: SeedRegressor(), "regressor"),
-    "U-Net 8x4": ("train_colorizer.py", ["--arch", "unet", "--base-channels", "8", "--depth", "4"],
-                  lambda: UNetColorizer(8, 4), "colorizer"),
+MODELS = {  # name: (training script, its flags)
+    "seed colorizer": ("train_colorizer.py", []),
+    "seed regressor": ("train_regressor.py", []),
+    "U-Net 8x4": ("train_colorizer.py", ["--arch", "unet", "--base-channels", "8", "--depth", "4"]),
+    "U-Net 8x4 classify": ("train_colorizer.py", ["--arch", "unet", "--base-channels", "8", "--depth", "4",
+                                                  "--head", "classify"]),
 }
 
 
-def step_fn(model, task, device):
-    """One training step as the scripts take it, with the speed settings they use on this device."""
+def step_fn(name, data_dir, device):
+    """One training step of the model as its script sets it up (model, prediction and loss from the
+    script's own setup function), with the speed settings the scripts use on this device."""
+    import train_colorizer
+    import train_regressor
+
+    script, flags = MODELS[name]
+    module = train_regressor if script == "train_regressor.py" else train_colorizer
+    config = {**vars(module.parse_args([*flags, "--data", str(data_dir)])), "task": Path(script).stem[6:]}
+    setup = train_regressor.setup_regressor if module is train_regressor else train_colorizer.setup_colorizer
+    model, predict, loss_fn, _ = setup(config, device)
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if cuda else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
+    model = model.to(device, memory_format=memory_format).train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
 
     def step(lab01):
         lab01 = lab01.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            if task == "regressor":
-                pred, target = model(lab01[:, :1]), lab01[:, 1:].mean(dim=(2, 3))
-            else:
-                pred, target = torch.cat([lab01[:, :1], model(lab01[:, :1])], 1), lab01
-            loss = F.mse_loss(pred.float(), target)
+            pred, target = predict(model, lab01)
+            loss = loss_fn(pred.float(), target)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        loss.item()  # as the training loop does, every step
     return step
 
 
@@ -81,10 +87,9 @@ def images_per_s(step, next_batch, batch_size, iters, device, warmup=2):
 
 
 def ceiling(name, data_dir, batch_size, iters, device):
-    _, _, build, task = MODELS[name]
     torch.manual_seed(0)
     lab01 = torch.from_numpy(np.array(FaceLabDataset(data_dir, "train").array[:batch_size])).float().to(device)
-    return images_per_s(step_fn(build(), task, device), lambda: lab01, batch_size, iters, device)  # steps only
+    return images_per_s(step_fn(name, data_dir, device), lambda: lab01, batch_size, iters, device)  # steps only
 
 
 class NaiveFileDataset(torch.utils.data.Dataset):
@@ -103,8 +108,7 @@ class NaiveFileDataset(torch.utils.data.Dataset):
                                           (lab[..., 2] + 128) / 255])).float()
 
 
-def naive(name, files, batch_size, iters, device):
-    _, _, build, task = MODELS[name]
+def naive(name, data_dir, files, batch_size, iters, device):
     torch.manual_seed(0)
     loader = torch.utils.data.DataLoader(NaiveFileDataset(files), batch_size=batch_size, shuffle=True, drop_last=True)
 
@@ -113,7 +117,7 @@ def naive(name, files, batch_size, iters, device):
             yield from loader
 
     batches = forever()
-    return images_per_s(step_fn(build(), task, device), lambda: next(batches), batch_size, iters, device)
+    return images_per_s(step_fn(name, data_dir, device), lambda: next(batches), batch_size, iters, device)
 
 
 def run_measured(cmd):
@@ -144,7 +148,7 @@ def run_measured(cmd):
 
 def train_script(name, data_dir, out, batch_size, iters, device):
     """Images/s of the real training script's second epoch, and its peak memory."""
-    script, flags, _, _ = MODELS[name]
+    script, flags = MODELS[name]
     if device.type == "cuda":
         flags = [*flags, "--data-on-device", "--amp", "--channels-last"]
     cmd = [sys.executable, script, "--data", data_dir, "--out", out, "--epochs", "2", "--epoch-length", str(iters),
@@ -263,7 +267,8 @@ def main():
         results["training"] = {}
         # windows of about 8 s on this 2-core VM (batches: 60, 20, 6 on a CPU; a GPU gets 10x more)
         scale = 10 if device.type == "cuda" else 1
-        for name, iters in (("seed colorizer", 60 * scale), ("seed regressor", 20 * scale), ("U-Net 8x4", 6 * scale)):
+        for name, iters in (("seed colorizer", 60 * scale), ("seed regressor", 20 * scale), ("U-Net 8x4", 6 * scale),
+                            ("U-Net 8x4 classify", 6 * scale)):
             print(f"training speed: {name} ...", flush=True)
             real, top = [], []
             for _ in range(args.repeats):
@@ -272,7 +277,7 @@ def main():
             t = {"real": statistics.median(real), "ceiling": statistics.median(top), "real_each": real,
                  "ceiling_each": top, "ratio1_each": [a / b for a, b in zip(real, top)]}
             t["ratio1"] = statistics.median(t["ratio1_each"])
-            t["naive"] = naive(name, files, args.batch_size, max(3, iters // 3), device) if files else float("nan")
+            t["naive"] = naive(name, x10, files, args.batch_size, max(3, iters // 3), device) if files else float("nan")
             results["training"][name] = t
         print("memory x10 and x100 ...", flush=True)
         prepare(source, x100, 100)
