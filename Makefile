@@ -71,7 +71,7 @@ faces-regressor: faces-data
 faces-person: venv
 	$(PY) prepare_data.py --source $(FACES) --out $(PERSON_RUNS)/data --split-by person
 	$(PY) train_colorizer.py --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/seed_sigmoid
-	$(PY) train_colorizer.py --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/unet8 $(UNET) --epochs 8
+	$(PY) train_colorizer.py --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/unet8_classify $(UNET) --epochs 6 --head classify
 
 # the README's results tables and figures, from the runs `make faces` trained
 results: venv

@@ -10,6 +10,7 @@ models never saw), centre-cropped and resized to the training size.
 Writes report.md, metrics.json (per-image numbers too) and figures into --out.
 """
 import argparse
+import json
 import shlex
 import sys
 import textwrap
@@ -140,6 +141,20 @@ def describe(config: dict) -> str:
     return text + f", {config['loss']}"
 
 
+def run_history(checkpoint_path, ckpt: dict) -> dict:
+    """The whole run's history: history.json beside the checkpoint (best.pt holds only the epochs
+    before it was saved), else the checkpoint's own."""
+    path = Path(checkpoint_path).with_name("history.json")
+    return json.loads(path.read_text()) if path.is_file() else ckpt["run"]["history"]
+
+
+def training_row(name: str, history: dict, config: dict) -> list:
+    best = int(np.argmin(history["val_mse"]))
+    settings = f"lr {config['lr']}, batch {config['batch_size']}, patience {config['patience']}"
+    return [name.split(":")[0], len(history["epoch"]), f"{history['val_mse'][best]:.3e}", history["epoch"][best],
+            settings + (", augment" if config.get("augment") else "")]
+
+
 def markdown_table(header: list[str], rows: list[list]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
@@ -230,7 +245,7 @@ def main():
         label = Path(path).parent.name + ("" if Path(path).stem == "best" else f"/{Path(path).stem}")
         name = f"{label}: {describe(config)}"
         colorizers[name] = (model, regressor)
-        kinds[name], histories[name], configs[name] = "colorizer", ckpt["run"]["history"], config
+        kinds[name], histories[name], configs[name] = "colorizer", run_history(path, ckpt), config
 
     predictions, per_image, summary, truth_colorfulness = compare(true_lab01, train_lab01, colorizers, args.batch_size)
     table = results_table(summary, kinds)
@@ -256,6 +271,9 @@ def main():
               "in [0, 1] (data range 1). CIEDE2000 in Lab units. Colorfulness: Hasler and Suesstrunk (2003); "
               f"the truth's is {truth_colorfulness:.1f}.", "", table, ""]
     if models:
+        report += ["How each colorizer was trained (its run folder's history.json):", "",
+                   markdown_table(["colorizer", "epochs trained", "best validation MSE", "at epoch", "settings"],
+                                  [training_row(name, histories[name], configs[name]) for name in models]), ""]
         report += [f"Per-image seed MSE of {best} (test image index: MSE):", "",
                    ", ".join(f"{i}: {v:.2e}" for i, v in enumerate(per_image[best]["mse"])), ""]
     results = {"split": args.split, "n_images": len(true_lab01), "data": manifest["source"], "demo": manifest["demo"],
@@ -292,7 +310,7 @@ def main():
                    f"b*={train_mean[1]:.2f}).", "",
                    markdown_table(["test image", "true a*", "predicted a*", "true b*", "predicted b*"], reg_rows), ""]
         results["regressor"] = {"mse": reg_mse, "constant_mean_mse": const_mse, "predicted_ab": pa, "true_ab": ta}
-        histories["regressor"] = rckpt["run"]["history"]
+        histories["regressor"] = run_history(args.regressor, rckpt)
 
     if histories:
         plot_losses(histories, out / "loss_curves.png")
