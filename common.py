@@ -77,25 +77,43 @@ _RGB_FROM_XYZ = torch.linalg.inv(_XYZ_FROM_RGB)
 _WHITE_D65 = (0.95047, 1.0, 1.08883)
 
 
-def _apply_matrix(matrix: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    return torch.einsum("ij,...jhw->...ihw", matrix.to(x.device, x.dtype), x)
+# L = 116 fy - 16, a = 500 (fx - fy), b = 200 (fy - fz), with f the CIE cube-root curve of X/Xn, Y/Yn, Z/Zn
+_LAB_FROM_F = torch.tensor([[0.0, 116, 0], [500, -500, 0], [0, 200, -200]], dtype=torch.float64)
+_LAB_OFFSET = torch.tensor([-16.0, 0, 0], dtype=torch.float64)
+
+
+def _apply_matrix(matrix: torch.Tensor, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
+    """matrix @ the channel vector of every pixel (+ offset), x of shape (3, H, W) or (N, 3, H, W):
+    a 1x1 convolution, one fast pass where a matrix product with 3 columns would crawl."""
+    offset = None if offset is None else offset.to(x.device, x.dtype)
+    return F.conv2d(x, matrix.to(x.device, x.dtype)[:, :, None, None], offset)
 
 
 def _white(x: torch.Tensor) -> torch.Tensor:
     return torch.tensor(_WHITE_D65, device=x.device, dtype=x.dtype).view(3, 1, 1)
 
 
-def _lab_from_xyz(xyz: torch.Tensor, dim: int) -> torch.Tensor:
-    """White-normalised XYZ (channels on dim) -> L*a*b* in Lab units, channels on dim."""
-    f = torch.where(xyz > 0.008856, xyz.clamp(min=0.008856) ** (1 / 3), 7.787 * xyz + 16 / 116)
-    fx, fy, fz = f.unbind(dim)
-    return torch.stack([116 * fy - 16, 500 * (fx - fy), 200 * (fy - fz)], dim=dim)
+_XYZN_FROM_RGB = _XYZ_FROM_RGB / torch.tensor(_WHITE_D65, dtype=torch.float64)[:, None]  # white-normalised
+
+
+# the network scale: L/100, (a+128)/255, (b+128)/255
+_LAB01_SCALE = torch.tensor([1 / 100, 1 / 255, 1 / 255], dtype=torch.float64)
+_LAB01_SHIFT = torch.tensor([0, 128 / 255, 128 / 255], dtype=torch.float64)
+
+
+def _lab_from_linear_rgb(linear: torch.Tensor, lab01=False) -> torch.Tensor:
+    """Linear sRGB (channels on -3) -> L*a*b* in Lab units, or on the network scale if lab01."""
+    xyz = _apply_matrix(_XYZN_FROM_RGB, linear)  # >= 0: the cube root needs no clamp
+    f = torch.where(xyz > 0.008856, xyz ** (1 / 3), 7.787 * xyz + 16 / 116)
+    if lab01:  # the scaling folded into the same pass
+        return _apply_matrix(_LAB01_SCALE[:, None] * _LAB_FROM_F, f, _LAB01_SCALE * _LAB_OFFSET + _LAB01_SHIFT)
+    return _apply_matrix(_LAB_FROM_F, f, _LAB_OFFSET)
 
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
-    """sRGB in [0, 1], shape (..., 3, H, W) -> L*a*b* in Lab units (L in [0, 100])."""
-    linear = torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
-    return _lab_from_xyz(_apply_matrix(_XYZ_FROM_RGB, linear) / _white(rgb), dim=-3)
+    """sRGB in [0, 1], shape (3, H, W) or (N, 3, H, W) -> L*a*b* in Lab units (L in [0, 100])."""
+    return _lab_from_linear_rgb(torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4,
+                                            rgb / 12.92))
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
@@ -111,8 +129,8 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
 
 def normalize_lab(lab: torch.Tensor) -> torch.Tensor:
     """Lab units -> the network scale [0, 1]: L/100, (a+128)/255, (b+128)/255."""
-    L, ab = lab[..., :1, :, :], lab[..., 1:, :, :]
-    return torch.cat([L / 100, (ab + 128) / 255], dim=-3)
+    return lab * _LAB01_SCALE.to(lab.device, lab.dtype)[:, None, None] + \
+        _LAB01_SHIFT.to(lab.device, lab.dtype)[:, None, None]
 
 
 def denormalize_lab(lab01: torch.Tensor) -> torch.Tensor:
@@ -130,15 +148,14 @@ _SRGB_TO_LINEAR_UINT8 = {}  # per device: the sRGB curve at the 256 values a sto
 def images_to_lab01(images_uint8: torch.Tensor) -> torch.Tensor:
     """A batch of stored images (N, H, W, 3) uint8 RGB -> (N, 3, H, W) float Lab in [0, 1].
     The same numbers as normalize_lab(rgb_to_lab(...)), faster: a lookup table replaces the sRGB
-    power curve and the work stays channels-last until the end (this runs on every training batch)."""
+    power curve (prepare_data.py and --data-on-device convert every image with it)."""
     device = images_uint8.device
     if device not in _SRGB_TO_LINEAR_UINT8:
         c = torch.arange(256, dtype=torch.float64) / 255
         curve = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
         _SRGB_TO_LINEAR_UINT8[device] = curve.float().to(device)
-    linear = _SRGB_TO_LINEAR_UINT8[device][images_uint8.long()]
-    matrix = (_XYZ_FROM_RGB / torch.tensor(_WHITE_D65, dtype=torch.float64)[:, None]).float().to(device)
-    return normalize_lab(_lab_from_xyz(linear @ matrix.T, dim=-1).permute(0, 3, 1, 2))
+    linear = _SRGB_TO_LINEAR_UINT8[device][images_uint8.permute(0, 3, 1, 2).int()]
+    return _lab_from_linear_rgb(linear, lab01=True)
 
 
 def lab01_to_rgb(lab01: torch.Tensor) -> torch.Tensor:
@@ -179,7 +196,7 @@ def read_images(data_dir: str | Path, split: str) -> np.ndarray:
     return np.load(split_file(data_dir, split, lab=False), mmap_mode="r")
 
 
-def lab01_from_uint8(images: np.ndarray, batch_size=256, device="cpu") -> torch.Tensor:
+def lab01_from_uint8(images: np.ndarray, batch_size=32, device="cpu") -> torch.Tensor:
     """uint8 RGB (N, H, W, 3), e.g. a memory map -> Lab01 (N, 3, H, W) float32, in batches."""
     return torch.cat([images_to_lab01(torch.from_numpy(np.array(images[i:i + batch_size])).to(device))
                       for i in range(0, len(images), batch_size)])

@@ -184,11 +184,11 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "opencv": cv2.__version__, "scikit-image": skimage.__version__}
 
 
-def write_lab(path: Path, images: np.ndarray, batch_size=256) -> None:
+def write_lab(path: Path, images: np.ndarray, batch_size=32) -> None:
     """The images as the networks read them, converted once here: float16 Lab01, N x 3 x H x W
     (float16 rounds a value in [0, 1] by at most 2.4e-4: far below any error that matters here)."""
     lab = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(images), 3, *images.shape[1:3]))
-    for i in range(0, len(images), batch_size):
+    for i in range(0, len(images), batch_size):  # small batches: the temporaries stay in the caches
         lab[i:i + batch_size] = images_to_lab01(torch.from_numpy(images[i:i + batch_size])).half().numpy()
     lab.flush()
     del lab
