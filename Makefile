@@ -79,7 +79,7 @@ results: venv
 	  --regressor $(FACES_RUNS)/regressor/best.pt --out docs/results/activation
 	$(PY) evaluate.py --data $(FACES_RUNS)/data --colorizer $(FACES_RUNS)/activation/sigmoid/best.pt \
 	  --runs $(FACES_RUNS)/quality --photos $(UNSEEN_FACES) --out docs/results/quality
-	$(PY) evaluate.py --data $(FACES_RUNS)/data --runs $(FACES_RUNS)/capacity --out docs/results/capacity
+	$(PY) evaluate.py --data $(FACES_RUNS)/data --runs $(FACES_RUNS)/capacity --out docs/results/capacity --show 4
 	$(PY) evaluate.py --data $(PERSON_RUNS)/data --runs $(PERSON_RUNS) --out docs/results/by_person
 
 bench: venv
