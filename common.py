@@ -134,8 +134,9 @@ def normalize_lab(lab: torch.Tensor) -> torch.Tensor:
 
 
 def denormalize_lab(lab01: torch.Tensor) -> torch.Tensor:
-    L, ab = lab01[..., :1, :, :], lab01[..., 1:, :, :]
-    return torch.cat([L * 100, ab * 255 - 128], dim=-3)
+    """The network scale -> Lab units: the inverse of normalize_lab."""
+    return (lab01 - _LAB01_SHIFT.to(lab01.device, lab01.dtype)[:, None, None]) / \
+        _LAB01_SCALE.to(lab01.device, lab01.dtype)[:, None, None]
 
 
 def ab_to_lab_units(ab01: torch.Tensor) -> torch.Tensor:
@@ -196,10 +197,16 @@ def read_images(data_dir: str | Path, split: str) -> np.ndarray:
     return np.load(split_file(data_dir, split, lab=False), mmap_mode="r")
 
 
-def lab01_from_uint8(images: np.ndarray, batch_size=32, device="cpu") -> torch.Tensor:
-    """uint8 RGB (N, H, W, 3), e.g. a memory map -> Lab01 (N, 3, H, W) float32, in batches."""
-    return torch.cat([images_to_lab01(torch.from_numpy(np.array(images[i:i + batch_size])).to(device))
-                      for i in range(0, len(images), batch_size)])
+def lab01_batches(images: np.ndarray, batch_size=32, device="cpu"):
+    """uint8 RGB (N, H, W, 3), e.g. a memory map -> (start row, Lab01 batch (n, 3, H, W) float32), in
+    small batches: their temporaries stay in the caches."""
+    for i in range(0, len(images), batch_size):
+        yield i, images_to_lab01(torch.from_numpy(np.array(images[i:i + batch_size])).to(device))
+
+
+def lab01_from_uint8(images: np.ndarray, device="cpu") -> torch.Tensor:
+    """uint8 RGB (N, H, W, 3) -> Lab01 (N, 3, H, W) float32, all in memory (for small sets)."""
+    return torch.cat([lab01 for _, lab01 in lab01_batches(images, device=device)])
 
 
 class FaceLabDataset(torch.utils.data.Dataset):

@@ -26,7 +26,7 @@ import torch
 from torchvision.transforms import v2
 
 from common import (IMAGE_SUFFIXES, LAB_SUFFIX, PREPARED_FORMAT, BadImage, UserError, center_square,
-                    exit_on_user_error, find_images, images_to_lab01, read_image, to_uint8, write_json)
+                    exit_on_user_error, find_images, lab01_batches, read_image, to_uint8, write_json)
 
 DEFAULT_SOURCE = Path("data/face_images")
 # colour photos shipped inside installed packages: (package, file inside its data folder)
@@ -184,12 +184,13 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "opencv": cv2.__version__, "scikit-image": skimage.__version__}
 
 
-def write_lab(path: Path, images: np.ndarray, batch_size=32) -> None:
+def write_lab(path: Path, images: np.ndarray) -> None:
     """The images as the networks read them, converted once here: float16 Lab01, N x 3 x H x W
-    (float16 rounds a value in [0, 1] by at most 2.4e-4: far below any error that matters here)."""
+    (float16 rounds a value in [0, 1] by at most 2.4e-4: far below any error that matters here),
+    written batch by batch into the file (the x100 set would be 13 GB as float32 in memory)."""
     lab = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(images), 3, *images.shape[1:3]))
-    for i in range(0, len(images), batch_size):  # small batches: the temporaries stay in the caches
-        lab[i:i + batch_size] = images_to_lab01(torch.from_numpy(images[i:i + batch_size])).half().numpy()
+    for i, lab01 in lab01_batches(images):
+        lab[i:i + len(lab01)] = lab01.half().numpy()
     lab.flush()
     del lab
 
