@@ -138,12 +138,13 @@ def split_indices(records, held_out: float, by: str, rng: np.random.Generator):
     return [int(i) for i in order[n_held:]], [int(i) for i in order[:n_val]], [int(i) for i in order[n_val:n_held]]
 
 
-class AugmentedCopies(torch.utils.data.Dataset):
-    """The factor-1 random variants of each original: random flips, rotation and resized crop."""
+class PreparedRows(torch.utils.data.Dataset):
+    """The rows of one split as written: row r is original r // factor when r % factor == 0, else one
+    of its random variants (flips, rotation, resized crop)."""
 
     def __init__(self, images: np.ndarray, factor: int, size: int, seed: int):
         self.chw = torch.from_numpy(images).permute(0, 3, 1, 2)
-        self.copies, self.seed = factor - 1, seed
+        self.factor, self.seed = factor, seed
         self.transform = v2.Compose([
             v2.RandomHorizontalFlip(),
             v2.RandomVerticalFlip(),
@@ -153,26 +154,47 @@ class AugmentedCopies(torch.utils.data.Dataset):
         ])
 
     def __len__(self):
-        return len(self.chw) * self.copies
+        return len(self.chw) * self.factor
 
-    def __getitem__(self, k):
-        # seeded per item: the same bytes whichever worker process makes it
-        torch.manual_seed(self.seed * 1_000_003 + k)
-        return self.transform(self.chw[k // self.copies]).permute(1, 2, 0)
+    def __getitem__(self, row):
+        original, copy = divmod(row, self.factor)
+        image = self.chw[original]
+        if copy:
+            # seeded per variant: the same bytes whichever worker process makes it
+            # (the CPU generator alone: torch.manual_seed also seeds every accelerator, 70x slower)
+            torch.default_generator.manual_seed(self.seed * 1_000_003 + original * (self.factor - 1) + copy - 1)
+            image = self.transform(image)
+        return image.permute(1, 2, 0)
 
 
-def augment(images: np.ndarray, factor: int, size: int, seed: int, workers: int) -> np.ndarray:
-    """Each original followed by its factor-1 variants: rows [i*factor, (i+1)*factor)."""
-    out = np.empty((len(images) * factor, *images.shape[1:]), np.uint8)
-    out[::factor] = images
-    if factor == 1:
-        return out
-    loader = torch.utils.data.DataLoader(AugmentedCopies(images, factor, size, seed), batch_size=256,
-                                         num_workers=workers, worker_init_fn=lambda _: torch.set_num_threads(1))
-    variants = torch.cat(list(loader)).numpy()
-    keep = np.arange(len(out)) % factor != 0
-    out[keep] = variants
-    return out
+def rgb_and_lab(rows: list) -> tuple:
+    """Collate in the worker: the uint8 rows and their float16 Lab01 (N x 3 x H x W), so that the
+    colour conversion runs in the worker processes beside the augmentation."""
+    rgb = torch.stack(rows)
+    return rgb, torch.cat([lab01.half() for _, lab01 in lab01_batches(rgb.numpy())]).contiguous()
+
+
+def write_split(folder: Path, split: str, images: np.ndarray, factor: int, size: int, seed: int, workers: int) -> None:
+    """Write {split}.npy (uint8 RGB, each original followed by its factor-1 variants) and
+    {split}_lab.npy (the same rows as the networks read them, float16 Lab01: float16 rounds a
+    value in [0, 1] by at most 2.4e-4, far below any error that matters here), batch by batch
+    into memory maps: memory stays flat however large the set."""
+    rows = PreparedRows(images, factor, size, seed)
+    # one thread in every process, this one too: the float rounding of the conversion depends on
+    # how the work is split among threads, and the bytes must not depend on the machine
+    torch.set_num_threads(1)
+    rgb = np.lib.format.open_memmap(folder / f"{split}.npy", mode="w+", dtype=np.uint8,
+                                    shape=(len(rows), *images.shape[1:]))
+    lab = np.lib.format.open_memmap(folder / f"{split}{LAB_SUFFIX}.npy", mode="w+", dtype=np.float16,
+                                    shape=(len(rows), 3, *images.shape[1:3]))
+    loader = torch.utils.data.DataLoader(rows, batch_size=64, collate_fn=rgb_and_lab,
+                                         num_workers=workers if factor > 1 else 0)
+    row = 0
+    for rgb_batch, lab_batch in loader:
+        rgb[row:row + len(rgb_batch)], lab[row:row + len(lab_batch)] = rgb_batch, lab_batch
+        row += len(rgb_batch)
+    rgb.flush()
+    lab.flush()
 
 
 def versions() -> dict:
@@ -184,26 +206,15 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "opencv": cv2.__version__, "scikit-image": skimage.__version__}
 
 
-def write_lab(path: Path, images: np.ndarray) -> None:
-    """The images as the networks read them, converted once here: float16 Lab01, N x 3 x H x W
-    (float16 rounds a value in [0, 1] by at most 2.4e-4: far below any error that matters here),
-    written batch by batch into the file (the x100 set would be 13 GB as float32 in memory)."""
-    lab = np.lib.format.open_memmap(path, mode="w+", dtype=np.float16, shape=(len(images), 3, *images.shape[1:3]))
-    for i, lab01 in lab01_batches(images):
-        lab[i:i + len(lab01)] = lab01.half().numpy()
-    lab.flush()
-    del lab
-
-
-def write_prepared(out: Path, arrays: dict, manifest: dict) -> None:
-    """Write everything into a temporary sibling folder, then swap it in: never half a dataset."""
+def write_prepared(out: Path, splits: dict, manifest: dict, size: int, seed: int, workers: int) -> None:
+    """Write every split ({name: (images, augment factor)}) and the manifest into a temporary sibling
+    folder, then swap it in: never half a dataset."""
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     tmp.chmod(0o755)  # mkdtemp makes it private; the prepared set is for everyone
     try:
-        for split, array in arrays.items():
-            np.save(tmp / f"{split}.npy", array)
-            write_lab(tmp / f"{split}{LAB_SUFFIX}.npy", array)
+        for split, (images, factor) in splits.items():
+            write_split(tmp, split, images, factor, size, seed, workers)
         write_json(tmp / "manifest.json", manifest)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -238,25 +249,26 @@ def main():
 
     rng = np.random.default_rng(args.seed)
     train_idx, val_idx, test_idx = split_indices(records, args.held_out, args.split_by, rng)
-    arrays = {"train": augment(images[train_idx], args.augment_factor, args.size, args.seed, args.workers),
-              "val": images[val_idx], "test": images[test_idx]}
+    splits = {"train": (images[train_idx], args.augment_factor), "val": (images[val_idx], 1),
+              "test": (images[test_idx], 1)}
+    n_written = len(train_idx) * args.augment_factor
     manifest = {
         "format": PREPARED_FORMAT, "source": source_name, "demo": demo, "seed": args.seed, "size": args.size,
         "held_out": args.held_out, "split_by": args.split_by, "augment_factor": args.augment_factor,
         "counts": {"source_images": len(records) + len(skipped), "skipped": len(skipped), "train": len(train_idx),
-                   "train_augmented": len(arrays["train"]), "val": len(val_idx), "test": len(test_idx)},
+                   "train_augmented": n_written, "val": len(val_idx), "test": len(test_idx)},
         "files": {"train": [records[i] for i in train_idx], "val": [records[i] for i in val_idx],
                   "test": [records[i] for i in test_idx]},
         "skipped": skipped, "versions": versions(),
         "layout": "train.npy rows [i*augment_factor, (i+1)*augment_factor) are files.train[i], original first; "
                   "{split}_lab.npy row k is {split}.npy row k in float16 Lab01, channels first",
     }
-    write_prepared(args.out, arrays, manifest)
+    write_prepared(args.out, splits, manifest, args.size, args.seed, args.workers)
     seconds = time.perf_counter() - start
     c = manifest["counts"]
     print(f"prepared {args.out}: {c['train']} train (x{args.augment_factor} = {c['train_augmented']}), "
           f"{c['val']} validation, {c['test']} test, {c['skipped']} skipped; "
-          f"{c['source_images'] / seconds:.0f} source images/s, {len(arrays['train']) / seconds:.0f} written/s")
+          f"{c['source_images'] / seconds:.0f} source images/s, {n_written / seconds:.0f} written/s")
 
 
 if __name__ == "__main__":

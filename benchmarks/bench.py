@@ -8,7 +8,7 @@
 2. the same vs a naive loader that decodes each file and converts it with scikit-image in
    __getitem__ (the seed's approach): the ratio;
 3. peak resident memory of a training run on the faces augmented x10 and x100: the ratio;
-4. prepare_data.py throughput on the 750 faces;
+4. prepare_data.py throughput on the 750 faces (median of --repeats), and its peak memory at x10 and x100;
 5. colorize.py: images/s at 128x128 in batches, and seconds for one 12-megapixel photo.
 Writes bench.json and bench.md into --out. Uses the faces from --faces / $FACES_DIR (default
 ../shared/data/face_images); without them, the demo photos (numbers then not comparable).
@@ -158,18 +158,21 @@ def train_script(name, data_dir, out, batch_size, iters, device):
     return history["train_images_per_s"][-1], rss, anon
 
 
-def prepare(source, out, factor):
+def prepare(source, out, factor, repeats=1):
+    """prepare_data.py as a user runs it (wall time with the interpreter's start), median of repeats."""
     cmd = [sys.executable, "prepare_data.py", "--out", out, "--augment-factor", str(factor)]
     cmd += ["--source", str(source)] if source else ["--demo"]
-    start = time.perf_counter()
-    output, _, _ = run_measured(cmd)
-    wall = time.perf_counter() - start
+    walls = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        output, _, anon = run_measured(cmd)
+        walls.append(time.perf_counter() - start)
+    wall = statistics.median(walls)
     counts = json.loads((Path(out) / "manifest.json").read_text())["counts"]
-    return {"wall_s": wall, "source_images": counts["source_images"], "written_images":
-            counts["train_augmented"] + counts["val"] + counts["test"],
-            "source_images_per_s": counts["source_images"] / wall,
-            "written_images_per_s": (counts["train_augmented"] + counts["val"] + counts["test"]) / wall,
-            "script_says": output.strip().splitlines()[-1]}
+    written = counts["train_augmented"] + counts["val"] + counts["test"]
+    return {"wall_s": wall, "wall_s_each": walls, "source_images": counts["source_images"],
+            "written_images": written, "source_images_per_s": counts["source_images"] / wall,
+            "written_images_per_s": written / wall, "anon_mib": anon, "script_says": output.strip().splitlines()[-1]}
 
 
 def colorize_speed(data_dir, tmp):
@@ -236,8 +239,10 @@ def markdown(r):
         f"x100 ({m['x100_images']} images) {m['x100_rss_mib']:.0f} MiB / {m['x100_anon_mib']:.0f} MiB. "
         f"Ratio 3 (x100 / x10, RSS): {m['x100_rss_mib'] / m['x10_rss_mib']:.2f}.", "",
         f"prepare_data.py on {p['source_images']} images ({p['written_images']} written, wall time with "
-        f"interpreter start): {p['source_images_per_s']:.0f} source images/s, {p['written_images_per_s']:.0f} "
-        f"written images/s.", "",
+        f"interpreter start, median of {len(p['wall_s_each'])}: {' '.join(f'{w:.1f}' for w in p['wall_s_each'])} s): "
+        f"{p['source_images_per_s']:.0f} source images/s, {p['written_images_per_s']:.0f} written images/s. "
+        f"Its peak anonymous memory: x10 {p['anon_mib']:.0f} MiB, x100 {r['prepare_x100']['anon_mib']:.0f} MiB "
+        f"({r['prepare_x100']['written_images_per_s']:.0f} written images/s).", "",
         f"colorize.py (seed colorizer, in process): {c['images_per_s_128']:.0f} images/s at 128x128 in batches of 64 "
         f"({c['n_images']} JPEG files read, colorized and written); one 12-megapixel photo: {c['seconds_12mp']:.2f} s.",
     ])
@@ -261,7 +266,7 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         x10, x100 = Path(tmp) / "x10", Path(tmp) / "x100"
         print("prepare x10 ...", flush=True)
-        results["prepare"] = prepare(source, x10, 10)
+        results["prepare"] = prepare(source, x10, 10, args.repeats)
         files = [Path(source) / r["file"] for r in json.loads((x10 / "manifest.json").read_text())["files"]["train"]] \
             if source else None
         results["training"] = {}
@@ -280,7 +285,7 @@ def main():
             t["naive"] = naive(name, x10, files, args.batch_size, max(3, iters // 3), device) if files else float("nan")
             results["training"][name] = t
         print("memory x10 and x100 ...", flush=True)
-        prepare(source, x100, 100)
+        results["prepare_x100"] = prepare(source, x100, 100)
         mem = {"iters": 40}
         for label, data in (("x10", x10), ("x100", x100)):
             _, rss, anon = train_script("seed colorizer", data, Path(tmp) / f"mem{label}", args.batch_size, 40,

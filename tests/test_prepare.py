@@ -55,9 +55,10 @@ def test_data_from_an_older_version_is_one_clear_line(prepared, tmp_path):
 
 
 def test_same_seed_same_bytes_other_seed_other_split(photo_folder, tmp_path):
+    """Same bytes also with another number of worker processes: each variant is seeded by itself."""
     args = ["--source", photo_folder, "--size", 64, "--augment-factor", 2]
-    run_script("prepare_data.py", *args, "--out", tmp_path / "a")
-    run_script("prepare_data.py", *args, "--out", tmp_path / "b")
+    run_script("prepare_data.py", *args, "--out", tmp_path / "a", "--workers", 2)
+    run_script("prepare_data.py", *args, "--out", tmp_path / "b", "--workers", 0)
     run_script("prepare_data.py", *args, "--out", tmp_path / "c", "--seed", 1)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert digest(tmp_path / "a")["test.npy"] != digest(tmp_path / "c")["test.npy"]
