@@ -616,6 +616,25 @@ def train(config: dict, setup_task) -> None:
         parallel.run(_train_process, config, setup_task)
 
 
+def training_step(network: nn.Module, predict, loss_fn, optimizer, amp: bool):
+    """-> step(lab01 batch on the network's device) -> loss: one optimisation step, the one every
+    training script runs (and the benchmark's compute ceiling). With amp, the network and loss run
+    under bfloat16 autocast (no gradient scaler needed); the batch arrives in full precision."""
+    device_type = next(network.parameters()).device.type
+
+    def step(lab01: torch.Tensor) -> float:
+        network.train()
+        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
+            pred, target = predict(network, lab01)
+            loss = loss_fn(pred.float(), target)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return step
+
+
 def _train_process(local_rank: int, config: dict, setup_task) -> None:
     import ignite.distributed as idist
     from ignite.engine import Engine, Events
@@ -658,7 +677,7 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
                                                   weight_decay=config["weight_decay"]))
     # checkpoints hold `model`; steps run `network`, its compiled form if asked for
     network = torch.compile(model) if config["compile"] else model
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=config["amp"])
+    step = training_step(network, predict, loss_fn, optimizer, config["amp"])
 
     def to_lab01(batch):
         return batch_to_lab01(batch, device).contiguous(memory_format=memory_format)
@@ -666,16 +685,10 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     augment = training_augmentation(config["image_size"]) if config["augment"] else (lambda lab01: lab01)
 
     def train_step(engine, batch):
-        network.train()
-        with autocast:
-            pred, target = predict(network, augment(to_lab01(batch)))
-            loss = loss_fn(pred.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        record.epoch_loss[0] += loss.item()
+        loss = step(augment(to_lab01(batch)))
+        record.epoch_loss[0] += loss
         record.epoch_loss[1] += 1
-        return loss.item()
+        return loss
 
     @torch.no_grad()
     def eval_step(engine, batch):

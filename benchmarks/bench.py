@@ -34,7 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import FaceLabDataset, RunRecord, SeedColorizer, read_image, read_images, resolve_device  # noqa: E402
+from common import (FaceLabDataset, RunRecord, SeedColorizer, read_image, read_images, resolve_device,  # noqa: E402
+                    training_step)
 
 MODELS = {  # name: (training script, its flags)
     "seed colorizer": ("train_colorizer.py", []),
@@ -46,8 +47,8 @@ MODELS = {  # name: (training script, its flags)
 
 
 def step_fn(name, data_dir, device):
-    """One training step of the model as its script sets it up (model, prediction and loss from the
-    script's own setup function), with the speed settings the scripts use on this device."""
+    """The training scripts' own step (common.training_step) on the model, prediction and loss from
+    the script's setup function, with the speed settings the scripts use on this device."""
     import train_colorizer
     import train_regressor
 
@@ -58,19 +59,9 @@ def step_fn(name, data_dir, device):
     model, predict, loss_fn, _ = setup(config, device)
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if cuda else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format).train()
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
-
-    def step(lab01):
-        lab01 = lab01.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
-            pred, target = predict(model, lab01)
-            loss = loss_fn(pred.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss.item()  # as the training loop does, every step
-    return step
+    model = model.to(device, memory_format=memory_format)
+    step = training_step(model, predict, loss_fn, torch.optim.Adam(model.parameters(), lr=1e-4), amp=cuda)
+    return lambda lab01: step(lab01.to(device, non_blocking=True).contiguous(memory_format=memory_format))
 
 
 def images_per_s(step, next_batch, batch_size, iters, device, warmup=2):
