@@ -1,6 +1,6 @@
 """Speed of the data path, training and colorize.py, measured in one run on one machine.
 
-    python benchmarks/bench.py [--faces DIR] [--out benchmarks/results]
+    python benchmarks/bench.py [--faces DIR] [--out benchmarks/results] [--quick]
 
 1. training images/s through the real script (train_*.py in a subprocess) vs the pure compute
    ceiling (same model, batch and step on Lab tensors already in memory): the ratio, as the
@@ -34,8 +34,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (FaceLabDataset, RunRecord, SeedColorizer, read_image, read_images, resolve_device,  # noqa: E402
-                    training_step)
+from common import (FaceLabDataset, RunRecord, SeedColorizer, atomic_write, read_image, read_images,  # noqa: E402
+                    resolve_device, training_step, write_json)
 
 MODELS = {  # name: (training script, its flags)
     "seed colorizer": ("train_colorizer.py", []),
@@ -114,22 +114,23 @@ def naive(name, data_dir, files, batch_size, iters, device):
 def run_measured(cmd):
     """Run a command; -> (stdout, peak RSS in MiB, peak anonymous RSS in MiB sampled every 20 ms)."""
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    peak_anon = [0]
+    peak_anon, reaped = [0], threading.Event()
 
-    def sample():
+    def sample():  # never proc.poll() here: it would reap the child before wait4 can read its usage
         status = Path(f"/proc/{proc.pid}/status")
-        while proc.poll() is None:
+        while not reaped.is_set():
             try:
                 anon = int(re.search(r"RssAnon:\s+(\d+)", status.read_text()).group(1))
                 peak_anon[0] = max(peak_anon[0], anon)
-            except (OSError, AttributeError):
+            except (OSError, AttributeError):  # gone, or a zombie without memory lines
                 pass
-            time.sleep(0.02)
+            reaped.wait(0.02)
 
     sampler = threading.Thread(target=sample)
     sampler.start()
     output = proc.stdout.read()
     _, status, usage = os.wait4(proc.pid, 0)
+    reaped.set()
     proc.returncode = os.waitstatus_to_exitcode(status)
     sampler.join()
     if proc.returncode != 0:
@@ -166,7 +167,7 @@ def prepare(source, out, factor, repeats=1):
             "written_images_per_s": written / wall, "anon_mib": anon, "script_says": output.strip().splitlines()[-1]}
 
 
-def colorize_speed(data_dir, tmp):
+def colorize_speed(data_dir, tmp, n_images):
     """colorize.py's own functions, in process: 128x128 files in batches, and one 12-MP photo."""
     import cv2
 
@@ -177,7 +178,7 @@ def colorize_speed(data_dir, tmp):
               "regressor": None, "loss": "mse", "image_size": 128}
     ckpt = Path(tmp) / "seed.pt"
     torch.save({"model": model.state_dict(), "run": RunRecord(config).state_dict()}, ckpt)
-    faces = np.array(read_images(data_dir, "train")[::10][:512])
+    faces = np.array(read_images(data_dir, "train")[::10][:n_images])
     folder = Path(tmp) / "in"
     folder.mkdir()
     for i, face in enumerate(faces):
@@ -247,7 +248,11 @@ def main():
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="paired real/ceiling measurements per model")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--quick", action="store_true",
+                   help="a smoke run: one repeat, windows of 2 batches; proves it works, its numbers mean nothing")
     args = p.parse_args()
+    if args.quick:
+        args.repeats = 1
     device = resolve_device(args.device)
     source = args.faces if args.faces.is_dir() else None
     if source is None:
@@ -263,8 +268,8 @@ def main():
         results["training"] = {}
         # windows of about 8 s on this 2-core VM (batches: 60, 20, 6 on a CPU; a GPU gets 10x more)
         scale = 10 if device.type == "cuda" else 1
-        for name, iters in (("seed colorizer", 60 * scale), ("seed regressor", 20 * scale), ("U-Net 8x4", 6 * scale),
-                            ("U-Net 8x4 classify", 6 * scale)):
+        windows = {"seed colorizer": 60, "seed regressor": 20, "U-Net 8x4": 6, "U-Net 8x4 classify": 6}
+        for name, iters in ((name, 2 if args.quick else n * scale) for name, n in windows.items()):
             print(f"training speed: {name} ...", flush=True)
             real, top = [], []
             for _ in range(args.repeats):
@@ -277,20 +282,19 @@ def main():
             results["training"][name] = t
         print("memory x10 and x100 ...", flush=True)
         results["prepare_x100"] = prepare(source, x100, 100)
-        mem = {"iters": 40}
+        mem = {"iters": 4 if args.quick else 40}
         for label, data in (("x10", x10), ("x100", x100)):
-            _, rss, anon = train_script("seed colorizer", data, Path(tmp) / f"mem{label}", args.batch_size, 40,
-                                        torch.device("cpu"))
+            _, rss, anon = train_script("seed colorizer", data, Path(tmp) / f"mem{label}", args.batch_size,
+                                        mem["iters"], torch.device("cpu"))
             mem.update({f"{label}_rss_mib": rss, f"{label}_anon_mib": anon,
                         f"{label}_images": len(FaceLabDataset(data, "train"))})
         results["memory"] = mem
         print("colorize ...", flush=True)
-        results["colorize"] = colorize_speed(x10, tmp)
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "bench.json").write_text(json.dumps(results, indent=2) + "\n")
+        results["colorize"] = colorize_speed(x10, tmp, 64 if args.quick else 512)
+    write_json(args.out / "bench.json", results)
     table = markdown(results)
     command = " ".join(["python benchmarks/bench.py", *sys.argv[1:]])
-    (args.out / "bench.md").write_text(f"Command: `{command}`\n\n{table}\n")
+    atomic_write(args.out / "bench.md", lambda tmp: Path(tmp).write_text(f"Command: `{command}`\n\n{table}\n"))
     print(table)
 
 

@@ -1,0 +1,36 @@
+"""benchmarks/bench.py runs end to end (--quick: one repeat, tiny windows) and writes every ratio."""
+import json
+import math
+
+import cv2
+import numpy as np
+
+from conftest import run_script, synthetic_photo
+
+
+def test_quick_benchmark_writes_every_ratio(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(0)
+    for i in range(12):
+        cv2.imwrite(str(photos / f"p{i:02d}.png"), synthetic_photo(rng, size=128)[..., ::-1])
+    out = tmp_path / "results"
+    run_script("benchmarks/bench.py", "--faces", photos, "--out", out, "--quick", "--batch-size", 8, "--device", "cpu",
+               timeout=900)
+
+    results = json.loads((out / "bench.json").read_text())
+    assert set(results["training"]) == {"seed colorizer", "seed regressor", "U-Net 8x4", "U-Net 8x4 classify"}
+    for t in results["training"].values():
+        assert all(math.isfinite(x) and x > 0 for x in (t["real"], t["ceiling"], t["ratio1"], t["naive"]))
+        assert t["ratio1"] == t["real"] / t["ceiling"]  # one repeat: the median is that repeat
+    memory, prepare = results["memory"], results["prepare"]
+    assert (memory["x10_images"], memory["x100_images"]) == (100, 1000)  # 10 training photos x10, x100
+    assert memory["x10_rss_mib"] > 0 and memory["x100_rss_mib"] > 0
+    assert prepare["written_images"] == 102 and prepare["written_images_per_s"] > 0
+    assert results["colorize"]["images_per_s_128"] > 0 and results["colorize"]["seconds_12mp"] > 0
+
+    report = (out / "bench.md").read_text()
+    assert report.startswith("Command: `python benchmarks/bench.py --faces")
+    for line in ("ratio 1: real / ceiling", "ratio 2: real / naive", "Ratio 3 (x100 / x10, RSS)", "written images/s"):
+        assert line in report
+    assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]  # nothing half-written beside them
