@@ -1,4 +1,5 @@
-"""benchmarks/bench.py runs end to end (--quick: one repeat, tiny windows) and writes every ratio."""
+"""The benchmarks run end to end: bench.py (--quick: one repeat, tiny windows) writes every ratio, pipeline.py
+times every step of the seed pipeline."""
 import json
 import math
 
@@ -34,3 +35,30 @@ def test_quick_benchmark_writes_every_ratio(tmp_path):
     for line in ("ratio 1: real / ceiling", "ratio 2: real / naive", "Ratio 3 (x100 / x10, RSS)", "written images/s"):
         assert line in report
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]  # nothing half-written beside them
+
+
+def test_pipeline_wall_time_runs_every_step(tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    rng = np.random.default_rng(1)
+    for i in range(12):
+        cv2.imwrite(str(photos / f"p{i:02d}.png"), synthetic_photo(rng, size=128)[..., ::-1])
+    out = tmp_path / "results"
+    run_script("benchmarks/pipeline.py", "--faces", photos, "--out", out, "--regressor-epochs", 2,
+               "--colorizer-epochs", 1, "--device", "cpu")
+    results = json.loads((out / "pipeline.json").read_text())
+    steps = results["steps"]
+    assert [s["script"] for s in steps] == ["prepare_data.py", "train_regressor.py", "train_colorizer.py",
+                                            "evaluate.py"]
+    assert (steps[1]["epochs"], steps[2]["epochs"]) == (2, 1)
+    assert all(s["seconds"] > 0 for s in steps)
+    assert results["total_seconds"] == sum(s["seconds"] for s in steps)
+    assert 0 < results["colorizer_test_mse"] < 1 and 0 < results["regressor_test_mse"] < 1
+    assert "| **whole pipeline** |" in (out / "pipeline.md").read_text()
+
+
+def test_pipeline_without_faces_is_one_clear_line(tmp_path):
+    result = run_script("benchmarks/pipeline.py", "--faces", tmp_path / "nowhere", "--out", tmp_path, check=False)
+    assert result.returncode == 1
+    assert result.stderr.strip() == (f"error: {tmp_path / 'nowhere'}: no such folder; pass --faces DIR "
+                                      "(or set FACES_DIR), the face images")
