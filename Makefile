@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 FACES  ?= ../shared/data/face_images
 RUNS   ?= runs
 
-.PHONY: venv demo test results bench slurm-start clean
+.PHONY: venv demo test results bench bench-pipeline slurm-start clean
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
@@ -84,6 +84,10 @@ results: venv
 
 bench: venv
 	$(PY) benchmarks/bench.py
+
+# wall time of the whole seed pipeline (200 regressor epochs: hours on a CPU, minutes on a GPU)
+bench-pipeline: venv
+	$(PY) benchmarks/pipeline.py
 
 slurm-start:
 	sudo bash slurm/local_cluster.sh start
