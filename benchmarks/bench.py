@@ -240,14 +240,28 @@ def markdown(r):
     ])
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def benchmark_parser(doc):
+    """The flags every benchmark takes: where the faces are, where results go, which device."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--faces", type=Path,
                    default=Path(os.environ.get("FACES_DIR", ROOT.parent / "shared" / "data" / "face_images")))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return p
+
+
+def write_results(out, name, results, table):
+    """NAME.json and NAME.md (the table under the command that made it) into out, each atomically."""
+    write_json(out / f"{name}.json", results)
+    command = " ".join([f"python benchmarks/{Path(sys.argv[0]).name}", *sys.argv[1:]])
+    atomic_write(out / f"{name}.md", lambda tmp: Path(tmp).write_text(f"Command: `{command}`\n\n{table}\n"))
+    print(table)
+
+
+def main():
+    p = benchmark_parser(__doc__)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="paired real/ceiling measurements per model")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: one repeat, windows of 2 batches; proves it works, its numbers mean nothing")
     args = p.parse_args()
@@ -291,11 +305,7 @@ def main():
         results["memory"] = mem
         print("colorize ...", flush=True)
         results["colorize"] = colorize_speed(x10, tmp, 64 if args.quick else 512)
-    write_json(args.out / "bench.json", results)
-    table = markdown(results)
-    command = " ".join(["python benchmarks/bench.py", *sys.argv[1:]])
-    atomic_write(args.out / "bench.md", lambda tmp: Path(tmp).write_text(f"Command: `{command}`\n\n{table}\n"))
-    print(table)
+    write_results(args.out, "bench", results, markdown(results))
 
 
 if __name__ == "__main__":

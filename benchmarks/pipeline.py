@@ -9,9 +9,7 @@ device (a SLURM cluster runs the two trainings side by side). On a GPU the train
 step's seconds, the epochs it ran, and the test MSE the pipeline reached (so a fast run that
 learnt nothing shows).
 """
-import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -21,8 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from common import atomic_write, resolve_device, write_json  # noqa: E402
-from bench import machine  # noqa: E402
+from bench import benchmark_parser, machine, write_results  # noqa: E402
+from common import resolve_device  # noqa: E402
 
 
 def timed(cmd):
@@ -52,13 +50,9 @@ def markdown(r):
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--faces", type=Path,
-                   default=Path(os.environ.get("FACES_DIR", ROOT.parent / "shared" / "data" / "face_images")))
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    p = benchmark_parser(__doc__)
     p.add_argument("--regressor-epochs", type=int, default=200)
     p.add_argument("--colorizer-epochs", type=int, default=20)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = p.parse_args()
     if not args.faces.is_dir():
         sys.exit(f"error: {args.faces}: no such folder; pass --faces DIR (or set FACES_DIR), the face images")
@@ -87,11 +81,7 @@ def main():
                "colorizer_test_mse": metrics["summary"][colorizer]["mse"],
                "regressor_test_mse": metrics["regressor"]["mse"],
                "mean_face_test_mse": metrics["summary"]["mean-face map"]["mse"]}
-    write_json(args.out / "pipeline.json", results)
-    table = markdown(results)
-    command = " ".join(["python benchmarks/pipeline.py", *sys.argv[1:]])
-    atomic_write(args.out / "pipeline.md", lambda tmp: Path(tmp).write_text(f"Command: `{command}`\n\n{table}\n"))
-    print(table)
+    write_results(args.out, "pipeline", results, markdown(results))
 
 
 if __name__ == "__main__":

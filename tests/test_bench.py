@@ -9,12 +9,17 @@ import numpy as np
 from conftest import run_script, synthetic_photo
 
 
-def test_quick_benchmark_writes_every_ratio(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
+def twelve_photos(folder):
+    """12 synthetic colour photos at the default --size, 128 (10 train, 1 validation, 1 test)."""
+    folder.mkdir()
     rng = np.random.default_rng(0)
     for i in range(12):
-        cv2.imwrite(str(photos / f"p{i:02d}.png"), synthetic_photo(rng, size=128)[..., ::-1])
+        cv2.imwrite(str(folder / f"p{i:02d}.png"), synthetic_photo(rng, size=128)[..., ::-1])
+    return folder
+
+
+def test_quick_benchmark_writes_every_ratio(tmp_path):
+    photos = twelve_photos(tmp_path / "photos")
     out = tmp_path / "results"
     run_script("benchmarks/bench.py", "--faces", photos, "--out", out, "--quick", "--batch-size", 8, "--device", "cpu",
                timeout=900)
@@ -38,11 +43,7 @@ def test_quick_benchmark_writes_every_ratio(tmp_path):
 
 
 def test_pipeline_wall_time_runs_every_step(tmp_path):
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    rng = np.random.default_rng(1)
-    for i in range(12):
-        cv2.imwrite(str(photos / f"p{i:02d}.png"), synthetic_photo(rng, size=128)[..., ::-1])
+    photos = twelve_photos(tmp_path / "photos")
     out = tmp_path / "results"
     run_script("benchmarks/pipeline.py", "--faces", photos, "--out", out, "--regressor-epochs", 2,
                "--colorizer-epochs", 1, "--device", "cpu")
