@@ -37,6 +37,9 @@ sys.path.insert(0, str(ROOT))
 from common import (FaceLabDataset, RunRecord, SeedColorizer, atomic_write, read_image, read_images,  # noqa: E402
                     resolve_device, training_step, write_json)
 
+# the training scripts' speed flags on a GPU (the ceiling steps with the same autocast and memory format)
+GPU_FLAGS = ["--data-on-device", "--amp", "--channels-last"]
+
 MODELS = {  # name: (training script, its flags)
     "seed colorizer": ("train_colorizer.py", []),
     "seed regressor": ("train_regressor.py", []),
@@ -142,7 +145,7 @@ def train_script(name, data_dir, out, batch_size, iters, device):
     """Images/s of the real training script's second epoch, and its peak memory."""
     script, flags = MODELS[name]
     if device.type == "cuda":
-        flags = [*flags, "--data-on-device", "--amp", "--channels-last"]
+        flags = [*flags, *GPU_FLAGS]
     cmd = [sys.executable, script, "--data", data_dir, "--out", out, "--epochs", "2", "--epoch-length", str(iters),
            "--batch-size", str(batch_size), "--patience", "0", "--device", device.type, "--no-resume", *flags]
     _, rss, anon = run_measured(cmd)

@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import benchmark_parser, machine, write_results  # noqa: E402
+from bench import GPU_FLAGS, benchmark_parser, machine, write_results  # noqa: E402
 from common import resolve_device  # noqa: E402
 
 
@@ -57,7 +57,7 @@ def main():
     if not args.faces.is_dir():
         sys.exit(f"error: {args.faces}: no such folder; pass --faces DIR (or set FACES_DIR), the face images")
     device = resolve_device(args.device)
-    train_flags = ["--data-on-device", "--amp", "--channels-last"] if device.type == "cuda" else []
+    train_flags = GPU_FLAGS if device.type == "cuda" else []
     py = sys.executable
     with tempfile.TemporaryDirectory() as tmp:
         data, reg, col, report = (Path(tmp) / name for name in ("data", "regressor", "colorizer", "report"))
