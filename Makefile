@@ -34,8 +34,10 @@ test: venv
 FACES_RUNS = $(RUNS)/faces
 PERSON_RUNS = $(RUNS)/faces_by_person
 REGRESSOR_EPOCHS ?= 200
-CAPACITY_EPOCHS ?= 4
-TRAIN = $(PY) train_colorizer.py --data $(FACES_RUNS)/data
+CAPACITY_EPOCHS ?= 20
+# extra flags for every training, e.g. TRAIN_FLAGS=--data-on-device on a GPU (speed only, same results)
+TRAIN_FLAGS ?=
+TRAIN = $(PY) train_colorizer.py --data $(FACES_RUNS)/data $(TRAIN_FLAGS)
 UNET = --arch unet --base-channels 8 --depth 4 --lr 0.002 --patience 0
 # two face photos that are not in the dataset, shipped with scikit-image and matplotlib
 UNSEEN_FACES = $(shell $(PY) -c "import skimage, matplotlib, pathlib as p; \
@@ -58,20 +60,23 @@ faces-quality: faces-data
 	$(TRAIN) --out $(FACES_RUNS)/quality/unet8_classify $(UNET) --epochs 16 --head classify
 	$(TRAIN) --out $(FACES_RUNS)/quality/seed_classify --head classify
 
-# the seed's capacity table: max channels x layers per side, all with the same CAPACITY_EPOCHS
+# the seed's capacity table: max channels x layers per side, at the seed's settings (at most
+# CAPACITY_EPOCHS epochs, early stopping with patience 5)
 faces-capacity: faces-data
 	for layers in 3 5; do for ch in 128 256 512; do $(TRAIN) --out $(FACES_RUNS)/capacity/c$$ch-l$$layers \
-	  --max-channels $$ch --layers $$layers --epochs $(CAPACITY_EPOCHS) --patience 0; done; done
-	$(TRAIN) --out $(FACES_RUNS)/capacity/c64-l5 --max-channels 64 --layers 5 --epochs $(CAPACITY_EPOCHS) --patience 0
+	  --max-channels $$ch --layers $$layers --epochs $(CAPACITY_EPOCHS); done; done
+	$(TRAIN) --out $(FACES_RUNS)/capacity/c64-l5 --max-channels 64 --layers 5 --epochs $(CAPACITY_EPOCHS)
 
 faces-regressor: faces-data
-	$(PY) train_regressor.py --data $(FACES_RUNS)/data --out $(FACES_RUNS)/regressor --epochs $(REGRESSOR_EPOCHS)
+	$(PY) train_regressor.py --data $(FACES_RUNS)/data --out $(FACES_RUNS)/regressor --epochs $(REGRESSOR_EPOCHS) \
+	  $(TRAIN_FLAGS)
 
 # people the models never saw: split by person (JPEG comment), 45 people to train, 5 held out
 faces-person: venv
 	$(PY) prepare_data.py --source $(FACES) --out $(PERSON_RUNS)/data --split-by person
-	$(PY) train_colorizer.py --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/seed_sigmoid
-	$(PY) train_colorizer.py --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/unet8_classify $(UNET) --epochs 6 --head classify
+	$(PY) train_colorizer.py --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/seed_sigmoid $(TRAIN_FLAGS)
+	$(PY) train_colorizer.py --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/unet8_classify $(UNET) --epochs 6 \
+	  --head classify $(TRAIN_FLAGS)
 
 # the README's results tables and figures, from the runs `make faces` trained
 results: venv

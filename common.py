@@ -254,7 +254,8 @@ class DeviceImages(torch.utils.data.Dataset):
         return len(self.images)
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        return self.images[torch.as_tensor(indices, device=self.images.device)]
+        # non_blocking: a plain copy of the indices would wait for every queued GPU step first
+        return self.images[torch.as_tensor(indices).to(self.images.device, non_blocking=True)]
 
 
 def batch_to_lab01(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -470,10 +471,13 @@ class RunRecord:
     def __init__(self, config: dict):
         self.config = dict(config)
         self.history = {"epoch": [], "train_loss": [], "val_loss": [], "val_mse": [], "train_images_per_s": []}
-        self.epoch_loss = [0.0, 0]  # sum and count of this epoch's batch losses, kept across a resume
+        # sum and count of this epoch's batch losses, kept across a resume; the sum stays a tensor on
+        # the device while training, so that no step waits for the GPU to read a loss back
+        self.epoch_loss = [0.0, 0]
 
     def state_dict(self) -> dict:
-        return {"config": self.config, "history": self.history, "epoch_loss": self.epoch_loss}
+        return {"config": self.config, "history": self.history,
+                "epoch_loss": [float(self.epoch_loss[0]), self.epoch_loss[1]]}
 
     def load_state_dict(self, state: dict) -> None:
         self.history, self.epoch_loss = state["history"], state["epoch_loss"]
@@ -619,10 +623,11 @@ def train(config: dict, setup_task) -> None:
 def training_step(network: nn.Module, predict, loss_fn, optimizer, amp: bool):
     """-> step(lab01 batch on the network's device) -> loss: one optimisation step, the one every
     training script runs (and the benchmark's compute ceiling). With amp, the network and loss run
-    under bfloat16 autocast (no gradient scaler needed); the batch arrives in full precision."""
+    under bfloat16 autocast (no gradient scaler needed); the batch arrives in full precision. The loss
+    comes back as a tensor: reading its value (.item()) would make the host wait for the GPU every step."""
     device_type = next(network.parameters()).device.type
 
-    def step(lab01: torch.Tensor) -> float:
+    def step(lab01: torch.Tensor) -> torch.Tensor:
         network.train()
         with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
             pred, target = predict(network, lab01)
@@ -630,7 +635,7 @@ def training_step(network: nn.Module, predict, loss_fn, optimizer, amp: bool):
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        return loss.item()
+        return loss.detach()
 
     return step
 
@@ -672,7 +677,9 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
 
     model, predict, loss_fn, val_loss_fn = setup_task(config, device)
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
-    model = idist.auto_model(model.to(device, memory_format=memory_format))
+    model = model.to(device, memory_format=memory_format)
+    if idist.get_world_size() > 1:  # auto_model alone would also move a --device cpu model onto a GPU
+        model = idist.auto_model(model)
     optimizer = idist.auto_optim(torch.optim.Adam(model.parameters(), lr=config["lr"],
                                                   weight_decay=config["weight_decay"]))
     # checkpoints hold `model`; steps run `network`, its compiled form if asked for
@@ -731,7 +738,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
         metrics = evaluator.run(val_loader).metrics
         h = record.history
         h["epoch"].append(engine.state.epoch)
-        loss_sum, count = idist.all_reduce(torch.tensor(record.epoch_loss, dtype=torch.float64)).tolist()
+        loss_sum, count = idist.all_reduce(torch.tensor([float(record.epoch_loss[0]), record.epoch_loss[1]],
+                                                        dtype=torch.float64)).tolist()
         h["train_loss"].append(loss_sum / count)
         h["val_loss"].append(metrics["val_loss"])
         h["val_mse"].append(metrics["val_mse"])
@@ -760,7 +768,7 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
             engine.terminate()
 
     if rank0 and sys.stderr.isatty():  # batch logs (SLURM, CI) get the per-epoch lines only
-        ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": loss})
+        ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": float(loss)})
 
     last_path = out / "last.pt"
     if config["resume"] and last_path.is_file():

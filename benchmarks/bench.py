@@ -80,10 +80,14 @@ def images_per_s(step, next_batch, batch_size, iters, device, warmup=2):
     return iters * batch_size / (time.perf_counter() - start)
 
 
-def ceiling(name, data_dir, batch_size, iters, device):
+def ceiling(name, data_dir, batch_size, iters, device, read_loss=False):
+    """Steps only, on one batch already in memory. read_loss: read every step's loss back to the host
+    (loss.item()), as a loop that prints or sums Python floats does: what that synchronisation costs."""
     torch.manual_seed(0)
     lab01 = torch.from_numpy(np.array(FaceLabDataset(data_dir, "train").array[:batch_size])).float().to(device)
-    return images_per_s(step_fn(name, data_dir, device), lambda: lab01, batch_size, iters, device)  # steps only
+    step = step_fn(name, data_dir, device)
+    timed_step = (lambda batch: step(batch).item()) if read_loss else step
+    return images_per_s(timed_step, lambda: lab01, batch_size, iters, device)
 
 
 class NaiveFileDataset(torch.utils.data.Dataset):
@@ -208,27 +212,53 @@ def colorize_speed(data_dir, tmp, n_images):
     return {"images_per_s_128": per_s, "n_images": len(files), "seconds_12mp": time.perf_counter() - start}
 
 
+def nvidia_driver():
+    """The NVIDIA driver's version as nvidia-smi reports it, or None without one."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+
+
 def machine():
+    import ignite
+    import torchvision
+
     cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
                 if line.startswith("model name")), platform.processor())
     return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "python": platform.python_version(),
-            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+            "torch_cuda_build": torch.version.cuda, "torchvision": torchvision.__version__,
+            "ignite": ignite.__version__, "numpy": np.__version__, "python": platform.python_version(),
+            "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+            "nvidia_driver": nvidia_driver()}
+
+
+def describe_machine(m):
+    """One line naming the machine and the versions every figure depends on."""
+    gpu = f"GPU: {m['gpu']} (driver {m['nvidia_driver']}, CUDA build {m['torch_cuda_build']})" if m["gpu"] \
+        else "GPU: none"
+    return (f"Machine: {m['cpu']}, {m['cores']} cores, {gpu}; torch {m['torch']}, torchvision {m['torchvision']}, "
+            f"ignite {m['ignite']}, Python {m['python']}.")
 
 
 def markdown(r):
     rows = ["| model | real script (img/s) | compute ceiling (img/s) | ratio 1: real / ceiling "
-            "| ratio 1, each repeat | naive loader (img/s) | ratio 2: real / naive |", "|---|---|---|---|---|---|---|"]
+            "| ratio 1, each repeat | ceiling reading every loss back (img/s) | cost of that sync "
+            "| naive loader (img/s) | ratio 2: real / naive |", "|---|---|---|---|---|---|---|---|---|"]
     for name, t in r["training"].items():
         rows.append(f"| {name} | {t['real']:.0f} | {t['ceiling']:.0f} | **{t['ratio1']:.2f}** "
-                    f"| {' '.join(f'{x:.2f}' for x in t['ratio1_each'])} | {t['naive']:.0f} "
+                    f"| {' '.join(f'{x:.2f}' for x in t['ratio1_each'])} | {t['ceiling_read_loss']:.0f} "
+                    f"| {1 - t['ceiling_read_loss'] / t['ceiling']:.0%} | {t['naive']:.0f} "
                     f"| {t['real'] / t['naive']:.1f} |")
+    head = [f"{describe_machine(r['machine'])} Data: {r['data']}. Batch size {r['batch_size']}. Training device: "
+            f"{r['device']}; medians of {r['repeats']} paired repeats (real script, then ceiling).", "", *rows]
+    if "memory" not in r:  # --training-only
+        return "\n".join(head)
     m, p, c = r["memory"], r["prepare"], r["colorize"]
     return "\n".join([
-        f"Machine: {r['machine']['cpu']}, {r['machine']['cores']} cores, torch {r['machine']['torch']}, "
-        f"GPU: {r['machine']['gpu'] or 'none'}. Data: {r['data']}. Batch size {r['batch_size']}. Training device: "
-        f"{r['device']}; medians of {r['repeats']} paired repeats (real script, then ceiling).", "",
-        *rows, "",
+        *head, "",
         f"Peak memory of a seed-colorizer training run ({m['iters']} batches per epoch, 2 epochs): "
         f"x10 ({m['x10_images']} images) {m['x10_rss_mib']:.0f} MiB RSS / {m['x10_anon_mib']:.0f} MiB anonymous; "
         f"x100 ({m['x100_images']} images) {m['x100_rss_mib']:.0f} MiB / {m['x100_anon_mib']:.0f} MiB. "
@@ -265,6 +295,8 @@ def main():
     p = benchmark_parser(__doc__)
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--repeats", type=int, default=3, help="paired real/ceiling measurements per model")
+    p.add_argument("--training-only", action="store_true",
+                   help="only the training speeds: ratio 1 and the cost of reading every loss back")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: one repeat, windows of 2 batches; proves it works, its numbers mean nothing")
     args = p.parse_args()
@@ -288,15 +320,21 @@ def main():
         windows = {"seed colorizer": 60, "seed regressor": 20, "U-Net 8x4": 6, "U-Net 8x4 classify": 6}
         for name, iters in ((name, 2 if args.quick else n * scale) for name, n in windows.items()):
             print(f"training speed: {name} ...", flush=True)
-            real, top = [], []
+            real, top, read_loss = [], [], []
             for _ in range(args.repeats):
                 real.append(train_script(name, x10, Path(tmp) / "run", args.batch_size, iters, device)[0])
                 top.append(ceiling(name, x10, args.batch_size, iters, device))
+                read_loss.append(ceiling(name, x10, args.batch_size, iters, device, read_loss=True))
             t = {"real": statistics.median(real), "ceiling": statistics.median(top), "real_each": real,
-                 "ceiling_each": top, "ratio1_each": [a / b for a, b in zip(real, top)]}
+                 "ceiling_each": top, "ratio1_each": [a / b for a, b in zip(real, top)],
+                 "ceiling_read_loss": statistics.median(read_loss)}
             t["ratio1"] = statistics.median(t["ratio1_each"])
-            t["naive"] = naive(name, x10, files, args.batch_size, max(3, iters // 3), device) if files else float("nan")
+            t["naive"] = naive(name, x10, files, args.batch_size, max(3, iters // 3), device) \
+                if files and not args.training_only else float("nan")
             results["training"][name] = t
+        if args.training_only:
+            write_results(args.out, "bench_training", results, markdown(results))
+            return
         print("memory x10 and x100 ...", flush=True)
         results["prepare_x100"] = prepare(source, x100, 100)
         mem = {"iters": 4 if args.quick else 40}

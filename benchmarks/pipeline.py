@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import GPU_FLAGS, benchmark_parser, machine, write_results  # noqa: E402
+from bench import GPU_FLAGS, benchmark_parser, describe_machine, machine, write_results  # noqa: E402
 from common import resolve_device  # noqa: E402
 
 
@@ -39,9 +39,8 @@ def markdown(r):
     rows = ["| step | seconds | epochs run |", "|---|---|---|"]
     rows += [f"| {s['script']} | {s['seconds']:.1f} | {s.get('epochs', '')} |" for s in r["steps"]]
     rows.append(f"| **whole pipeline** | **{r['total_seconds']:.1f}** ({r['total_seconds'] / 60:.1f} min) | |")
-    m = r["machine"]
     return "\n".join([
-        f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']}, GPU: {m['gpu'] or 'none'}. "
+        f"{describe_machine(r['machine'])} "
         f"Device: {r['device']}. Data: {r['data']}. Training flags: {' '.join(r['train_flags']) or 'none'}.", "",
         *rows, "",
         f"Test MSE it reached: colorizer {r['colorizer_test_mse']:.3e}, regressor {r['regressor_test_mse']:.3e} "

@@ -2,11 +2,15 @@
 times every step of the seed pipeline."""
 import json
 import math
+import subprocess
+import sys
 
 import cv2
 import numpy as np
+import pytest
+import torch
 
-from conftest import run_script, synthetic_photo
+from conftest import ROOT, run_script, synthetic_photo
 
 
 def twelve_photos(folder):
@@ -29,6 +33,7 @@ def test_quick_benchmark_writes_every_ratio(tmp_path):
     for t in results["training"].values():
         assert all(math.isfinite(x) and x > 0 for x in (t["real"], t["ceiling"], t["ratio1"], t["naive"]))
         assert t["ratio1"] == t["real"] / t["ceiling"]  # one repeat: the median is that repeat
+        assert math.isfinite(t["ceiling_read_loss"]) and t["ceiling_read_loss"] > 0
     memory, prepare = results["memory"], results["prepare"]
     assert (memory["x10_images"], memory["x100_images"]) == (100, 1000)  # 10 training photos x10, x100
     assert memory["x10_rss_mib"] > 0 and memory["x100_rss_mib"] > 0
@@ -63,3 +68,14 @@ def test_pipeline_without_faces_is_one_clear_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip() == (f"error: {tmp_path / 'nowhere'}: no such folder; pass --faces DIR "
                                       "(or set FACES_DIR), the face images")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU answers here: the GPU proof would run, not refuse")
+def test_gpu_proof_refuses_without_a_gpu(tmp_path):
+    results = tmp_path / "results"
+    result = subprocess.run(["bash", str(ROOT / "benchmarks" / "gpu_proof.sh")], capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PYTHON": sys.executable, "RESULTS": str(results)},
+                            timeout=300)
+    assert result.returncode == 1
+    assert result.stderr.startswith(f"error: no CUDA GPU answers here (torch {torch.__version__}, CUDA build ")
+    assert result.stderr.count("\n") == 1 and not results.exists()  # one line, and nothing written
