@@ -8,10 +8,17 @@ RUNS   ?= runs
 
 .PHONY: venv demo test results bench bench-pipeline slurm-start clean
 
+# TORCH_CUDA=cu126 (or cu128, ...): torch and torchvision built for that CUDA, from PyTorch's own
+# wheel index, for drivers older than PyPI's CUDA 13.0 build needs (R580); empty: PyPI's build
+TORCH_CUDA ?=
+TORCH_PINS = $(shell grep -E '^torch(vision)?==' requirements.txt)
+
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
+	$(if $(TORCH_CUDA),$(VENV)/bin/pip install --quiet --index-url https://download.pytorch.org/whl/$(TORCH_CUDA) \
+	  $(TORCH_PINS))
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	$(PY) -c "import torch, torchvision, torchvision.ops, ignite, cv2, skimage; \
 	  torchvision.ops.nms(torch.rand(3, 4), torch.rand(3), 0.5); \

@@ -3,11 +3,18 @@
 The network sees the photo's lightness resized to its input size; its predicted colour (a*, b*)
 is upsampled to the photo's own size and merged with the photo's full-resolution lightness, so
 every detail of the original is kept. Colour photos lose their colour first; 16-bit images stay
-16-bit and transparency is kept. Outputs mirror the input tree under --out.
+16-bit and transparency is kept.
+
+Outputs mirror the inputs under --out: a file given by name goes to OUT/NAME, a folder's images to
+OUT/their path inside it, in the input's format (PNG where it cannot be written). Every input gets
+its own output: where two would take one name (two photo.jpg from different folders), or the name
+holds a file that colorize did not write, the later one is written as NAME-2.EXT (then -3, ...).
+Nothing is read from inside --out, and only files colorize wrote there (listed in OUT/.colorized.json)
+are ever replaced.
 
     python colorize.py old_photos/ --checkpoint runs/colorizer/best.pt --out colorized/
 """
-import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -15,45 +22,89 @@ import cv2
 import numpy as np
 import torch
 
-from common import (IMAGE_SUFFIXES, BadImage, UserError, atomic_write, colorizer_input, exit_on_user_error,
-                    load_checkpoint, read_image, resolve_device)
+from common import (IMAGE_SUFFIXES, ArgumentParser, BadImage, UserError, atomic_write, colorizer_input,
+                    exit_on_user_error, load_checkpoint, positive_float, positive_int, printable, read_image, real_path,
+                    resolve_device, writable_folder, write_json)
+
+RECORD = ".colorized.json"  # inside --out: the outputs colorize wrote there, the only files it replaces
+WRITTEN_SUFFIXES = IMAGE_SUFFIXES - {".pgm", ".gif"}  # formats written as the input's; others become PNG
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders (recursive)")
     p.add_argument("--checkpoint", required=True, help="a colorizer checkpoint (best.pt of a training run)")
-    p.add_argument("--out", type=Path, required=True, help="output folder; inputs are never overwritten")
+    p.add_argument("--out", type=Path, required=True,
+                   help="output folder: never read from, and only colorize's own earlier outputs are replaced; "
+                        "a name taken by another input or file gets -2, -3, ...")
     p.add_argument("--regressor", default=None,
                    help="regressor checkpoint for a conditioned colorizer (default: the one it was trained with)")
-    p.add_argument("--size", type=int, default=None, help="network input size (default: the training size)")
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--size", type=positive_int, default=None, help="network input size (default: the training size)")
+    p.add_argument("--batch-size", type=positive_int, default=32)
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--side-by-side", action="store_true", help="also write NAME_compare.EXT: gray | colour")
-    p.add_argument("--temperature", type=float, default=None,
+    p.add_argument("--temperature", type=positive_float, default=None,
                    help="classification checkpoints: annealed-mean temperature (default: the trained one)")
     args = p.parse_args(argv)
-    if args.batch_size < 1 or (args.size is not None and args.size < 16):
-        p.error("--batch-size must be >= 1 and --size >= 16")
+    if args.size is not None and args.size < 16:
+        p.error("argument --size: must be at least 16")
     return args
 
 
-def collect(inputs: list[Path]):
-    """-> [(source file, path relative to the output folder)], [(file, reason) for non-images]."""
+def collect(inputs: list[Path], out: Path):
+    """-> [(source file, its path relative to --out)], [(path, reason) for what is passed over]. Nothing
+    inside --out is read: a folder that holds --out is searched around it."""
+    inside_out = real_path(out)
     jobs, skipped = [], []
     for item in inputs:
-        if item.is_file():
-            jobs.append((item, Path(item.name)))
-        elif item.is_dir():
-            for path in sorted(p for p in item.rglob("*") if p.is_file()):
-                if path.suffix.lower() in IMAGE_SUFFIXES:
-                    jobs.append((path, path.relative_to(item)))
-                elif not path.name.startswith("."):
-                    skipped.append((path, "not an image file"))
+        if real_path(item).is_relative_to(inside_out):
+            skipped.append((item, "it lies inside --out; pass an --out outside the inputs"))
+            continue
+        if item.is_dir():  # --out may lie inside it (DIR --out DIR/colorized): its outputs are not inputs
+            entries = [(path, path.relative_to(item)) for path in sorted(item.rglob("*"))
+                       if not real_path(path).is_relative_to(inside_out)]
+        elif item.exists() or item.is_symlink():
+            entries = [(item, Path(item.name))]
         else:
             raise UserError(f"{item}: no such file or folder")
+        for path, relative in entries:
+            if path.suffix.lower() in IMAGE_SUFFIXES:  # files, and folders or links so named: read_image says
+                jobs.append((path, relative))
+            elif path.is_file() and not path.name.startswith("."):
+                skipped.append((path, "not an image file"))
     return jobs, skipped
+
+
+def read_record(out: Path) -> set[str]:
+    """The outputs (paths relative to --out) that colorize wrote there before."""
+    try:
+        return set(json.loads((out / RECORD).read_text())["written"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+
+
+def assign_outputs(jobs, out: Path, ours: set[str], side_by_side: bool) -> list[tuple[Path, Path]]:
+    """-> [(source, output path)]: every source its own output; a name already given to an earlier
+    input, or held by a file colorize did not write, moves on to NAME-2.EXT, NAME-3.EXT, ..."""
+    taken, planned = set(), []
+
+    def free(relative: Path) -> bool:
+        names = [relative] + ([compare_name(relative)] if side_by_side else [])
+        return all(str(n).lower() not in taken and (str(n) in ours or not (out / n).exists()) for n in names)
+
+    for path, relative in jobs:
+        suffix = relative.suffix.lower() if relative.suffix.lower() in WRITTEN_SUFFIXES else ".png"
+        base = candidate = relative.with_suffix(suffix)
+        n = 2
+        while not free(candidate):
+            candidate, n = base.with_name(f"{base.stem}-{n}{suffix}"), n + 1
+        taken.update(str(c).lower() for c in [candidate] + ([compare_name(candidate)] if side_by_side else []))
+        planned.append((path, candidate))
+    return planned
+
+
+def compare_name(relative: Path) -> Path:
+    return relative.with_name(f"{relative.stem}_compare{relative.suffix}")
 
 
 def network_shape(h: int, w: int, size: int, multiple: int) -> tuple[int, int]:
@@ -107,18 +158,18 @@ def encode(image: np.ndarray, suffix: str, depth16: bool) -> bytes:
 
 
 def finish(item: dict, ab_small: np.ndarray, target: Path, side_by_side: bool) -> None:
+    """Merge the predicted colour with the photo's own lightness and write target (its suffix says the format)."""
     h, w = item["L"].shape
     ab = cv2.resize(ab_small, (w, h), interpolation=cv2.INTER_CUBIC)
     rgb = np.clip(cv2.cvtColor(np.dstack([item["L"], ab]).astype(np.float32), cv2.COLOR_Lab2RGB), 0, 1)
-    suffix = target.suffix.lower() if target.suffix.lower() in IMAGE_SUFFIXES - {".pgm"} else ".png"
-    target = target.with_suffix(suffix)
+    suffix = target.suffix
     out = np.dstack([rgb, item["alpha"]]) if item["alpha"] is not None and suffix != ".jpg" else rgb
     data = encode(out, suffix, item["depth16"])
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     if side_by_side:
         gray = np.repeat((item["L"] / 100)[..., None], 3, axis=2)
         pair = encode(np.concatenate([gray, rgb], axis=1), suffix, item["depth16"])
-        compare = target.with_name(f"{target.stem}_compare{suffix}")
+        compare = compare_name(target)
         atomic_write(compare, lambda tmp: Path(tmp).write_bytes(pair))
 
 
@@ -132,52 +183,56 @@ def main():
         if colorizer.config.get("head") != "classify":
             raise UserError(f"{args.checkpoint}: --temperature applies to classification checkpoints only")
         colorizer.model.temperature = args.temperature
-    jobs, skipped = collect(args.inputs)
-    try:
-        args.out.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise UserError(f"{args.out}: cannot create the output folder ({exc.strerror})") from None
+    jobs, skipped = collect(args.inputs, args.out)
+    writable_folder(args.out)
+    ours = read_record(args.out)
+    planned = assign_outputs(jobs, args.out, ours, args.side_by_side)
     for path, reason in skipped:
-        print(f"skipped {path}: {reason}", file=sys.stderr)
+        print(f"skipped {printable(path)}: {reason}", file=sys.stderr)
+    for (path, relative), (_, output) in zip(jobs, planned):
+        if output.with_suffix("") != relative.with_suffix(""):
+            print(f"{printable(path)} -> {printable(args.out / output)} (its name was taken)", file=sys.stderr)
 
     done, failed = 0, []
     pending = []  # loaded images waiting for a batch of one network-input shape
+
+    def fail(path, reason):
+        failed.append(path)
+        tqdm.write(f"failed {printable(path)}: {printable(reason)}", file=sys.stderr)
 
     def flush():
         nonlocal done
         if not pending:
             return
         ab = colorizer.predict_ab(np.stack([item["L_small"] for _, _, item in pending]))
-        for (path, target, item), ab_small in zip(pending, ab):
+        # listed before they are written: a run killed now still knows these files are its own
+        ours.update(str(output) for _, output, _ in pending)
+        if args.side_by_side:
+            ours.update(str(compare_name(output)) for _, output, _ in pending)
+        write_json(args.out / RECORD, {"written": sorted(ours)})
+        for (path, output, item), ab_small in zip(pending, ab):
             try:
-                finish(item, ab_small, target, args.side_by_side)
+                finish(item, ab_small, args.out / output, args.side_by_side)
                 done += 1
             except (BadImage, OSError) as exc:
-                failed.append((path, str(exc)))
-                tqdm.write(f"failed {path}: {exc}", file=sys.stderr)
+                fail(path, exc)
         pending.clear()
 
-    for path, relative in tqdm(jobs, unit="image", disable=not sys.stderr.isatty()):
-        target = args.out / relative
-        if target.resolve() == path.resolve():
-            failed.append((path, "the output would overwrite the input; choose another --out"))
-            tqdm.write(f"failed {path}: {failed[-1][1]}", file=sys.stderr)
-            continue
+    for path, output in tqdm(planned, unit="image", disable=not sys.stderr.isatty()):
         try:
             item = load(path, colorizer)
         except (BadImage, OSError) as exc:
-            failed.append((path, str(exc)))
-            tqdm.write(f"failed {path}: {exc}", file=sys.stderr)
+            fail(path, exc)
             continue
         if pending and pending[0][2]["L_small"].shape != item["L_small"].shape:
             flush()
-        pending.append((path, target, item))
+        pending.append((path, output, item))
         if len(pending) == args.batch_size:
             flush()
     flush()
 
-    print(f"{done} colorized into {args.out}, {len(failed)} failed, {len(skipped)} skipped (not images)")
-    if failed:
+    print(f"{done} colorized into {printable(args.out)}, {len(failed)} failed, {len(skipped)} skipped")
+    if failed or not done:
         sys.exit(1)
 
 

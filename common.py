@@ -10,15 +10,19 @@ Conventions, written once here:
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
 import mmap
 import os
+import platform
+import re
 import signal
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import NamedTuple
 
@@ -40,8 +44,49 @@ def exit_on_user_error(main):
     try:
         return main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {printable(exc)}", file=sys.stderr)
         sys.exit(2)
+
+
+def printable(text) -> str:
+    """str(text) safe to print whatever the file names in it (undecodable bytes shown as \\xNN)."""
+    return str(text).encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def real_path(path: str | Path) -> Path:
+    """The path with every link resolved, as far as they resolve (a link loop is no error here)."""
+    return Path(os.path.realpath(path))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, with a bad flag reported as one line ('error: argument --lr: ...') and exit status 2."""
+
+    def __init__(self, doc: str, **kwargs):
+        super().__init__(description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                         **kwargs)
+
+    def error(self, message):
+        print(f"error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)
+
+
+def _number_type(convert, test, wanted: str):
+    def parse(text: str):
+        try:
+            value = convert(text)
+        except ValueError:
+            value = None
+        if value is None or not math.isfinite(value) or not test(value):
+            raise argparse.ArgumentTypeError(f"must be {wanted}, not {text!r}")
+        return value
+    return parse
+
+
+positive_int = _number_type(int, lambda v: v > 0, "a whole number >= 1")
+non_negative_int = _number_type(int, lambda v: v >= 0, "a whole number >= 0")
+positive_float = _number_type(float, lambda v: v > 0, "a number > 0")
+non_negative_float = _number_type(float, lambda v: v >= 0, "a number >= 0")
+fraction = _number_type(float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
 
 _UMASK = os.umask(0o022)
@@ -174,29 +219,73 @@ def lab01_to_rgb(lab01: torch.Tensor) -> torch.Tensor:
 SPLITS = ("train", "val", "test")
 LAB_SUFFIX = "_lab"
 PREPARED_FORMAT = 2  # 2: {split}_lab.npy beside {split}.npy
+MANIFEST = "manifest.json"
+_MANIFEST_KEYS = ("size", "seed", "augment_factor", "counts", "files", "source", "demo")
+DEFAULT_BATCH_SIZE = 64  # the trainers' default: prepare_data.py makes sure one such batch fits
 
 
 def read_manifest(data_dir: str | Path) -> dict:
-    path = Path(data_dir) / "manifest.json"
+    """The manifest of a prepared folder, checked; a one-line UserError for anything else."""
+    path = Path(data_dir) / MANIFEST
     if not path.is_file():
-        raise UserError(f"{path}: no prepared data here; run `python prepare_data.py --out {data_dir}` first")
-    manifest = json.loads(path.read_text())
-    if manifest.get("format", 1) < PREPARED_FORMAT:
+        raise UserError(f"{data_dir}: no prepared data here (no {MANIFEST}); prepare your photos into a new folder "
+                        f"with `python prepare_data.py --source PHOTOS --out NEW_FOLDER` and pass that folder")
+    try:
+        manifest = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path}: unreadable ({type(exc).__name__}); prepare the data again") from None
+    if isinstance(manifest, dict) and manifest.get("format", 1) < PREPARED_FORMAT:
         raise UserError(f"{path}: prepared by an older version of prepare_data.py (no Lab arrays); "
                         f"run prepare_data.py again with --out {data_dir}")
+    missing = [k for k in _MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    if missing:
+        raise UserError(f"{path}: not a manifest written by prepare_data.py (no {', '.join(missing)}); "
+                        "prepare the data again")
     return manifest
+
+
+def dataset_id(manifest: dict) -> str:
+    """What makes a prepared set itself: its files, their split and the settings that made its bytes.
+    Runs record it, so that a run is never resumed on other data."""
+    keys = ("format", "size", "seed", "held_out", "split_by", "augment_factor", "files", "demo")
+    identity = json.dumps({k: manifest.get(k) for k in keys}, sort_keys=True)
+    return hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
 
 def split_file(data_dir: str | Path, split: str, lab: bool) -> Path:
     path = Path(data_dir) / f"{split}{LAB_SUFFIX if lab else ''}.npy"
     if not path.is_file():
-        raise UserError(f"{path}: missing split '{split}'; run prepare_data.py again")
+        raise UserError(f"{path}: missing split '{split}'; prepare the data again")
     return path
+
+
+def open_array(path: Path) -> np.ndarray:
+    """np.load(path, mmap_mode='r'), with a one-line UserError for a damaged or truncated file."""
+    try:
+        return np.load(path, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as exc:
+        raise UserError(f"{path}: damaged or truncated ({printable(exc)}); prepare the data again") from None
+
+
+def check_prepared(data_dir: str | Path) -> dict:
+    """-> the manifest, after checking that every split's two arrays are whole and agree with it."""
+    manifest = read_manifest(data_dir)
+    size, counts = manifest["size"], manifest["counts"]
+    rows = {"train": counts.get("train_augmented"), "val": counts.get("val"), "test": counts.get("test")}
+    for split, n in rows.items():
+        for lab, shape in ((False, (n, size, size, 3)), (True, (n, 3, size, size))):
+            path = split_file(data_dir, split, lab)
+            if open_array(path).shape != shape:
+                raise UserError(f"{path}: holds {open_array(path).shape}, but {MANIFEST} says {shape}; "
+                                "prepare the data again")
+        if not n:
+            raise UserError(f"{data_dir}: the {split} split is empty; prepare it again from more images")
+    return manifest
 
 
 def read_images(data_dir: str | Path, split: str) -> np.ndarray:
     """The uint8 RGB images of a split (N, H, W, 3), memory-mapped."""
-    return np.load(split_file(data_dir, split, lab=False), mmap_mode="r")
+    return open_array(split_file(data_dir, split, lab=False))
 
 
 def lab01_batches(images: np.ndarray, batch_size=32, device="cpu"):
@@ -218,7 +307,7 @@ class FaceLabDataset(torch.utils.data.Dataset):
     def __init__(self, data_dir: str | Path, split: str):
         self.path = split_file(data_dir, split, lab=True)
         self._array = None  # opened lazily, so that DataLoader workers each map the file themselves
-        self._len = int(np.load(self.path, mmap_mode="r").shape[0])
+        self._len = int(open_array(self.path).shape[0])
 
     @property
     def array(self) -> np.ndarray:
@@ -241,6 +330,34 @@ class FaceLabDataset(torch.utils.data.Dataset):
         batch = self.array[np.asarray(indices)]  # one fancy-indexing read per batch, not one per image
         self._release()
         return torch.from_numpy(batch)
+
+
+class StepSampler(torch.utils.data.Sampler):
+    """One process's sample indices for an epoch of `steps` batches (default: one pass over the set).
+    The run's batch j is slice j mod k of shuffle j // k (k whole batches per pass; shuffle p seeded by
+    (seed, p)), and an epoch starts at the run's iteration count when its batches are drawn: a run
+    resumed mid-epoch, with or without --epoch-length, replays exactly the batches of an
+    uninterrupted one, whichever process or loader worker draws them."""
+
+    def __init__(self, n: int, global_batch: int, world: int, rank: int, seed: int, steps: int | None, iteration):
+        self.n, self.global_batch, self.world, self.rank, self.seed = n, global_batch, world, rank, seed
+        self.per_pass = n // global_batch
+        self.steps = steps or self.per_pass
+        self.iteration = iteration  # -> the number of batches the run has trained so far
+
+    def __len__(self) -> int:
+        return self.steps * (self.global_batch // self.world)
+
+    def __iter__(self):
+        done = self.iteration()
+        first = done - done % self.steps  # the run's batch number where this epoch began
+        shuffle, current = None, None
+        for j in range(first, first + self.steps):
+            p, k = divmod(j, self.per_pass)
+            if p != current:
+                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
+                shuffle, current = torch.randperm(self.n, generator=generator), p
+            yield from shuffle[k * self.global_batch:(k + 1) * self.global_batch][self.rank::self.world].tolist()
 
 
 class DeviceImages(torch.utils.data.Dataset):
@@ -503,13 +620,19 @@ def load_checkpoint(path: str | Path, task: str | None = None, device="cpu"):
     except Exception as exc:  # pickle, zip and unsupported-type errors all mean "not our checkpoint"
         raise UserError(f"{path}: not a checkpoint of this project ({type(exc).__name__}); "
                         "pass a best.pt or last.pt written by the training scripts") from None
-    if not isinstance(ckpt, dict) or "run" not in ckpt or "model" not in ckpt:
+    config = ckpt.get("run", {}).get("config") if isinstance(ckpt, dict) and isinstance(ckpt.get("run"), dict) \
+        else None
+    if not isinstance(config, dict) or "model" not in ckpt or "task" not in config:
         raise UserError(f"{path}: not a checkpoint of this project; pass a best.pt or last.pt from a run folder")
-    config = ckpt["run"]["config"]
     if task is not None and config["task"] != task:
         raise UserError(f"{path}: this is a {config['task']} checkpoint, but a {task} checkpoint is needed here")
-    model = build_model(config)
-    model.load_state_dict(ckpt["model"])
+    try:
+        model = build_model(config)
+        model.load_state_dict(ckpt["model"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        reason = f"no setting {exc}" if isinstance(exc, KeyError) else printable(exc).splitlines()[0][:200]
+        raise UserError(f"{path}: its weights do not fit the model its config describes ({reason}); "
+                        "pass a checkpoint written by the training scripts") from None
     return model.to(device).eval(), config, ckpt
 
 
@@ -540,16 +663,59 @@ def seed_mse_per_image(pred_lab01: torch.Tensor, true_lab01: torch.Tensor) -> to
 # Devices
 
 
+FAKE_GPUS_VARIABLE = "COLORIZATION_FAKE_GPUS"  # =1: this job's GPUs are a test cluster's fakes (tests only)
+
+
+def gpus_granted() -> str | None:
+    """How SLURM says this job holds GPUs ('SLURM_JOB_GPUS=0', ...), or None where it holds none."""
+    for name in ("SLURM_STEP_GPUS", "SLURM_JOB_GPUS", "SLURM_GPUS_ON_NODE", "SLURM_GPUS"):
+        value = os.environ.get(name, "")
+        # *_GPUS list GPU indexes ("0" is the first GPU); *_ON_NODE and SLURM_GPUS are counts
+        if value and not (name in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS") and value == "0"):
+            return f"{name}={value}"
+    return None
+
+
 def resolve_device(name: str) -> torch.device:
-    """auto -> cuda only if a GPU really answers (CUDA_VISIBLE_DEVICES alone proves nothing: SLURM's
-    fake GRES sets it on CPU nodes)."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() and torch.cuda.device_count() > 0 else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("--device cuda: no CUDA GPU is available here; use --device cpu or auto")
-    if name not in ("cpu", "cuda"):
+    """auto -> cuda where a GPU answers, else cpu; but a job that holds GPUs (SLURM says so) or asked
+    for --device cuda never falls back to the CPU: without CUDA it stops with one line saying what
+    it found and what to do. --device cpu runs on the CPU on purpose, anywhere."""
+    if name not in ("auto", "cpu", "cuda"):
         raise UserError(f"--device {name}: use auto, cpu or cuda")
-    return torch.device(name)
+    if name == "cpu":
+        return torch.device("cpu")
+    with warnings.catch_warnings(record=True) as caught:  # e.g. "The NVIDIA driver on your system is too old"
+        warnings.simplefilter("always")
+        answers = torch.cuda.is_available() and torch.cuda.device_count() > 0
+    if answers:
+        return torch.device("cuda")
+    granted = gpus_granted()
+    if name == "auto" and not granted:
+        return torch.device("cpu")
+    if name == "auto" and os.environ.get(FAKE_GPUS_VARIABLE) == "1":
+        print(f"note: {granted}, but {FAKE_GPUS_VARIABLE}=1 declares them fake: running on the CPU", file=sys.stderr)
+        return torch.device("cpu")
+    said = f" ({printable(caught[0].message).split('.')[0]})" if caught else ""
+    raise UserError(f"{granted or '--device cuda'}, but no CUDA GPU answers{said}: torch {torch.__version__} "
+                    f"(CUDA build {torch.version.cuda}), {nvidia_driver_says()}, CUDA_VISIBLE_DEVICES="
+                    f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}; install the torch build your driver "
+                    "runs (e.g. TORCH_CUDA=cu126 make venv; README, cluster section) or pass --device cpu to run "
+                    "on the CPU on purpose")
+
+
+def nvidia_driver_says() -> str:
+    """'driver 535.104 (CUDA 12.2)' as nvidia-smi reports it, or why it cannot be read."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "no nvidia-smi here (no NVIDIA driver?)"
+    driver = re.search(r"Driver Version:\s*([\d.]+)", out)
+    cuda = re.search(r"CUDA Version:\s*([\d.]+)", out)
+    if not driver:
+        return "nvidia-smi finds no driver"
+    return f"driver {driver.group(1)}" + (f" (serves CUDA up to {cuda.group(1)})" if cuda else "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -558,32 +724,35 @@ def resolve_device(name: str) -> torch.device:
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
 # settings that may change between an interrupted run and its resumption
-_OPERATIONAL_KEYS = {"image_size", "device", "num_workers", "backend", "dry_run", "resume", "out", "data", "epochs",
+_OPERATIONAL_KEYS = {"device", "num_workers", "backend", "world_size", "dry_run", "resume", "out", "data", "epochs",
                      "patience", "epoch_length", "data_on_device", "amp", "channels_last", "compile"}
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int, lr: float,
-                      weight_decay: float, batch_size: int, patience: int) -> None:
+                      weight_decay: float, patience: int) -> None:
     g = parser.add_argument_group("training")
     g.add_argument("--data", default="data/prepared", help="folder written by prepare_data.py")
     g.add_argument("--out", default=out, help="run folder: checkpoints, history, loss plot")
-    g.add_argument("--epochs", type=int, default=epochs)
-    g.add_argument("--batch-size", type=int, default=batch_size, help="global batch size, split across processes")
-    g.add_argument("--lr", type=float, default=lr)
-    g.add_argument("--weight-decay", type=float, default=weight_decay)
-    g.add_argument("--patience", type=int, default=patience,
+    g.add_argument("--epochs", type=positive_int, default=epochs)
+    g.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
+                   help="global batch size, split across processes")
+    g.add_argument("--lr", type=positive_float, default=lr)
+    g.add_argument("--weight-decay", type=non_negative_float, default=weight_decay)
+    g.add_argument("--patience", type=non_negative_int, default=patience,
                    help="early stopping on validation MSE after this many epochs without progress (0: off)")
     g.add_argument("--loss", choices=["mse", "l1", "huber"], default="mse")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    g.add_argument("--num-workers", type=int, default=None,
+    g.add_argument("--num-workers", type=non_negative_int, default=None,
                    help="DataLoader workers; default 0 on CPU (a batch is one read of converted arrays, and "
                         "workers would take cores from the model), 4 on GPU (pinned memory, non-blocking copies)")
     g.add_argument("--backend", choices=["auto", "none", "gloo", "nccl"], default="auto",
-                   help="torch.distributed backend; auto: none for one process, else nccl on GPU, gloo on CPU")
+                   help="torch.distributed backend; auto: none for one process; the processes torchrun or srun "
+                        "starts form one run, with nccl on GPUs, gloo on CPUs")
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start afresh even if the run folder holds last.pt")
-    g.add_argument("--epoch-length", type=int, default=None, help="batches per epoch (default: the whole set)")
+    g.add_argument("--epoch-length", type=positive_int, default=None,
+                   help="batches per epoch (default: the whole set)")
     g.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the setup")
     g.add_argument("--augment", action="store_true",
                    help="a fresh random flip and resized crop of every training image at every step, on top of "
@@ -604,7 +773,8 @@ def _choose_backend(name: str) -> str | None:
         return None
     if name != "auto":
         return name
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # started by torchrun
+    # torchrun says WORLD_SIZE; srun says SLURM_STEP_NUM_TASKS (not set in the batch script itself)
+    if int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 1) > 1:
         return "nccl" if torch.cuda.is_available() else "gloo"
     return None
 
@@ -615,9 +785,67 @@ def train(config: dict, setup_task) -> None:
     mode and by val_loss in eval mode. The validation MSE is that of (output, target) in eval mode."""
     import ignite.distributed as idist
 
-    config["image_size"] = read_manifest(config["data"])["size"]  # what the network was trained on
-    with idist.Parallel(backend=_choose_backend(config["backend"])) as parallel:
-        parallel.run(_train_process, config, setup_task)
+    config["device"] = resolve_device(config["device"]).type  # a GPU job without CUDA stops here
+    manifest = check_prepared(config["data"])
+    config["image_size"] = manifest["size"]  # what the network was trained on
+    config["data_id"] = dataset_id(manifest)  # a run resumes on this prepared set only
+    n_train = manifest["counts"]["train_augmented"]
+    if n_train < config["batch_size"]:
+        raise UserError(f"{config['data']}: {n_train} training images, fewer than one batch of "
+                        f"{config['batch_size']}; pass a smaller --batch-size or prepare more images")
+    out = Path(config["out"])
+    created = writable_folder(out)
+    lock = lock_run_folder(out) if launch_rank() == 0 else None  # noqa: F841  (held until this returns)
+    try:
+        with idist.Parallel(backend=_choose_backend(config["backend"])) as parallel:
+            # ignite's launcher logs at INFO: our own lines say what a user needs (errors: one line)
+            logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
+            parallel.run(_train_process, config, setup_task)
+    except BaseException:
+        if created and {p.name for p in out.iterdir()} <= {RUN_LOCK}:
+            (out / RUN_LOCK).unlink(missing_ok=True)
+            out.rmdir()  # a run that failed before writing anything leaves no empty folder
+        raise
+
+
+RUN_LOCK = ".lock"  # in a run folder: held by the live run writing there (the kernel frees it on any exit)
+
+
+def launch_rank() -> int:
+    """This process's rank as its launcher (torchrun, srun) numbered it, before any process group exists."""
+    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+
+
+def lock_run_folder(out: Path):
+    """-> the open lock file of the run folder, held until closed; a live run there already: one line."""
+    import fcntl
+
+    handle = open(out / RUN_LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{out}: a run is writing there now ({owner}); wait for it to end, or pass another --out")
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+    handle.flush()
+    return handle
+
+
+def writable_folder(path: Path, flag="--out") -> bool:
+    """Create the folder if needed and prove it writable now, before any work; -> whether it was created."""
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write there ({exc.strerror or type(exc).__name__}); "
+                        f"pass another {flag}") from None
+    return created
 
 
 def training_step(network: nn.Module, predict, loss_fn, optimizer, amp: bool):
@@ -649,11 +877,9 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     from ignite.utils import manual_seed
 
     rank0 = idist.get_rank() == 0
-    logging.getLogger("ignite.distributed").setLevel(logging.WARNING)
     device = idist.device() if idist.get_world_size() > 1 else resolve_device(config["device"])
     manual_seed(config["seed"])
     out = Path(config["out"])
-    read_manifest(config["data"])
 
     on_device = config["data_on_device"]
     workers = 0 if on_device else config["num_workers"]
@@ -665,15 +891,25 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     def dataset(split):
         return DeviceImages(config["data"], split, device) if on_device else FaceLabDataset(config["data"], split)
 
-    # The shuffle depends only on (seed, epoch): a run resumed mid-epoch replays the same order.
-    # (A RandomSampler draws from the global RNG lazily, after ignite has restored the saved state.)
-    train_set = dataset("train")
-    sampler = torch.utils.data.DistributedSampler(train_set, num_replicas=idist.get_world_size(),
-                                                  rank=idist.get_rank(), shuffle=True, seed=config["seed"],
-                                                  drop_last=True)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=config["batch_size"] // idist.get_world_size(),
+    train_set, world = dataset("train"), idist.get_world_size()
+    if config["batch_size"] < world:
+        raise UserError(f"--batch-size {config['batch_size']}: smaller than the {world} processes; "
+                        f"pass at least {world}")
+    trainer = DeterministicEngine(lambda engine, batch: train_step(batch))
+    sampler = StepSampler(len(train_set), config["batch_size"] // world * world, world, idist.get_rank(),
+                          config["seed"], 2 if config["dry_run"] else config["epoch_length"],
+                          lambda: trainer.state.iteration)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=config["batch_size"] // world,
                                                sampler=sampler, drop_last=True, **loader_args)
-    val_loader = idist.auto_dataloader(dataset("val"), batch_size=config["batch_size"], shuffle=False, **loader_args)
+    val_set = dataset("val")  # each process scores its share; ignite's metrics gather them
+    val_sampler = torch.utils.data.DistributedSampler(val_set, world, idist.get_rank(), shuffle=False) \
+        if world > 1 else None
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(1, config["batch_size"] // world),
+                                             sampler=val_sampler, **loader_args)
+    config["world_size"] = world
+    if rank0:
+        print(f"training on {device.type} in {world} process{'es' if world > 1 else ''}: "
+              f"{len(train_set)} training images, {len(val_set)} validation", flush=True)
 
     model, predict, loss_fn, val_loss_fn = setup_task(config, device)
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
@@ -691,7 +927,7 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
 
     augment = training_augmentation(config["image_size"]) if config["augment"] else (lambda lab01: lab01)
 
-    def train_step(engine, batch):
+    def train_step(batch):
         loss = step(augment(to_lab01(batch)))
         record.epoch_loss[0] += loss
         record.epoch_loss[1] += 1
@@ -702,14 +938,12 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
         network.eval()
         return predict(network, to_lab01(batch))  # full precision: validation scores are exact
 
-    # DeterministicEngine reseeds every epoch and replays the sampler, so a run resumed from a
+    # DeterministicEngine reseeds every epoch and skips the batches done, so a run resumed from a
     # mid-epoch checkpoint follows exactly the batches of an uninterrupted one
-    trainer = DeterministicEngine(train_step)
     evaluator = Engine(eval_step)
     Loss(val_loss_fn).attach(evaluator, "val_loss")
     # ignite's MeanSquaredError averages per image; the seed's MSE is per element, as F.mse_loss
     Loss(F.mse_loss).attach(evaluator, "val_mse")
-    trainer.add_event_handler(Events.EPOCH_STARTED, lambda e: sampler.set_epoch(e.state.epoch - 1))
 
     clock = {}
 
@@ -753,10 +987,17 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
                   f"{h['train_loss'][-1]:.3e}, validation {metrics['val_loss']:.3e}  validation MSE "
                   f"{metrics['val_mse']:.3e}  ({speed:.0f} training images/s)", flush=True)
 
-    # SLURM sends a warning signal before the time limit (USR1) and TERM on preemption
+    # SLURM sends a warning signal before the time limit (USR1) and TERM on preemption; Ctrl-C (INT)
+    # saves the same way, and a second Ctrl-C stops at once
     signalled, interrupted = [], []
-    for sig in (signal.SIGUSR1, signal.SIGTERM):
-        signal.signal(sig, lambda signum, frame: signalled.append(signum))
+
+    def on_signal(signum, frame):
+        if signum == signal.SIGINT and signal.SIGINT in signalled:
+            raise KeyboardInterrupt
+        signalled.append(signum)
+
+    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
 
     @trainer.on(Events.ITERATION_COMPLETED)
     def checkpoint_on_signal(engine):
@@ -772,9 +1013,15 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
 
     last_path = out / "last.pt"
     if config["resume"] and last_path.is_file():
-        state = torch_load(last_path)
-        _check_same_run(state["run"]["config"], config, last_path)
-        Checkpoint.load_objects(resumable, state)
+        try:
+            state = torch_load(last_path)
+            _check_same_run(state["run"]["config"], config, last_path)
+            Checkpoint.load_objects(resumable, state)
+        except UserError:
+            raise
+        except Exception as exc:  # unpickling, missing keys, weights of another shape
+            raise UserError(f"{last_path}: cannot resume from it ({type(exc).__name__}); pass another --out, "
+                            "or --no-resume to start afresh there") from None
         if trainer.state.iteration and rank0:
             print(f"resuming {last_path} at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
         if config["patience"] > 0 and stopper.counter >= config["patience"]:
@@ -786,8 +1033,7 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
                 print(f"{last_path}: this run already trained {trainer.state.epoch} epochs; nothing to do")
             return
 
-    epoch_length, epochs = (2, 1) if config["dry_run"] else (config["epoch_length"], config["epochs"])
-    trainer.run(train_loader, max_epochs=epochs, epoch_length=epoch_length)
+    trainer.run(train_loader, max_epochs=1 if config["dry_run"] else config["epochs"])
     idist.barrier()  # leave together: a rank that tears down gloo while another still talks to it aborts
     if interrupted:
         if rank0:
@@ -806,8 +1052,9 @@ def _check_same_run(saved: dict, config: dict, path: Path) -> None:
     changed = sorted(k for k in set(saved) | set(config)
                      if k not in _OPERATIONAL_KEYS and saved.get(k) != config.get(k))
     if changed:
-        raise UserError(f"{path}: the run there used other settings ({', '.join(changed)}); "
-                        "pass another --out, or --no-resume to overwrite it")
+        what = "was trained on other prepared data" if "data_id" in changed else \
+            f"used other settings ({', '.join(changed)})"
+        raise UserError(f"{path}: the run there {what}; pass another --out, or --no-resume to overwrite it")
 
 
 def plot_history(history: dict, path: str | Path, title: str) -> None:
@@ -828,7 +1075,7 @@ def plot_history(history: dict, path: str | Path, title: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Reading images: any file OpenCV decodes, with a one-line reason for anything it cannot.
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm", ".gif"}
 
 
 class BadImage(Exception):
@@ -836,13 +1083,15 @@ class BadImage(Exception):
 
 
 def find_images(root: str | Path) -> list[Path]:
-    """Every file under root (recursively) whose suffix is an image format, in a stable order."""
+    """Every entry under root (recursively) whose suffix is an image format, in a stable order: the
+    ones that are no readable file (a folder so named, a broken link, a link loop) too, so that
+    read_image names them rather than that they vanish."""
     root = Path(root)
     if not root.exists():
         raise UserError(f"{root}: no such file or folder")
-    if root.is_file():
+    if not root.is_dir():
         return [root]
-    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
 
 
 class Photo(NamedTuple):
@@ -851,14 +1100,50 @@ class Photo(NamedTuple):
     bits: int                  # 8 or 16 bits per sample in the file
 
 
+MAX_PIXELS = 2 ** 28  # 268 megapixels (16384 x 16384): decoding more would take over 3 GB per copy
+
+
+def image_size(path: Path) -> tuple[int, int] | None:
+    """(width, height) from the file's header alone, without decoding it; None where Pillow cannot tell."""
+    from PIL import Image
+
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check refuses without saying the size: ours follows
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                return im.size
+    except Exception:  # Pillow cannot read this format or file: OpenCV will tell
+        return None
+
+
 def read_image(path: str | Path) -> Photo:
     """Decode any image OpenCV reads, once: grayscale, 16-bit and RGBA included; EXIF orientation is
-    applied to JPEGs. Raises BadImage with the reason."""
-    import cv2
-
-    data = Path(path).read_bytes()
+    applied to JPEGs. Anything else, whatever the decoder raises, becomes BadImage with the reason;
+    images over MAX_PIXELS are refused from their header, before decoding."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadImage("a folder, not an image file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     if not data:
         raise BadImage("empty file")
+    size = image_size(path)
+    if size is not None and size[0] * size[1] > MAX_PIXELS:
+        raise BadImage(f"too large to decode ({size[0]}x{size[1]}, over {MAX_PIXELS / 1e6:.0f} megapixels)")
+    try:
+        return _decode(data)
+    except BadImage:
+        raise
+    except Exception as exc:  # OpenCV, numpy or memory errors on a hostile file
+        raise BadImage(f"cannot be decoded ({type(exc).__name__}: {printable(exc).splitlines()[0][:200]})") from None
+
+
+def _decode(data: bytes) -> Photo:
+    import cv2
+
     jpeg = data[:2] == b"\xff\xd8"
     if jpeg and b"\xff\xd9" not in data[-1024:]:
         raise BadImage("truncated JPEG (no end-of-image marker)")

@@ -9,7 +9,6 @@ With --photos: the same table on photos that are not in the prepared data (faces
 models never saw), centre-cropped and resized to the training size.
 Writes report.md, metrics.json (per-image numbers too) and figures into --out.
 """
-import argparse
 import json
 import shlex
 import sys
@@ -19,17 +18,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from common import (BadImage, UserError, ab_to_lab_units, atomic_write, center_square, colorize_lab01,
-                    denormalize_lab, exit_on_user_error, find_images, lab01_from_uint8, lab01_to_rgb,
-                    load_checkpoint, read_image, read_images, read_manifest, resolve_device, seed_mse_per_image,
-                    to_uint8, write_json)
+from common import (ArgumentParser, BadImage, UserError, ab_to_lab_units, atomic_write, center_square,
+                    check_prepared, colorize_lab01, denormalize_lab, exit_on_user_error, find_images,
+                    lab01_from_uint8, lab01_to_rgb, load_checkpoint, positive_int, read_image, read_images,
+                    resolve_device, seed_mse_per_image, to_uint8, writable_folder, write_json)
 
 BASELINES = ("gray", "mean colour", "mean-face map")
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("--data", default="data/prepared", help="folder written by prepare_data.py")
     p.add_argument("--colorizer", nargs="*", default=[], metavar="CKPT",
                    help="colorizer checkpoints; several give one comparison table")
@@ -40,9 +38,9 @@ def parse_args(argv=None):
                    help="image files or folders outside the prepared data: scored in a second table")
     p.add_argument("--out", type=Path, default=Path("runs/report"))
     p.add_argument("--split", choices=["test", "val"], default="test")
-    p.add_argument("--show", type=int, default=6, help="test images in the figures")
+    p.add_argument("--show", type=positive_int, default=6, help="test images in the figures")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=128)
     return p.parse_args(argv)
 
 
@@ -228,9 +226,9 @@ def main():
     if not args.colorizer and not args.regressor:
         raise UserError("nothing to evaluate: pass --colorizer CKPT [CKPT ...] and/or --regressor CKPT")
     device = resolve_device(args.device)
-    manifest = read_manifest(args.data)
+    manifest = check_prepared(args.data)
     out = args.out
-    out.mkdir(parents=True, exist_ok=True)
+    writable_folder(out)  # now, not after all the work
     # from the uint8 images, exactly: the stored float16 Lab would add rounding to the scores
     true_lab01 = lab01_from_uint8(read_images(args.data, args.split), device=device)
     # baselines learn from the original training images (augmented copies excluded)

@@ -11,7 +11,6 @@ that no step of the training loop converts colours), all memory-mappable, and ma
 With no --source and no data/face_images/, builds a small demo set from the colour photos that
 scikit-image and matplotlib ship, so a fresh clone runs end to end without a download.
 """
-import argparse
 import math
 import os
 import platform
@@ -25,8 +24,10 @@ import numpy as np
 import torch
 from torchvision.transforms import v2
 
-from common import (IMAGE_SUFFIXES, LAB_SUFFIX, PREPARED_FORMAT, BadImage, UserError, center_square,
-                    exit_on_user_error, find_images, lab01_batches, read_image, to_uint8, write_json)
+from common import (DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, LAB_SUFFIX, MANIFEST, PREPARED_FORMAT, SPLITS,
+                    ArgumentParser, BadImage, UserError, center_square, exit_on_user_error, find_images, fraction,
+                    lab01_batches, non_negative_int, positive_int, printable, read_image, real_path, to_uint8,
+                    write_json)
 
 DEFAULT_SOURCE = Path("data/face_images")
 # colour photos shipped inside installed packages: (package, file inside its data folder)
@@ -38,22 +39,23 @@ DEMO_CROPS_PER_PHOTO = 20
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = ArgumentParser(__doc__)
     p.add_argument("--source", type=Path, default=None,
                    help=f"folder of images (searched recursively); default {DEFAULT_SOURCE}/ if present, else demo")
     p.add_argument("--demo", action="store_true", help="use the built-in demo photos even if --source exists")
-    p.add_argument("--out", type=Path, default=Path("data/prepared"))
-    p.add_argument("--size", type=int, default=128, help="side of the square images")
+    p.add_argument("--out", type=Path, default=Path("data/prepared"),
+                   help="a new or empty folder, or one this script prepared before (then replaced)")
+    p.add_argument("--size", type=positive_int, default=128, help="side of the square images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--held-out", type=float, default=0.1, help="fraction held out, then halved into val / test")
+    p.add_argument("--held-out", type=fraction, default=0.1, help="fraction held out, then halved into val / test")
     p.add_argument("--split-by", choices=["image", "person"], default="image",
                    help="person: keep each person (JPEG comment, e.g. s12) on one side of the split")
-    p.add_argument("--augment-factor", type=int, default=10, help="training images per original (1: none)")
-    p.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="processes for augmentation")
+    p.add_argument("--augment-factor", type=positive_int, default=10, help="training images per original (1: none)")
+    p.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
+                   help="processes for augmentation")
     args = p.parse_args(argv)
-    if args.size < 8 or args.augment_factor < 1 or not 0 < args.held_out < 1:
-        p.error("--size must be >= 8, --augment-factor >= 1 and 0 < --held-out < 1")
+    if args.size < 8:
+        p.error("argument --size: must be at least 8")
     return args
 
 
@@ -85,7 +87,7 @@ def load_folder(source: Path, size: int):
                 raise BadImage("grayscale: it holds no colour to learn from")
         except (BadImage, OSError) as exc:
             skipped.append({"file": name, "reason": str(exc)})
-            print(f"skipped {path}: {exc}", file=sys.stderr)
+            print(f"skipped {printable(path)}: {printable(exc)}", file=sys.stderr)
             continue
         images.append(to_uint8(center_square(rgb, size)))
         records.append({"file": name, "person": jpeg_comment(path)})
@@ -206,55 +208,137 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "opencv": cv2.__version__, "scikit-image": skimage.__version__}
 
 
-def write_prepared(out: Path, splits: dict, manifest: dict, size: int, seed: int, workers: int) -> None:
-    """Write every split ({name: (images, augment factor)}) and the manifest into a temporary sibling
-    folder, then swap it in: never half a dataset."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the prepared set is for everyone
+# every file a prepared folder holds: an --out holding anything else is not replaced
+PREPARED_FILES = {MANIFEST, "ab_prior.npy"} | {f"{split}{kind}.npy" for split in SPLITS for kind in ("", LAB_SUFFIX)}
+STAGING_TAG = "prepare_data"  # hidden siblings of --out named .OUT.prepare_data-PID-...: ours alone
+
+
+def check_out(out: Path, source: Path | None) -> Path:
+    """-> --out with links resolved, once it is safe to replace: refuses a folder that is, holds or
+    lies inside the source, a file, and a non-empty folder that is not a set this script prepared."""
+    target = real_path(out)
+    if source is not None:
+        src = real_path(source)
+        if target == src or src.is_relative_to(target) or target.is_relative_to(src):
+            raise UserError(f"{out}: is, holds or lies inside the source folder {source}; pass an --out outside it")
+    if not (target.exists() or target.is_symlink()):
+        return target
+    if not target.is_dir():
+        raise UserError(f"{out}: exists and is not a folder; pass a new folder as --out")
+    entries = sorted(p.name for p in target.iterdir())
+    foreign = [name for name in entries if name not in PREPARED_FILES]
+    if foreign or (entries and not (target / MANIFEST).is_file()):
+        others = foreign or entries
+        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
+        raise UserError(f"{out}: holds {printable(others[0])}{more}, not written by prepare_data.py; pass a new or "
+                        "empty folder as --out (this script replaces only sets it prepared)")
+    return target
+
+
+def remove_stale_staging(target: Path) -> None:
+    """Remove the staging folders of earlier runs on this --out that were killed (their process is gone)."""
+    for path in target.parent.glob(f".{glob_escape(target.name)}.{STAGING_TAG}-*"):
+        pid = path.name.rsplit(f".{STAGING_TAG}-", 1)[1].split("-")[0]
+        if pid.isdigit() and not process_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            print(f"removed {printable(path)}, left by an interrupted run", file=sys.stderr)
+
+
+def glob_escape(name: str) -> str:
+    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
+
+
+def process_alive(pid: int) -> bool:
     try:
-        for split, (images, factor) in splits.items():
-            write_split(tmp, split, images, factor, size, seed, workers)
-        write_json(tmp / "manifest.json", manifest)
-        if out.exists():
-            old = out.with_name(f".{out.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            out.rename(old)
-            tmp.rename(out)
-            shutil.rmtree(old)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def staging_folder(target: Path) -> Path:
+    """A new hidden sibling of --out to write into (which also proves, early, that we can write there)."""
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{STAGING_TAG}-{os.getpid()}-", dir=target.parent))
+    except OSError as exc:
+        raise UserError(f"{target}: cannot write there ({exc.strerror or type(exc).__name__}); "
+                        "pass another --out") from None
+    tmp.chmod(0o755)  # mkdtemp makes it private; the prepared set is for everyone
+    return tmp
+
+
+def swap_in(tmp: Path, target: Path) -> None:
+    """Put the finished set in place of --out (a set prepared before, or nothing): never half a dataset."""
+    if target.exists():
+        old = tmp.with_name(f"{tmp.name}-old")
+        target.rename(old)
+        tmp.rename(target)
+        shutil.rmtree(old)
+    else:
+        tmp.rename(target)
+
+
+def minimum_images(factor: int, held_out: float) -> int:
+    """The fewest usable images whose split leaves one training batch (DEFAULT_BATCH_SIZE rows)."""
+    n = 3
+    while (n - max(2, round(n * held_out))) * factor < DEFAULT_BATCH_SIZE:
+        n += 1
+    return n
 
 
 def main():
     args = parse_args()
     start = time.perf_counter()
-    source = args.source if args.source is not None else DEFAULT_SOURCE
-    if args.demo or (args.source is None and not DEFAULT_SOURCE.is_dir()):
+    demo = args.demo or (args.source is None and not DEFAULT_SOURCE.is_dir())
+    source = None if demo else (args.source if args.source is not None else DEFAULT_SOURCE)
+    target = check_out(args.out, source)  # before reading any image
+    remove_stale_staging(target)
+    if demo:
         print("=" * 78 + f"\nNO DATASET: no --source and no {DEFAULT_SOURCE}/ folder, so this builds a small DEMO\n"
               "set from the photos bundled with scikit-image and matplotlib. Numbers from it say\n"
               "nothing about faces; pass --source ../shared/data/face_images for the real data.\n" + "=" * 78,
               flush=True)
-        images, records, skipped = load_demo(args.size, args.seed)
-        source_name, demo = "demo (scikit-image and matplotlib sample photos)", True
-    else:
-        if not source.is_dir():
-            what = "not a folder" if source.exists() else "no such folder"
-            raise UserError(f"{source}: {what}; pass --source DIR, a folder of your images")
-        images, records, skipped = load_folder(source, args.size)
-        source_name, demo = str(source), False
+    elif not source.is_dir():
+        what = "not a folder" if source.exists() else "no such folder"
+        raise UserError(f"{source}: {what}; pass --source DIR, a folder of your images")
+    tmp = staging_folder(target)
+    try:
+        manifest = prepare(args, source, tmp)
+        swap_in(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    seconds = time.perf_counter() - start
+    c = manifest["counts"]
+    print(f"prepared {args.out}: {c['train']} train (x{args.augment_factor} = {c['train_augmented']}), "
+          f"{c['val']} validation, {c['test']} test, {c['skipped']} skipped; "
+          f"{c['source_images'] / seconds:.0f} source images/s, {c['train_augmented'] / seconds:.0f} written/s")
 
+
+def prepare(args, source: Path | None, folder: Path) -> dict:
+    """Load, split, check and write the whole set into folder; -> its manifest."""
+    if source is None:
+        images, records, skipped = load_demo(args.size, args.seed)
+        source_name = "demo (scikit-image and matplotlib sample photos)"
+    else:
+        images, records, skipped = load_folder(source, args.size)
+        source_name = str(source)
     rng = np.random.default_rng(args.seed)
     train_idx, val_idx, test_idx = split_indices(records, args.held_out, args.split_by, rng)
-    splits = {"train": (images[train_idx], args.augment_factor), "val": (images[val_idx], 1),
-              "test": (images[test_idx], 1)}
     n_written = len(train_idx) * args.augment_factor
+    if n_written < DEFAULT_BATCH_SIZE or not val_idx or not test_idx:
+        raise UserError(f"{source_name}: {len(records)} usable images give {len(train_idx)} training images "
+                        f"(x{args.augment_factor} = {n_written}), {len(val_idx)} validation and {len(test_idx)} "
+                        f"test; training needs one batch of {DEFAULT_BATCH_SIZE} and an image in each held-out "
+                        f"split: at least {minimum_images(args.augment_factor, args.held_out)} usable images at "
+                        "this --augment-factor, or a larger --augment-factor")
     manifest = {
-        "format": PREPARED_FORMAT, "source": source_name, "demo": demo, "seed": args.seed, "size": args.size,
-        "held_out": args.held_out, "split_by": args.split_by, "augment_factor": args.augment_factor,
+        "format": PREPARED_FORMAT, "source": source_name, "demo": source is None, "seed": args.seed,
+        "size": args.size, "held_out": args.held_out, "split_by": args.split_by,
+        "augment_factor": args.augment_factor,
         "counts": {"source_images": len(records) + len(skipped), "skipped": len(skipped), "train": len(train_idx),
                    "train_augmented": n_written, "val": len(val_idx), "test": len(test_idx)},
         "files": {"train": [records[i] for i in train_idx], "val": [records[i] for i in val_idx],
@@ -263,12 +347,11 @@ def main():
         "layout": "train.npy rows [i*augment_factor, (i+1)*augment_factor) are files.train[i], original first; "
                   "{split}_lab.npy row k is {split}.npy row k in float16 Lab01, channels first",
     }
-    write_prepared(args.out, splits, manifest, args.size, args.seed, args.workers)
-    seconds = time.perf_counter() - start
-    c = manifest["counts"]
-    print(f"prepared {args.out}: {c['train']} train (x{args.augment_factor} = {c['train_augmented']}), "
-          f"{c['val']} validation, {c['test']} test, {c['skipped']} skipped; "
-          f"{c['source_images'] / seconds:.0f} source images/s, {n_written / seconds:.0f} written/s")
+    splits = {"train": (train_idx, args.augment_factor), "val": (val_idx, 1), "test": (test_idx, 1)}
+    for split, (indices, factor) in splits.items():
+        write_split(folder, split, images[indices], factor, args.size, args.seed, args.workers)
+    write_json(folder / MANIFEST, manifest)
+    return manifest
 
 
 if __name__ == "__main__":

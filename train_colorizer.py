@@ -7,38 +7,38 @@ activation, max channels, layers per side) and better models (--arch unet, --reg
 condition on a trained regressor's mean colour, --head classify for colour as classification
 after Zhang, Isola and Efros 2016).
 """
-import argparse
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (FINAL_ACTIVATIONS, LOSSES, FaceLabDataset, ab_bins, ab_prior, add_training_args, atomic_write,
-                    build_model, colorize_lab01, colorizer_input, exit_on_user_error, load_checkpoint,
-                    read_manifest, rebalancing_weights, soft_encode, train)
+from common import (FINAL_ACTIVATIONS, LOSSES, ArgumentParser, FaceLabDataset, ab_bins, ab_prior, add_training_args,
+                    atomic_write, build_model, colorize_lab01, colorizer_input, exit_on_user_error, load_checkpoint,
+                    non_negative_float, positive_float, positive_int, read_manifest, rebalancing_weights, soft_encode,
+                    train)
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_training_args(p, out="runs/colorizer", epochs=20, lr=0.01, weight_decay=0.0, batch_size=64, patience=5)
+    p = ArgumentParser(__doc__)
+    add_training_args(p, out="runs/colorizer", epochs=20, lr=0.01, weight_decay=0.0, patience=5)
     m = p.add_argument_group("model")
     m.add_argument("--arch", choices=["seed", "unet"], default="seed")
     m.add_argument("--activation", choices=sorted(FINAL_ACTIVATIONS), default="sigmoid", help="final activation")
-    m.add_argument("--max-channels", type=int, default=128, help="seed arch: widest layer (128, 256, 512 in the seed)")
-    m.add_argument("--layers", type=int, default=3, help="seed arch: layers per side (3 or 5 in the seed)")
-    m.add_argument("--base-channels", type=int, default=32, help="unet: channels at full resolution")
-    m.add_argument("--depth", type=int, default=4, help="unet: number of downsamplings")
+    m.add_argument("--max-channels", type=positive_int, default=128,
+                   help="seed arch: widest layer (128, 256, 512 in the seed)")
+    m.add_argument("--layers", type=positive_int, default=3, help="seed arch: layers per side (3 or 5 in the seed)")
+    m.add_argument("--base-channels", type=positive_int, default=32, help="unet: channels at full resolution")
+    m.add_argument("--depth", type=positive_int, default=4, help="unet: number of downsamplings")
     m.add_argument("--regressor", default=None,
                    help="a trained regressor checkpoint: condition on its predicted mean colour")
     m.add_argument("--head", choices=["regress", "classify"], default="regress",
                    help="classify: a distribution over quantized ab bins (Zhang et al. 2016) instead of ab values")
-    m.add_argument("--rebalance", type=float, default=0.5, help="classify: class rebalancing lambda")
-    m.add_argument("--temperature", type=float, default=0.38, help="classify: annealed-mean temperature")
+    m.add_argument("--rebalance", type=non_negative_float, default=0.5, help="classify: class rebalancing lambda")
+    m.add_argument("--temperature", type=positive_float, default=0.38, help="classify: annealed-mean temperature")
     args = p.parse_args(argv)
-    if args.layers < 2 or args.max_channels < 16 or args.depth < 1:
-        p.error("--layers must be >= 2, --max-channels >= 16 and --depth >= 1")
+    if args.layers < 2 or args.max_channels < 16 or args.rebalance > 1:
+        p.error("--layers must be >= 2, --max-channels >= 16 and --rebalance at most 1")
     return args
 
 

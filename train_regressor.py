@@ -3,15 +3,12 @@
 Defaults are the seed's: Adam lr 1e-4, weight decay 1e-5, 200 epochs. The best checkpoint by
 validation MSE is RUN/best.pt; RUN/last.pt resumes an interrupted run (rerun the same command).
 """
-import argparse
-
-from common import LOSSES, SeedRegressor, add_training_args, exit_on_user_error, train
+from common import LOSSES, ArgumentParser, SeedRegressor, add_training_args, exit_on_user_error, train
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    add_training_args(p, out="runs/regressor", epochs=200, lr=1e-4, weight_decay=1e-5, batch_size=64, patience=0)
+    p = ArgumentParser(__doc__)
+    add_training_args(p, out="runs/regressor", epochs=200, lr=1e-4, weight_decay=1e-5, patience=0)
     return p.parse_args(argv)
 
 

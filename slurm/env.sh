@@ -24,8 +24,11 @@ echo "job ${SLURM_JOB_ID:-local} on $(hostname) in $(pwd) with $(command -v pyth
 
 # Run a training command so that SLURM's warning signal (--signal=B:USR1@...) reaches it; the
 # trainer then saves last.pt and exits with status 3, and the job is requeued to resume.
+# With several tasks (sbatch --ntasks=N), the command runs once per task through srun, and the
+# tasks form one distributed run (the trainers' --backend auto reads srun's variables).
 run_resumable() {
   local pid status
+  if [ "${SLURM_NTASKS:-1}" -gt 1 ] && [ -z "${SLURM_STEP_NUM_TASKS:-}" ]; then set -- srun "$@"; fi
   "$@" &
   pid=$!
   trap 'kill -USR1 "$pid" 2>/dev/null' USR1

@@ -5,15 +5,14 @@ import json
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from common import RESUMABLE_EXIT, torch_load
-from conftest import ROOT, run_script, synthetic_photo
+from common import torch_load
+from conftest import ROOT, interrupt_and_resume, run_script, synthetic_photo
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA GPU here: run `bash benchmarks/gpu_proof.sh` on a machine with one")
@@ -49,28 +48,16 @@ def test_gpu_flags_change_how_not_what(prepared, tmp_path):
 
 def test_gpu_run_resumes_to_the_same_result(prepared, tmp_path):
     """SIGUSR1 mid-run on the GPU, then the same command: the weights of an uninterrupted run."""
-    args = [sys.executable, str(ROOT / "train_colorizer.py"), "--data", str(prepared), "--epochs", "20",
-            "--batch-size", "2", "--device", "cuda", "--data-on-device"]
-    subprocess.run(args + ["--out", str(tmp_path / "straight")], check=True, capture_output=True, timeout=600)
-
-    run = tmp_path / "interrupted"
-    proc = subprocess.Popen(args + ["--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (run / "history.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGUSR1)
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == RESUMABLE_EXIT, output
-    assert torch_load(run / "last.pt")["trainer"]["iteration"] < 20 * 54  # stopped inside the run
-
-    resumed = subprocess.run(args + ["--out", str(run)], capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
+    args = [ROOT / "train_colorizer.py", "--data", prepared, "--epochs", 20, "--batch-size", 2, "--device", "cuda",
+            "--data-on-device"]
+    straight, run, stopped, _ = interrupt_and_resume(args, tmp_path, signal.SIGUSR1)
+    assert stopped < 20 * 54  # stopped inside the run
     for name in ("last.pt", "best.pt"):
-        a, b = torch_load(tmp_path / "straight" / name)["model"], torch_load(run / name)["model"]
+        a, b = torch_load(straight / name)["model"], torch_load(run / name)["model"]
         for key in a:
             # ignite's DeterministicEngine makes cuDNN deterministic: the same kernels, the same sums
             torch.testing.assert_close(b[key], a[key], rtol=1e-5, atol=1e-6, msg=f"{name} {key}")
-    h = [history(d) for d in (tmp_path / "straight", run)]
+    h = [history(d) for d in (straight, run)]
     assert h[0]["val_mse"] == pytest.approx(h[1]["val_mse"], rel=1e-5)
 
 

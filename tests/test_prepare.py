@@ -2,13 +2,12 @@
 import hashlib
 import json
 
-import cv2
 import numpy as np
 import pytest
 import torch
 
 from common import images_to_lab01
-from conftest import run_script, synthetic_photo
+from conftest import run_script
 
 
 def digest(folder):
@@ -84,35 +83,6 @@ def test_demo_set_when_no_dataset(tmp_path):
     assert "DEMO" in result.stdout
     manifest = json.loads((tmp_path / "demo" / "manifest.json").read_text())
     assert manifest["demo"] and manifest["counts"]["train"] > 100 and manifest["counts"]["test"] > 5
-
-
-def test_odd_and_bad_images(tmp_path):
-    src = tmp_path / "mixed"
-    src.mkdir()
-    rng = np.random.default_rng(3)
-    good = [synthetic_photo(rng, 96)[..., ::-1] for _ in range(12)]
-    for i, img in enumerate(good):
-        cv2.imwrite(str(src / f"good{i}.jpg"), img)
-    cv2.imwrite(str(src / "sixteen.png"), good[0].astype(np.uint16) * 257)                        # 16-bit
-    cv2.imwrite(str(src / "alpha.png"), np.dstack([good[1], np.full((96, 96), 200, np.uint8)]))   # RGBA
-    cv2.imwrite(str(src / "wide.png"), np.concatenate([good[2], good[3]], axis=1))                # not square
-    cv2.imwrite(str(src / "gray.png"), cv2.cvtColor(good[4], cv2.COLOR_BGR2GRAY))
-    cv2.imwrite(str(src / "tiny.png"), good[5][:20, :20])
-    (src / "notes.txt").write_text("not an image")
-    (src / "fake.jpg").write_text("not an image either")
-    (src / "empty.png").write_bytes(b"")
-    whole = (src / "good0.jpg").read_bytes()
-    (src / "truncated.jpg").write_bytes(whole[: len(whole) // 2])
-    result = run_script("prepare_data.py", "--source", src, "--out", tmp_path / "out", "--size", 64,
-                        "--augment-factor", 1)
-    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    reasons = {s["file"]: s["reason"] for s in manifest["skipped"]}
-    assert set(reasons) == {"gray.png", "tiny.png", "fake.jpg", "empty.png", "truncated.jpg"}
-    assert "grayscale" in reasons["gray.png"] and "smaller" in reasons["tiny.png"]
-    assert "truncated" in reasons["truncated.jpg"] and "empty" in reasons["empty.png"]
-    for name in reasons:
-        assert name in result.stderr
-    assert manifest["counts"]["source_images"] == 12 + 3 + 5
 
 
 @pytest.mark.parametrize("setup, message", [

@@ -16,6 +16,11 @@ TINY = {"PREPARE_ARGS": "--size 64 --augment-factor 2", "REGRESSOR_EPOCHS": "1",
         "REGRESSOR_ARGS": "--dry-run", "COLORIZER_ARGS": "--dry-run", "SBATCH_ARGS": "--time=00:10:00"}
 
 
+# this test cluster's GPUs are fake GRES: say so, or every GPU job stops at once (it holds GPUs, and no
+# CUDA answers: see test_gpu_job_without_cuda_stops_at_once)
+FAKE_GPUS = {"COLORIZATION_FAKE_GPUS": "1"}
+
+
 def slurm_answers():
     if not shutil.which("sbatch"):
         return False
@@ -28,9 +33,18 @@ pytestmark = pytest.mark.skipif(not slurm_answers(), reason="no SLURM here: star
 
 def run_driver(script, env):
     result = subprocess.run(["bash", f"slurm/{script}"], cwd=ROOT, capture_output=True, text=True, timeout=120,
-                            env={**os.environ, "PROJECT_DIR": str(ROOT), **env})
+                            env={**os.environ, "PROJECT_DIR": str(ROOT), **FAKE_GPUS, **env})
     assert result.returncode == 0, result.stderr
     return dict(re.findall(r"([\w-]+)=(\d+)", result.stdout)), result.stdout
+
+
+def sbatch(tmp_path, *args, fake_gpus=True):
+    """sbatch as a user runs it from the project folder; -> (job id, the path of its log)."""
+    env = {k: v for k, v in os.environ.items() if k not in FAKE_GPUS}
+    job = subprocess.run(["sbatch", "--parsable", "--output", str(tmp_path / "job-%j.out"), *map(str, args)],
+                         cwd=ROOT, capture_output=True, text=True,
+                         env={**env, "PROJECT_DIR": str(ROOT), **(FAKE_GPUS if fake_gpus else {})}).stdout.strip()
+    return job, tmp_path / f"job-{job}.out"
 
 
 def wait_for(job_ids, timeout=420):
@@ -97,7 +111,7 @@ def test_signal_before_time_limit_checkpoints_requeues_and_resumes(prepared, tmp
     job = subprocess.run(["sbatch", "--parsable", "--output", str(tmp_path / "job-%j.out"), "--open-mode=append",
                           "slurm/colorizer.sbatch", "--data", str(prepared), "--out", str(out), "--epochs", "8",
                           "--batch-size", "2"], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PROJECT_DIR": str(ROOT)}).stdout.strip()
+                         env={**os.environ, "PROJECT_DIR": str(ROOT), **FAKE_GPUS}).stdout.strip()
     deadline = time.monotonic() + 180
     while not (out / "history.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -116,9 +130,54 @@ def test_two_processes_under_srun_write_one_checkpoint(prepared, tmp_path):
     job = subprocess.run(["sbatch", "--parsable", "--ntasks-per-node=2", "--output", str(tmp_path / "ddp-%j.out"),
                           "slurm/multigpu.sbatch", "--data", str(prepared), "--out", str(out), "--epochs", "2",
                           "--batch-size", "16"], cwd=ROOT, capture_output=True, text=True,
-                         env={**os.environ, "PROJECT_DIR": str(ROOT), "BACKEND": "gloo"}).stdout.strip()
+                         env={**os.environ, "PROJECT_DIR": str(ROOT), **FAKE_GPUS}).stdout.strip()
     records = wait_for([job], timeout=300)
     log = (tmp_path / f"ddp-{job}.out").read_text()
     assert records[job][1] == "COMPLETED", log
     assert "in 2 processes" in log
     assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
+
+
+def test_gpu_job_without_cuda_stops_at_once(prepared, tmp_path):
+    """A job that holds GPUs never trains on the CPU: without CUDA (here: fake GRES, not declared fake) it
+    fails before any work with one line saying what it found and what to do."""
+    job, log_path = sbatch(tmp_path, "slurm/colorizer.sbatch", "--data", prepared, "--out", tmp_path / "run",
+                           fake_gpus=False)
+    records = wait_for([job], timeout=180)
+    log = log_path.read_text()
+    assert records[job][1] == "FAILED", log
+    errors = [line for line in log.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "SLURM_JOB_GPUS=" in errors[0] and "no CUDA GPU answers" in errors[0], log
+    assert "--device cpu" in errors[0] and "TORCH_CUDA=" in errors[0]
+    assert "Traceback" not in log and not (tmp_path / "run").exists()
+
+
+def test_a_training_template_with_two_tasks_is_one_run_of_world_size_two(prepared, tmp_path):
+    """sbatch --ntasks=2 of a one-GPU template, default flags: srun starts both tasks, --backend auto joins them."""
+    out = tmp_path / "run"
+    job, log_path = sbatch(tmp_path, "--ntasks=2", "slurm/colorizer.sbatch", "--data", prepared, "--out", out,
+                           "--epochs", 2, "--batch-size", 16)
+    records = wait_for([job], timeout=300)
+    log = log_path.read_text()
+    assert records[job][1] == "COMPLETED", log
+    assert log.count("training on cpu in 2 processes") == 1, log  # rank 0 speaks for the run
+    config = torch_load(out / "best.pt")["run"]["config"]
+    assert config["world_size"] == 2 and config["backend"] == "auto"
+    assert torch_load(out / "last.pt")["run"]["history"]["epoch"] == [1, 2]
+
+
+@pytest.mark.parametrize("fake", [True, False])
+def test_preflight_reports_and_fails_a_gpu_job_without_a_real_gpu(tmp_path, fake):
+    job, log_path = sbatch(tmp_path, "--ntasks=2", "slurm/check.sbatch", fake_gpus=fake)
+    records = wait_for([job], timeout=300)
+    log = log_path.read_text()
+    assert "SLURM: SLURM_JOB_ID=" in log and "torch " in log and "NVIDIA: " in log, log
+    if fake:
+        assert records[job][1] == "COMPLETED", log
+        for line in ("NO REAL GPU", "one training step each", "U-Net 8x4 classify",
+                     "all_reduce across 2 tasks (gloo): OK", "colorize: OK", "preflight OK"):
+            assert line in log, (line, log)
+    else:
+        assert records[job][1] == "FAILED", log
+        failures = [line for line in log.splitlines() if line.startswith("preflight FAILED: ")]
+        assert failures and "no CUDA GPU answers" in failures[0] and "Traceback" not in log, log

@@ -4,7 +4,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import cv2
 import numpy as np
@@ -12,8 +11,8 @@ import pytest
 import torch
 from skimage import data
 
-from common import RESUMABLE_EXIT, ab_bins, load_checkpoint, torch_load, training_augmentation
-from conftest import ROOT, run_script, synthetic_photo
+from common import ab_bins, load_checkpoint, torch_load, training_augmentation
+from conftest import ROOT, interrupt_and_resume, run_script, synthetic_photo
 
 
 def weights(path):
@@ -64,27 +63,13 @@ def test_same_seed_same_weights_and_scores(prepared, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_result(prepared, tmp_path):
-    args = [sys.executable, str(ROOT / "train_colorizer.py"), "--data", str(prepared), "--epochs", "5",
-            "--batch-size", "2", "--device", "cpu"]
-    subprocess.run(args + ["--out", str(tmp_path / "straight")], check=True, capture_output=True, timeout=600)
-
-    run = tmp_path / "interrupted"
-    proc = subprocess.Popen(args + ["--out", str(run)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.monotonic() + 300
-    while not (run / "history.json").exists() and proc.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.01)
-    proc.send_signal(signal.SIGUSR1)  # what SLURM sends before the time limit
-    output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == RESUMABLE_EXIT, output
-    stopped = torch_load(run / "last.pt")["trainer"]
-    assert 54 <= stopped["iteration"] < 5 * 54  # stopped inside the run, after its first epoch
-
-    resumed = subprocess.run(args + ["--out", str(run)], capture_output=True, text=True, timeout=600)
-    assert resumed.returncode == 0, resumed.stderr
-    assert "resuming" in resumed.stdout
-    assert_same_weights(tmp_path / "straight" / "last.pt", run / "last.pt")
-    assert_same_weights(tmp_path / "straight" / "best.pt", run / "best.pt")
-    history = [json.loads((d / "history.json").read_text()) for d in (tmp_path / "straight", run)]
+    args = [ROOT / "train_colorizer.py", "--data", prepared, "--epochs", 5, "--batch-size", 2, "--device", "cpu"]
+    # SIGUSR1: what SLURM sends before the time limit
+    straight, run, stopped, _ = interrupt_and_resume(args, tmp_path, signal.SIGUSR1)
+    assert 54 <= stopped < 5 * 54  # stopped inside the run, after its first epoch
+    assert_same_weights(straight / "last.pt", run / "last.pt")
+    assert_same_weights(straight / "best.pt", run / "best.pt")
+    history = [json.loads((d / "history.json").read_text()) for d in (straight, run)]
     for h in history:
         del h["train_images_per_s"]  # measured time, not a result
     assert history[0] == history[1]
@@ -135,7 +120,8 @@ def test_two_processes_with_torchrun_train_to_the_end(prepared, tmp_path):
                              "--epochs", "2", "--batch-size", "16", "--backend", "gloo"],
                             capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert result.returncode == 0, result.stderr
-    assert "in 2 processes" in result.stderr
+    assert "in 2 processes" in result.stdout
+    assert torch_load(out / "best.pt")["run"]["config"]["world_size"] == 2
     assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
     assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2]
 

@@ -1,0 +1,26 @@
+"""`make venv` installs the torch build that fits the cluster's driver: TORCH_CUDA picks it (the wheel
+index cannot be reached from CI, so the command is checked, not run); the default is PyPI's, as CI uses."""
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import ROOT
+
+
+def venv_commands(tmp_path, *settings):
+    return subprocess.run(["make", "-n", "-B", "venv", f"VENV={tmp_path / 'v'}", *settings], cwd=ROOT,
+                          capture_output=True, text=True, check=True).stdout
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+def test_torch_cuda_picks_the_wheel_index_and_the_default_stays_pypi(tmp_path):
+    pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines()
+            if line.startswith(("torch==", "torchvision=="))]
+    assert len(pins) == 2
+    chosen = venv_commands(tmp_path, "TORCH_CUDA=cu126")
+    assert f"install --quiet --index-url https://download.pytorch.org/whl/cu126 {' '.join(pins)}" in chosen
+    # the index install comes first: requirements.txt then finds the pins satisfied and keeps that build
+    assert chosen.index("--index-url") < chosen.index("-r requirements.txt")
+    default = venv_commands(tmp_path)
+    assert "--index-url" not in default and "pip install --quiet -r requirements.txt" in default
