@@ -6,24 +6,31 @@ PY     := $(VENV)/bin/python
 FACES  ?= ../shared/data/face_images
 RUNS   ?= runs
 
-.PHONY: venv demo test results bench bench-pipeline slurm-start clean
+.PHONY: venv conda-env demo test results bench bench-pipeline slurm-start clean
 
 # TORCH_CUDA=cu126 (or cu128, ...): torch and torchvision built for that CUDA, from PyTorch's own
 # wheel index, for drivers older than PyPI's CUDA 13.0 build needs (R580); empty: PyPI's build
 TORCH_CUDA ?=
-TORCH_PINS = $(shell grep -E '^torch(vision)?==' requirements.txt)
+# requirements.txt's torch and torchvision pins, as that build: torch==2.14.1+cu126 ...
+TORCH_BUILD = $(patsubst %,%+$(TORCH_CUDA),$(shell grep -E '^torch(vision)?==' requirements.txt))
+TORCH_INDEX = https://download.pytorch.org/whl/$(TORCH_CUDA)
 
 venv: $(VENV)/.installed
 $(VENV)/.installed: requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install --quiet --upgrade pip
-	$(if $(TORCH_CUDA),$(VENV)/bin/pip install --quiet --index-url https://download.pytorch.org/whl/$(TORCH_CUDA) \
-	  $(TORCH_PINS))
+	$(if $(TORCH_CUDA),$(VENV)/bin/pip install --quiet --index-url $(TORCH_INDEX) $(TORCH_BUILD))
 	$(VENV)/bin/pip install --quiet -r requirements.txt
 	$(PY) -c "import torch, torchvision, torchvision.ops, ignite, cv2, skimage; \
 	  torchvision.ops.nms(torch.rand(3, 4), torch.rand(3), 0.5); \
 	  print('torch', torch.__version__, '| torchvision', torchvision.__version__, '| ignite', ignite.__version__)"
 	touch $@
+
+# the conda route (clusters): the same packages, torch from PyTorch's index when TORCH_CUDA is set
+CONDA_ENV ?= colorization
+conda-env:
+	conda env create -f environment.yml -n $(CONDA_ENV)
+	$(if $(TORCH_CUDA),conda run -n $(CONDA_ENV) pip install --index-url $(TORCH_INDEX) $(TORCH_BUILD))
 
 # data/face_images/ if present, else the bundled demo photos; a few epochs
 demo: venv

@@ -8,9 +8,9 @@ import pytest
 from conftest import ROOT
 
 
-def venv_commands(tmp_path, *settings):
-    return subprocess.run(["make", "-n", "-B", "venv", f"VENV={tmp_path / 'v'}", *settings], cwd=ROOT,
-                          capture_output=True, text=True, check=True).stdout
+def make_commands(target, *settings):
+    return subprocess.run(["make", "-n", "-B", target, *settings], cwd=ROOT, capture_output=True, text=True,
+                          check=True).stdout
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
@@ -18,9 +18,16 @@ def test_torch_cuda_picks_the_wheel_index_and_the_default_stays_pypi(tmp_path):
     pins = [line for line in (ROOT / "requirements.txt").read_text().splitlines()
             if line.startswith(("torch==", "torchvision=="))]
     assert len(pins) == 2
-    chosen = venv_commands(tmp_path, "TORCH_CUDA=cu126")
-    assert f"install --quiet --index-url https://download.pytorch.org/whl/cu126 {' '.join(pins)}" in chosen
+    venv = f"VENV={tmp_path / 'v'}"
+    chosen = make_commands("venv", venv, "TORCH_CUDA=cu126")
+    build = " ".join(f"{pin}+cu126" for pin in pins)  # torch==2.14.1+cu126: that build, not PyPI's
+    assert f"install --quiet --index-url https://download.pytorch.org/whl/cu126 {build}" in chosen
     # the index install comes first: requirements.txt then finds the pins satisfied and keeps that build
     assert chosen.index("--index-url") < chosen.index("-r requirements.txt")
-    default = venv_commands(tmp_path)
+    default = make_commands("venv", venv)
     assert "--index-url" not in default and "pip install --quiet -r requirements.txt" in default
+    # the conda route: the same variable
+    conda = make_commands("conda-env", "TORCH_CUDA=cu126")
+    assert conda.startswith("conda env create -f environment.yml -n colorization")
+    assert f"pip install --index-url https://download.pytorch.org/whl/cu126 {build}" in conda
+    assert "--index-url" not in make_commands("conda-env")
