@@ -1,5 +1,6 @@
 """`make venv` installs the torch build that fits the cluster's driver: TORCH_CUDA picks it (the wheel
 index cannot be reached from CI, so the command is checked, not run); the default is PyPI's, as CI uses."""
+import os
 import shutil
 import subprocess
 
@@ -9,8 +10,10 @@ from conftest import ROOT
 
 
 def make_commands(target, *settings):
-    return subprocess.run(["make", "-n", "-B", target, *settings], cwd=ROOT, capture_output=True, text=True,
-                          check=True).stdout
+    # a make of its own: under `make test` the parent's MAKEFLAGS would add "Entering directory" lines
+    env = {k: v for k, v in os.environ.items() if k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
+    return subprocess.run(["make", "--no-print-directory", "-n", "-B", target, *settings], cwd=ROOT, env=env,
+                          capture_output=True, text=True, check=True).stdout
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
