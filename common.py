@@ -877,7 +877,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     from ignite.utils import manual_seed
 
     rank0 = idist.get_rank() == 0
-    device = idist.device() if idist.get_world_size() > 1 else resolve_device(config["device"])
+    # one process: train() resolved --device already (and stopped a GPU job without CUDA)
+    device = idist.device() if idist.get_world_size() > 1 else torch.device(config["device"])
     manual_seed(config["seed"])
     out = Path(config["out"])
 

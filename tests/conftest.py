@@ -168,3 +168,11 @@ def interrupt_and_resume(args, root, sig):
                              timeout=600)
     assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
     return root / "straight", run, stopped, resumed
+
+
+def torchrun_training(processes, data, out, backend):
+    """train_colorizer.py in `processes` processes under torchrun, 2 epochs; -> the CompletedProcess."""
+    return subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", str(processes),
+                           str(ROOT / "train_colorizer.py"), "--data", str(data), "--out", str(out), "--epochs", "2",
+                           "--batch-size", "16", "--backend", backend],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)

@@ -3,8 +3,6 @@ colorize. Every test here skips, saying why, on a machine without one (CI has no
 `bash benchmarks/gpu_proof.sh`, runs them where there is one."""
 import json
 import signal
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -12,7 +10,7 @@ import pytest
 import torch
 
 from common import torch_load
-from conftest import ROOT, interrupt_and_resume, run_script, synthetic_photo
+from conftest import ROOT, interrupt_and_resume, run_script, synthetic_photo, torchrun_training
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(),
                                 reason="no CUDA GPU here: run `bash benchmarks/gpu_proof.sh` on a machine with one")
@@ -64,10 +62,7 @@ def test_gpu_run_resumes_to_the_same_result(prepared, tmp_path):
 def test_nccl_backend_trains_under_torchrun(prepared, tmp_path):
     """One process per GPU under torchrun with NCCL (one GPU here: world size 1, a real NCCL all_reduce)."""
     out = tmp_path / "nccl"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1",
-                             str(ROOT / "train_colorizer.py"), "--data", str(prepared), "--out", str(out),
-                             "--epochs", "2", "--batch-size", "16", "--backend", "nccl"],
-                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = torchrun_training(1, prepared, out, "nccl")
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
     assert history(out)["epoch"] == [1, 2]

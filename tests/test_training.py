@@ -2,8 +2,6 @@
 import json
 import shutil
 import signal
-import subprocess
-import sys
 
 import cv2
 import numpy as np
@@ -12,7 +10,7 @@ import torch
 from skimage import data
 
 from common import ab_bins, load_checkpoint, torch_load, training_augmentation
-from conftest import ROOT, interrupt_and_resume, run_script, synthetic_photo
+from conftest import ROOT, interrupt_and_resume, run_script, synthetic_photo, torchrun_training
 
 
 def weights(path):
@@ -115,10 +113,7 @@ def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
 
 def test_two_processes_with_torchrun_train_to_the_end(prepared, tmp_path):
     out = tmp_path / "ddp"
-    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                             str(ROOT / "train_colorizer.py"), "--data", str(prepared), "--out", str(out),
-                             "--epochs", "2", "--batch-size", "16", "--backend", "gloo"],
-                            capture_output=True, text=True, timeout=600, cwd=ROOT)
+    result = torchrun_training(2, prepared, out, "gloo")
     assert result.returncode == 0, result.stderr
     assert "in 2 processes" in result.stdout
     assert torch_load(out / "best.pt")["run"]["config"]["world_size"] == 2
