@@ -58,8 +58,10 @@ UNSEEN_FACES = $(shell $(PY) -c "import skimage, matplotlib, pathlib as p; \
   print(p.Path(skimage.__file__).parent / 'data' / 'astronaut.png', \
         p.Path(matplotlib.get_data_path()) / 'sample_data' / 'grace_hopper.jpg')" 2>/dev/null)
 
-.PHONY: faces faces-data faces-activation faces-quality faces-capacity faces-regressor faces-person
-faces: faces-activation faces-quality faces-capacity faces-regressor faces-person
+.PHONY: faces faces-data faces-activation faces-quality faces-capacity faces-regressor faces-regressor-study \
+  faces-conditioning faces-person
+faces: faces-activation faces-quality faces-capacity faces-regressor faces-regressor-study faces-conditioning \
+  faces-person
 
 faces-data: venv
 	$(PY) prepare_data.py --source $(FACES) --out $(FACES_RUNS)/data
@@ -85,12 +87,39 @@ faces-regressor: faces-data
 	$(PY) train_regressor.py --data $(FACES_RUNS)/data --out $(FACES_RUNS)/regressor --epochs $(REGRESSOR_EPOCHS) \
 	  $(TRAIN_FLAGS)
 
-# people the models never saw: split by person (JPEG comment), 45 people to train, 5 held out
+# the regressor on the CPU: the seed's settings against a higher learning rate, a cosine schedule
+# and smaller batches, REGRESSOR_STUDY_EPOCHS each (about 45 s an epoch on 2 cores)
+REGRESSOR_STUDY_EPOCHS ?= 5
+REGRESSOR = $(PY) train_regressor.py $(TRAIN_FLAGS) --epochs $(REGRESSOR_STUDY_EPOCHS)
+# the alternative the study chose: the regressor the conditioned colorizers use
+REGRESSOR_CPU = --lr 1e-3 --lr-schedule cosine
+faces-regressor-study: faces-data
+	$(REGRESSOR) --data $(FACES_RUNS)/data --out $(FACES_RUNS)/regressor_study/seed
+	$(REGRESSOR) --data $(FACES_RUNS)/data --out $(FACES_RUNS)/regressor_study/lr1e-3 --lr 1e-3
+	$(REGRESSOR) --data $(FACES_RUNS)/data --out $(FACES_RUNS)/regressor_study/lr1e-3_cosine $(REGRESSOR_CPU)
+	$(REGRESSOR) --data $(FACES_RUNS)/data --out $(FACES_RUNS)/regressor_study/batch16 --batch-size 16
+
+# the seed's two-stage idea: each colorizer with and without the regressor's mean colour, same budget
+# (the seed colorizer at its own settings, the U-Net classifier CONDITION_EPOCHS epochs)
+CONDITION_EPOCHS ?= 3
+UNET_CLASSIFY = $(UNET) --head classify --epochs $(CONDITION_EPOCHS)
+define conditioned_colorizers  # (prepared data, regressor checkpoint, folder of runs)
+	$(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(1) --out $(3)/seed
+	$(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(1) --out $(3)/seed_regressor --regressor $(2)
+	$(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(1) --out $(3)/unet8_classify $(UNET_CLASSIFY)
+	$(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(1) --out $(3)/unet8_classify_regressor $(UNET_CLASSIFY) \
+	  --regressor $(2)
+endef
+STUDY_REGRESSOR = $(FACES_RUNS)/regressor_study/lr1e-3_cosine/best.pt
+faces-conditioning: faces-regressor-study
+	$(call conditioned_colorizers,$(FACES_RUNS)/data,$(STUDY_REGRESSOR),$(FACES_RUNS)/conditioning)
+
+# people the models never saw: split by person (JPEG comment): 35 people train, 5 validate, 10 test
 faces-person: venv
-	$(PY) prepare_data.py --source $(FACES) --out $(PERSON_RUNS)/data --split-by person
-	$(PY) train_colorizer.py --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/seed_sigmoid $(TRAIN_FLAGS)
-	$(PY) train_colorizer.py --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/unet8_classify $(UNET) --epochs 6 \
-	  --head classify $(TRAIN_FLAGS)
+	$(PY) prepare_data.py --source $(FACES) --out $(PERSON_RUNS)/data --split-by person --held-out 0.3 \
+	  --val-share 0.33
+	$(REGRESSOR) --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/regressor $(REGRESSOR_CPU)
+	$(call conditioned_colorizers,$(PERSON_RUNS)/data,$(PERSON_RUNS)/regressor/best.pt,$(PERSON_RUNS)/colorizers)
 
 # the README's results tables and figures, from the runs `make faces` trained
 results: venv

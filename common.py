@@ -10,6 +10,7 @@ Conventions, written once here:
 from __future__ import annotations
 
 import argparse
+import gc
 import hashlib
 import json
 import logging
@@ -22,6 +23,7 @@ import signal
 import sys
 import tempfile
 import time
+import traceback
 import warnings
 from pathlib import Path
 from typing import NamedTuple
@@ -737,6 +739,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int,
     g.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="global batch size, split across processes")
     g.add_argument("--lr", type=positive_float, default=lr)
+    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
+                   help="cosine: the learning rate falls from --lr to 0 along a half cosine over the --epochs")
     g.add_argument("--weight-decay", type=non_negative_float, default=weight_decay)
     g.add_argument("--patience", type=non_negative_int, default=patience,
                    help="early stopping on validation MSE after this many epochs without progress (0: off)")
@@ -800,12 +804,28 @@ def train(config: dict, setup_task) -> None:
         with idist.Parallel(backend=_choose_backend(config["backend"])) as parallel:
             # ignite's launcher logs at INFO: our own lines say what a user needs (errors: one line)
             logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
-            parallel.run(_train_process, config, setup_task)
+            try:
+                parallel.run(_train_process, config, setup_task)
+            finally:
+                _free_run_objects()
     except BaseException:
         if created and {p.name for p in out.iterdir()} <= {RUN_LOCK}:
             (out / RUN_LOCK).unlink(missing_ok=True)
             out.rmdir()  # a run that failed before writing anything leaves no empty folder
         raise
+
+
+def _free_run_objects() -> None:
+    """Free the finished run's objects now, while its process group and the interpreter are alive.
+    They sit in reference cycles (engines <-> their handlers), so only the cyclic garbage collector frees
+    them, and the DDP model among them holds the process group: freed at interpreter exit, after
+    Parallel destroyed the group, gloo's threads abort the process ("terminate called without an active
+    exception"), and srun marks the finished job FAILED. A run that raised (exit status 3 after a signal)
+    keeps them in its traceback's frames: clear those first."""
+    raised = sys.exc_info()[1]
+    if raised is not None:
+        traceback.clear_frames(raised.__traceback__)
+    gc.collect()
 
 
 RUN_LOCK = ".lock"  # in a run folder: held by the live run writing there (the kernel frees it on any exit)
@@ -872,7 +892,7 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     import ignite.distributed as idist
     from ignite.engine import Engine, Events
     from ignite.engine.deterministic import DeterministicEngine
-    from ignite.handlers import Checkpoint, DiskSaver, EarlyStopping, ProgressBar
+    from ignite.handlers import Checkpoint, CosineAnnealingScheduler, DiskSaver, EarlyStopping, ProgressBar
     from ignite.metrics import Loss
     from ignite.utils import manual_seed
 
@@ -922,6 +942,11 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
     # checkpoints hold `model`; steps run `network`, its compiled form if asked for
     network = torch.compile(model) if config["compile"] else model
     step = training_step(network, predict, loss_fn, optimizer, config["amp"])
+    schedule = None
+    if config["lr_schedule"] == "cosine":  # a half cycle over the whole run, stepped every iteration
+        schedule = CosineAnnealingScheduler(optimizer, "lr", config["lr"], 0.0,
+                                            cycle_size=config["epochs"] * len(train_loader))
+        trainer.add_event_handler(Events.ITERATION_STARTED, schedule)
 
     def to_lab01(batch):
         return batch_to_lab01(batch, device).contiguous(memory_format=memory_format)
@@ -960,6 +985,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
                       score_function=lambda e: -e.state.metrics["val_mse"], score_name="neg_val_mse")
     evaluator.add_event_handler(Events.COMPLETED, best)
     resumable = {"model": model, "optimizer": optimizer, "trainer": trainer, "run": record, "best": best}
+    if schedule is not None:
+        resumable["lr_schedule"] = schedule
     if config["patience"] > 0:
         stopper = EarlyStopping(config["patience"], lambda e: -e.state.metrics["val_mse"], trainer)
         evaluator.add_event_handler(Events.COMPLETED, stopper)
@@ -1045,7 +1072,8 @@ def _train_process(local_rank: int, config: dict, setup_task) -> None:
         print(f"done: best checkpoint {out / 'best.pt'} (val MSE {min(record.history['val_mse']):.3e})")
 
 
-_ADDED_KEYS = {"augment": False}  # settings newer than some checkpoints: absent means this default
+# settings newer than some checkpoints: absent means this default
+_ADDED_KEYS = {"augment": False, "lr_schedule": "constant"}
 
 
 def _check_same_run(saved: dict, config: dict, path: Path) -> None:

@@ -47,7 +47,9 @@ def parse_args(argv=None):
                    help="a new or empty folder, or one this script prepared before (then replaced)")
     p.add_argument("--size", type=positive_int, default=128, help="side of the square images")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--held-out", type=fraction, default=0.1, help="fraction held out, then halved into val / test")
+    p.add_argument("--held-out", type=fraction, default=0.1, help="fraction held out for validation and test")
+    p.add_argument("--val-share", type=fraction, default=0.5,
+                   help="share of the held-out part (images or people) that validates; the rest is the test split")
     p.add_argument("--split-by", choices=["image", "person"], default="image",
                    help="person: keep each person (JPEG comment, e.g. s12) on one side of the split")
     p.add_argument("--augment-factor", type=positive_int, default=10, help="training images per original (1: none)")
@@ -121,8 +123,8 @@ def load_demo(size: int, seed: int):
     return np.stack(images), records, []
 
 
-def split_indices(records, held_out: float, by: str, rng: np.random.Generator):
-    """Shuffle, hold out a fraction, and halve the held-out part into validation and test."""
+def split_indices(records, held_out: float, val_share: float, by: str, rng: np.random.Generator):
+    """Shuffle, hold out a fraction, and cut the held-out part into validation (val_share) and test."""
     if by == "person":
         people = sorted({r["person"] for r in records if r["person"]})
         if len(people) < 3 or any(not r["person"] for r in records):
@@ -130,13 +132,14 @@ def split_indices(records, held_out: float, by: str, rng: np.random.Generator):
         order = [people[i] for i in rng.permutation(len(people))]
         n_held = max(2, round(len(order) * held_out))
         held_people = order[:n_held]
-        val_people, test_people = set(held_people[:math.ceil(n_held / 2)]), set(held_people[math.ceil(n_held / 2):])
+        n_val = math.ceil(n_held * val_share)
+        val_people, test_people = set(held_people[:n_val]), set(held_people[n_val:])
         shuffled = rng.permutation(len(records))
         pick = lambda group: [int(i) for i in shuffled if records[i]["person"] in group]  # noqa: E731
         return pick(set(order[n_held:])), pick(val_people), pick(test_people)
     order = rng.permutation(len(records))
     n_held = max(2, round(len(records) * held_out))
-    n_val = math.ceil(n_held / 2)
+    n_val = math.ceil(n_held * val_share)
     return [int(i) for i in order[n_held:]], [int(i) for i in order[:n_val]], [int(i) for i in order[n_val:n_held]]
 
 
@@ -327,7 +330,7 @@ def prepare(args, source: Path | None, folder: Path) -> dict:
         images, records, skipped = load_folder(source, args.size)
         source_name = str(source)
     rng = np.random.default_rng(args.seed)
-    train_idx, val_idx, test_idx = split_indices(records, args.held_out, args.split_by, rng)
+    train_idx, val_idx, test_idx = split_indices(records, args.held_out, args.val_share, args.split_by, rng)
     n_written = len(train_idx) * args.augment_factor
     if n_written < DEFAULT_BATCH_SIZE or not val_idx or not test_idx:
         raise UserError(f"{source_name}: {len(records)} usable images give {len(train_idx)} training images "
@@ -337,7 +340,7 @@ def prepare(args, source: Path | None, folder: Path) -> dict:
                         "this --augment-factor, or a larger --augment-factor")
     manifest = {
         "format": PREPARED_FORMAT, "source": source_name, "demo": source is None, "seed": args.seed,
-        "size": args.size, "held_out": args.held_out, "split_by": args.split_by,
+        "size": args.size, "held_out": args.held_out, "val_share": args.val_share, "split_by": args.split_by,
         "augment_factor": args.augment_factor,
         "counts": {"source_images": len(records) + len(skipped), "skipped": len(skipped), "train": len(train_idx),
                    "train_augmented": n_written, "val": len(val_idx), "test": len(test_idx)},

@@ -8,7 +8,8 @@
 #     sbatch slurm/pipeline.sh        (or: bash slurm/pipeline.sh)
 # It submits prepare -> regressor and colorizer (in parallel, each afterok prepare) -> evaluate
 # (afterok both), and prints the job ids and where the report will be. Settings, all optional:
-#   RUN_DIR=runs/pipeline  DATA_SOURCE=<image folder>  PARTITION=gpu  ACCOUNT=  CONDA_ENV=colorization
+#   RUN_DIR=runs/pipeline  DATA_SOURCE=<image folder>  PARTITION=gpu  CPU_PARTITION=  ACCOUNT=
+#   CONDA_ENV=colorization
 #   REGRESSOR_EPOCHS=200  COLORIZER_EPOCHS=20  SBATCH_ARGS=  PREPARE_ARGS=  REGRESSOR_ARGS=
 #   COLORIZER_ARGS=  EVALUATE_ARGS=  (the *_ARGS are extra flags for that step's script)
 # e.g. RUN_DIR=runs/unet COLORIZER_ARGS="--arch unet" sbatch slurm/pipeline.sh

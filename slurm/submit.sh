@@ -8,7 +8,8 @@ cd "$ROOT"
 export PROJECT_DIR=$ROOT
 RUN_DIR=${RUN_DIR:-runs/pipeline}          # everything a run writes: data, checkpoints, logs, report
 DATA_SOURCE=${DATA_SOURCE:-}               # image folder; empty: data/face_images/ if present, else demo
-PARTITION=${PARTITION:-gpu}
+PARTITION=${PARTITION:-gpu}                # for the jobs that ask for a GPU
+CPU_PARTITION=${CPU_PARTITION:-}           # for the others (prepare); empty: the cluster's default
 ACCOUNT=${ACCOUNT:-}                       # --account, if your cluster needs one
 export CONDA_ENV=${CONDA_ENV:-colorization}
 SBATCH_ARGS=${SBATCH_ARGS:-}               # extra sbatch options for every job, e.g. "--qos=mygroup"
@@ -26,8 +27,11 @@ submit() {
   local opts=()
   while [ $# -gt 0 ] && [ "$1" != -- ]; do opts+=("$1"); shift; done
   [ $# -gt 0 ] && shift
+  # a job that asks for no GPU never waits in the GPU queue
+  local partition=$PARTITION
+  grep -q '^#SBATCH --gpus' "slurm/$template" || partition=$CPU_PARTITION
   # shellcheck disable=SC2086  # SBATCH_ARGS holds several options
-  sbatch --parsable --chdir "$ROOT" --partition "$PARTITION" ${ACCOUNT:+--account "$ACCOUNT"} \
+  sbatch --parsable --chdir "$ROOT" ${partition:+--partition "$partition"} ${ACCOUNT:+--account "$ACCOUNT"} \
     --output "$RUN_DIR/logs/%x-%j.out" $SBATCH_ARGS "${opts[@]}" "slurm/$template" "$@" | cut -d';' -f1
 }
 

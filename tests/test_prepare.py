@@ -69,13 +69,20 @@ def test_face_counts(faces_dir, tmp_path):
     assert (c["train"], c["train_augmented"], c["val"], c["test"]) == (675, 6750, 38, 37)
 
 
-def test_split_by_person_keeps_people_apart(faces_dir, tmp_path):
+@pytest.mark.parametrize("flags, counts", [
+    ((), (45, 3, 2)),  # the default: 10% of the 50 people held out, halved (the larger half validates)
+    (("--held-out", 0.3, "--val-share", 0.33), (35, 5, 10)),  # the study's unseen-people split
+])
+def test_split_by_person_keeps_people_apart(faces_dir, tmp_path, flags, counts):
     run_script("prepare_data.py", "--source", faces_dir, "--out", tmp_path / "p", "--split-by", "person",
-               "--augment-factor", 1)
+               "--augment-factor", 1, *flags)
     files = json.loads((tmp_path / "p" / "manifest.json").read_text())["files"]
     people = {s: {r["person"] for r in files[s]} for s in files}
     assert people["train"].isdisjoint(people["test"]) and people["train"].isdisjoint(people["val"])
-    assert len(people["test"]) >= 2
+    assert people["val"].isdisjoint(people["test"])
+    assert (len(people["train"]), len(people["val"]), len(people["test"])) == counts
+    assert {s: len(files[s]) for s in files} == {"train": 15 * counts[0], "val": 15 * counts[1],
+                                                "test": 15 * counts[2]}
 
 
 def test_demo_set_when_no_dataset(tmp_path):

@@ -66,10 +66,20 @@ def wait_for(job_ids, timeout=420):
     return records
 
 
+def job_request(job):
+    """-> (partition, whether it asks for a GPU) of a job still known to the controller."""
+    shown = subprocess.run(["scontrol", "show", "job", job], capture_output=True, text=True).stdout
+    return re.search(r"Partition=(\S+)", shown).group(1), "gres:gpu" in shown
+
+
 def test_pipeline_completes_in_dependency_order(photo_folder, tmp_path):
     run_dir = tmp_path / "pipeline"
     jobs, out = run_driver("pipeline.sh", {**TINY, "RUN_DIR": str(run_dir), "DATA_SOURCE": str(photo_folder)})
     assert set(jobs) == {"prepare", "regressor", "colorizer", "evaluate"}, out
+    asked = {step: job_request(job) for step, job in jobs.items()}
+    # prepare asks for no GPU and waits in the cluster's default (CPU) partition; the others hold one
+    assert asked["prepare"] == ("debug", False), asked
+    assert all(asked[step] == ("gpu", True) for step in ("regressor", "colorizer", "evaluate")), asked
     records = wait_for(list(jobs.values()))
     state = {step: records[jobs[step]] for step in jobs}
     assert {s: r[1] for s, r in state.items()} == dict.fromkeys(jobs, "COMPLETED"), \

@@ -1,7 +1,12 @@
 """Training, checkpoints, resumption after a signal, evaluation and the errors users meet."""
 import json
+import os
 import shutil
 import signal
+import socket
+import subprocess
+import sys
+import time
 
 import cv2
 import numpy as np
@@ -9,7 +14,7 @@ import pytest
 import torch
 from skimage import data
 
-from common import ab_bins, load_checkpoint, torch_load, training_augmentation
+from common import RESUMABLE_EXIT, ab_bins, load_checkpoint, torch_load, training_augmentation
 from conftest import ROOT, interrupt_and_resume, run_script, synthetic_photo, torchrun_training
 
 
@@ -61,10 +66,14 @@ def test_same_seed_same_weights_and_scores(prepared, tmp_path):
 
 
 def test_interrupted_run_resumes_to_the_same_result(prepared, tmp_path):
-    args = [ROOT / "train_colorizer.py", "--data", prepared, "--epochs", 5, "--batch-size", 2, "--device", "cpu"]
+    # a cosine schedule: its position is part of what a checkpoint must restore
+    args = [ROOT / "train_colorizer.py", "--data", prepared, "--epochs", 5, "--batch-size", 2, "--device", "cpu",
+            "--lr-schedule", "cosine"]
     # SIGUSR1: what SLURM sends before the time limit
     straight, run, stopped, _ = interrupt_and_resume(args, tmp_path, signal.SIGUSR1)
     assert 54 <= stopped < 5 * 54  # stopped inside the run, after its first epoch
+    final_lr = torch_load(straight / "last.pt")["optimizer"]["param_groups"][0]["lr"]
+    assert 0 < final_lr < 1e-3 * 0.01  # the schedule fell from --lr to (nearly) 0 over the run
     assert_same_weights(straight / "last.pt", run / "last.pt")
     assert_same_weights(straight / "best.pt", run / "best.pt")
     history = [json.loads((d / "history.json").read_text()) for d in (straight, run)]
@@ -119,6 +128,49 @@ def test_two_processes_with_torchrun_train_to_the_end(prepared, tmp_path):
     assert torch_load(out / "best.pt")["run"]["config"]["world_size"] == 2
     assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
     assert json.loads((out / "history.json").read_text())["epoch"] == [1, 2]
+
+
+PROBE_TEARDOWN = """
+import gc, runpy, sys, torch.distributed as dist
+import common
+destroy = dist.destroy_process_group
+def destroy_and_count(*args, **kwargs):
+    alive = sum(isinstance(o, common.SeedColorizer) for o in gc.get_objects())  # no collection first
+    print("models alive when the process group is destroyed:", alive, flush=True)
+    destroy(*args, **kwargs)
+dist.destroy_process_group = destroy_and_count
+sys.argv = ["train_colorizer.py", *sys.argv[1:]]
+runpy.run_path("train_colorizer.py", run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("stop", ["finished", "signalled"])
+def test_the_process_group_outlives_the_run_objects(prepared, tmp_path, stop):
+    """The cause of gloo's abort at exit ("terminate called without an active exception", srun: task
+    Aborted): the run's model, which holds the process group, freed only at interpreter exit, after the
+    group was destroyed. Whether the run finishes or stops on a signal (exit 3), nothing of it is left."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {**os.environ, "WORLD_SIZE": "1", "RANK": "0", "LOCAL_RANK": "0", "MASTER_ADDR": "127.0.0.1",
+           "MASTER_PORT": str(port)}
+    args = [sys.executable, "-c", PROBE_TEARDOWN, "--data", str(prepared), "--out", str(tmp_path / "run"),
+            "--batch-size", "16", "--backend", "gloo", "--device", "cpu"]
+    if stop == "finished":
+        result = subprocess.run([*args, "--epochs", "1"], capture_output=True, text=True, timeout=300, cwd=ROOT,
+                                env=env)
+        assert result.returncode == 0, result.stderr
+        output = result.stdout
+    else:
+        proc = subprocess.Popen([*args, "--epochs", "100"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=ROOT, env=env)
+        deadline = time.monotonic() + 300
+        while not (tmp_path / "run" / "history.json").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGUSR1)
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == RESUMABLE_EXIT, output
+    assert "models alive when the process group is destroyed: 0" in output, output
 
 
 def test_classification_head_trains_evaluates_and_colorizes(prepared, tmp_path):
