@@ -53,6 +53,15 @@ def baselines(train_lab01: torch.Tensor, test_lab01: torch.Tensor) -> dict:
     return {name: torch.cat([L, ab], dim=1) for name, ab in zip(BASELINES, (gray_ab, mean_ab, map_ab))}
 
 
+def bootstrap_interval(per_image: torch.Tensor, resamples=10_000) -> tuple[float, float]:
+    """95% interval of the mean of per-image values over resamplings of the test images: how much a
+    figure on this many images moves with the images drawn (fixed resampling seed: reproducible)."""
+    draws = torch.randint(len(per_image), (resamples, len(per_image)), generator=torch.Generator().manual_seed(0))
+    means = per_image.double().cpu()[draws].mean(dim=1)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return low, high
+
+
 @torch.no_grad()
 def predict(model, lab01, regressor, batch_size):
     return torch.cat([colorize_lab01(model, lab01[i:i + batch_size], regressor)
@@ -295,19 +304,28 @@ def main():
         with torch.no_grad():
             pred_ab = regressor(true_lab01[:, :1])
         true_ab = true_lab01[:, 1:].mean(dim=(2, 3))
-        reg_mse = float(torch.mean((pred_ab - true_ab) ** 2))
+        reg_per_image = ((pred_ab - true_ab) ** 2).mean(dim=1)
+        reg_mse = float(reg_per_image.mean())
         pa, ta = ab_to_lab_units(pred_ab).tolist(), ab_to_lab_units(true_ab).tolist()
         reg_rows = [[i, f"{ta[i][0]:.2f}", f"{pa[i][0]:.2f}", f"{ta[i][1]:.2f}", f"{pa[i][1]:.2f}"]
                     for i in range(min(10, len(ta)))]
         train_mean_ab = train_lab01[:, 1:].mean(dim=(0, 2, 3))
-        const_mse = float(torch.mean((train_mean_ab - true_ab) ** 2))
+        const_per_image = ((train_mean_ab - true_ab) ** 2).mean(dim=1)
+        const_mse = float(const_per_image.mean())
         train_mean = ab_to_lab_units(train_mean_ab)
+        mse_low, mse_high = bootstrap_interval(reg_per_image)
+        gain_low, gain_high = bootstrap_interval(const_per_image - reg_per_image)
         report += ["## Regressor: mean a*, b* of each test image (Lab units)", "",
                    f"Test MSE of the mean (a, b) on the [0, 1] scale: {reg_mse:.3e} "
                    f"(the training set's mean colour as a guess: {const_mse:.3e}; it is a*={train_mean[0]:.2f}, "
                    f"b*={train_mean[1]:.2f}).", "",
+                   f"The noise of {len(true_ab)} test images (95% bootstrap intervals, the images resampled): "
+                   f"test MSE {mse_low:.3e} to {mse_high:.3e}; the mean colour's MSE minus the regressor's "
+                   f"{gain_low:.3e} to {gain_high:.3e} (above 0: the regressor is better beyond this noise).", "",
                    markdown_table(["test image", "true a*", "predicted a*", "true b*", "predicted b*"], reg_rows), ""]
-        results["regressor"] = {"mse": reg_mse, "constant_mean_mse": const_mse, "predicted_ab": pa, "true_ab": ta}
+        results["regressor"] = {"mse": reg_mse, "constant_mean_mse": const_mse, "mse_interval": [mse_low, mse_high],
+                                "gain_over_constant_interval": [gain_low, gain_high], "predicted_ab": pa,
+                                "true_ab": ta}
         histories["regressor"] = run_history(args.regressor, rckpt)
 
     if histories:

@@ -105,7 +105,13 @@ def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
         assert {"mse", "psnr", "ssim", "ciede2000", "colorfulness", "colorfulness_gap"} <= s.keys()
         assert 0 < s["mse"] < 1
     assert metrics["summary"]["gray"]["colorfulness"] == pytest.approx(0, abs=0.05)  # float32 Lab round trip
-    assert len(metrics["regressor"]["predicted_ab"]) == 2
+    regressor = metrics["regressor"]
+    assert len(regressor["predicted_ab"]) == 2
+    # the noise of the test set: bootstrap intervals around the figures they qualify
+    low, high = regressor["mse_interval"]
+    assert low <= regressor["mse"] <= high and low < high
+    low, high = regressor["gain_over_constant_interval"]
+    assert low <= regressor["constant_mean_mse"] - regressor["mse"] <= high
     report = (out / "report.md").read_text()
     assert "mean-face map" in report and "Regressor" in report
     for figure in ("grid.png", "loss_curves.png", "lab_channels.png", "best_worst.png", "photos.png"):
