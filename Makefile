@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 FACES  ?= ../shared/data/face_images
 RUNS   ?= runs
 
-.PHONY: venv conda-env demo test results bench bench-pipeline slurm-start clean
+.PHONY: venv conda-env demo test results results-regressor-study bench bench-pipeline slurm-start clean
 
 # TORCH_CUDA=cu126 (or cu128, ...): torch and torchvision built for that CUDA, from PyTorch's own
 # wheel index, for drivers older than PyPI's CUDA 13.0 build needs (R580); empty: PyPI's build
@@ -128,7 +128,15 @@ results: venv
 	$(PY) evaluate.py --data $(FACES_RUNS)/data --colorizer $(FACES_RUNS)/activation/sigmoid/best.pt \
 	  --runs $(FACES_RUNS)/quality --photos $(UNSEEN_FACES) --out docs/results/quality
 	$(PY) evaluate.py --data $(FACES_RUNS)/data --runs $(FACES_RUNS)/capacity --out docs/results/capacity --show 4
-	$(PY) evaluate.py --data $(PERSON_RUNS)/data --runs $(PERSON_RUNS) --out docs/results/by_person
+	$(PY) evaluate.py --data $(PERSON_RUNS)/data --runs $(PERSON_RUNS)/colorizers \
+	  --regressor $(PERSON_RUNS)/regressor/best.pt --out docs/results/by_person
+	$(PY) evaluate.py --data $(FACES_RUNS)/data --runs $(FACES_RUNS)/conditioning --regressor $(STUDY_REGRESSOR) \
+	  --out docs/results/conditioning
+
+# the regressor study's reports (test MSE with its bootstrap interval, learning curves), one per run
+results-regressor-study: venv
+	for run in seed lr1e-3 lr1e-3_cosine batch16; do $(PY) evaluate.py --data $(FACES_RUNS)/data \
+	  --regressor $(FACES_RUNS)/regressor_study/$$run/best.pt --out docs/results/regressor_study/$$run; done
 
 bench: venv
 	$(PY) benchmarks/bench.py
