@@ -21,10 +21,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from common import (IMAGE_SUFFIXES, ArgumentParser, BadImage, UserError, atomic_write, colorizer_input,
-                    exit_on_user_error, load_checkpoint, positive_float, positive_int, printable, read_image, real_path,
-                    resolve_device, writable_folder, write_json)
+from common import (IMAGE_SUFFIXES, L_RANGE, ArgumentParser, BadImage, UserError, ab_to_lab_units, atomic_write,
+                    colorizer_input, exit_on_user_error, load_colorizer, positive_float, positive_int, printable,
+                    read_image, real_path, resolve_device, writable_folder, write_json)
 
 RECORD = ".colorized.json"  # inside --out: the outputs colorize wrote there, the only files it replaces
 WRITTEN_SUFFIXES = IMAGE_SUFFIXES - {".pgm", ".gif"}  # formats written as the input's; others become PNG
@@ -115,22 +116,20 @@ def network_shape(h: int, w: int, size: int, multiple: int) -> tuple[int, int]:
 
 class Colorizer:
     def __init__(self, checkpoint, regressor_path, size, device):
-        self.model, self.config, _ = load_checkpoint(checkpoint, task="colorizer", device=device)
-        regressor_path = regressor_path or self.config.get("regressor")
-        self.regressor = load_checkpoint(regressor_path, "regressor", device)[0] if regressor_path else None
+        self.model, regressor, self.config, _ = load_colorizer(checkpoint, device, regressor_path)
         self.size = size or self.config.get("image_size", 128)
+        # the regressor was trained on squares of the training size: it sees L resized to one
+        self.regressor = None if regressor is None else \
+            (lambda L: regressor(F.interpolate(L, size=(self.size, self.size), mode="area")))
         self.multiple = 2 ** (self.config["layers"] if self.config["arch"] == "seed" else self.config["depth"])
         self.device = device
 
     @torch.no_grad()
     def predict_ab(self, L_small: np.ndarray) -> np.ndarray:
         """A batch of L in [0, 100], (N, h, w) -> ab in Lab units, (N, h, w, 2)."""
-        L = torch.from_numpy(L_small / 100).float()[:, None].to(self.device)
-        mean_ab = None
-        if self.regressor is not None:  # the regressor was trained on squares of the training size
-            mean_ab = self.regressor(torch.nn.functional.interpolate(L, size=(self.size, self.size), mode="area"))
-        ab01 = self.model(colorizer_input(L, mean_ab))
-        return (ab01 * 255 - 128).permute(0, 2, 3, 1).cpu().numpy()
+        L = torch.from_numpy(L_small / L_RANGE).float()[:, None].to(self.device)
+        ab01 = self.model(colorizer_input(L, self.regressor))
+        return ab_to_lab_units(ab01).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def load(path: Path, colorizer: Colorizer):
@@ -167,7 +166,7 @@ def finish(item: dict, ab_small: np.ndarray, target: Path, side_by_side: bool) -
     data = encode(out, suffix, item["depth16"])
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     if side_by_side:
-        gray = np.repeat((item["L"] / 100)[..., None], 3, axis=2)
+        gray = np.repeat((item["L"] / L_RANGE)[..., None], 3, axis=2)
         pair = encode(np.concatenate([gray, rgb], axis=1), suffix, item["depth16"])
         compare = compare_name(target)
         atomic_write(compare, lambda tmp: Path(tmp).write_bytes(pair))

@@ -1,15 +1,20 @@
-"""Shared vocabulary of the colorization project: Lab colour on tensors, prepared datasets,
-models, checkpoints and the one training loop both trainers run.
+"""Shared vocabulary of the colorization project, in the order the pipeline uses it: errors and
+files, Lab colour, image files, prepared data, models, checkpoints, devices, and the one training
+loop both trainers run.
+
+"Seed" names the study this project grew from and reproduces, the student report "Deep Image
+Colorization" (SeedRegressor, SeedColorizer, the seed's MSE); the random seed is --seed.
 
 Conventions, written once here:
-  * images are stored as uint8 RGB, channels last (N, H, W, 3), and beside them, converted once
-    when preparing, as the networks see them: Lab in [0, 1], float16, channels first (N, 3, H, W);
+  * prepared images are stored as uint8 RGB, channels last (N, H, W, 3), and beside them, converted
+    once when preparing, as the networks see them: Lab01, float16, channels first (N, 3, H, W);
   * CIE L*a*b* is D65, 2 degree observer, as scikit-image; computed on tensors, in batches;
-  * networks see Lab scaled to [0, 1]: L/100, (a+128)/255, (b+128)/255.
+  * Lab01 is Lab scaled to [0, 1] as the networks see it: L/100, (a+128)/255, (b+128)/255.
 """
 from __future__ import annotations
 
 import argparse
+import fcntl
 import gc
 import hashlib
 import json
@@ -20,21 +25,29 @@ import os
 import platform
 import re
 import signal
+import subprocess
 import sys
 import tempfile
-import time
 import traceback
 import warnings
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
+import ignite.distributed as idist
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from ignite.engine import Engine, Events
+from ignite.engine.deterministic import DeterministicEngine
+from ignite.handlers import Checkpoint, CosineAnnealingScheduler, DiskSaver, EarlyStopping, ProgressBar, Timer
+from ignite.metrics import Loss
+from ignite.utils import manual_seed
+from PIL import Image
 
 # ---------------------------------------------------------------------------------------------
-# Errors: every user-facing failure is one line naming the file and what to do.
+# Errors and files: every user-facing failure is one line naming the file and what to do; every
+# file is written whole or not at all.
 
 
 class UserError(Exception):
@@ -90,8 +103,7 @@ positive_float = _number_type(float, lambda v: v > 0, "a number > 0")
 non_negative_float = _number_type(float, lambda v: v >= 0, "a number >= 0")
 fraction = _number_type(float, lambda v: 0 < v < 1, "a number between 0 and 1")
 
-
-_UMASK = os.umask(0o022)
+_UMASK = os.umask(0o022)  # reading the umask means setting it: set it back at once
 os.umask(_UMASK)
 
 
@@ -114,6 +126,25 @@ def write_json(path: str | Path, obj) -> None:
     atomic_write(path, lambda tmp: Path(tmp).write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n"))
 
 
+def save_figure(fig, path: str | Path) -> None:
+    """A matplotlib Figure (made without pyplot: no display, nothing to close) as a PNG, at its own dpi."""
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png"))
+
+
+def writable_folder(path: Path, flag="--out") -> bool:
+    """Create the folder if needed and prove it writable now, before any work; -> whether it was created."""
+    created = not path.exists()
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{path}: cannot write there ({exc.strerror or type(exc).__name__}); "
+                        f"pass another {flag}") from None
+    return created
+
+
 # ---------------------------------------------------------------------------------------------
 # CIE L*a*b* on tensors (channel dimension -3), matching skimage.color.rgb2lab / lab2rgb.
 
@@ -122,11 +153,15 @@ _XYZ_FROM_RGB = torch.tensor([[0.412453, 0.357580, 0.180423],
                               [0.019334, 0.119193, 0.950227]], dtype=torch.float64)
 _RGB_FROM_XYZ = torch.linalg.inv(_XYZ_FROM_RGB)
 _WHITE_D65 = (0.95047, 1.0, 1.08883)
-
-
+_XYZN_FROM_RGB = _XYZ_FROM_RGB / torch.tensor(_WHITE_D65, dtype=torch.float64)[:, None]  # white-normalised
 # L = 116 fy - 16, a = 500 (fx - fy), b = 200 (fy - fz), with f the CIE cube-root curve of X/Xn, Y/Yn, Z/Zn
 _LAB_FROM_F = torch.tensor([[0.0, 116, 0], [500, -500, 0], [0, 200, -200]], dtype=torch.float64)
 _LAB_OFFSET = torch.tensor([-16.0, 0, 0], dtype=torch.float64)
+
+# Lab01, the networks' scale: L / L_RANGE, (a + AB_OFFSET) / AB_RANGE, (b + AB_OFFSET) / AB_RANGE
+L_RANGE, AB_OFFSET, AB_RANGE = 100, 128, 255
+_LAB01_SCALE = torch.tensor([1 / L_RANGE, 1 / AB_RANGE, 1 / AB_RANGE], dtype=torch.float64)
+_LAB01_SHIFT = torch.tensor([0, AB_OFFSET / AB_RANGE, AB_OFFSET / AB_RANGE], dtype=torch.float64)
 
 
 def _apply_matrix(matrix: torch.Tensor, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
@@ -136,20 +171,13 @@ def _apply_matrix(matrix: torch.Tensor, x: torch.Tensor, offset: torch.Tensor | 
     return F.conv2d(x, matrix.to(x.device, x.dtype)[:, :, None, None], offset)
 
 
-def _white(x: torch.Tensor) -> torch.Tensor:
-    return torch.tensor(_WHITE_D65, device=x.device, dtype=x.dtype).view(3, 1, 1)
-
-
-_XYZN_FROM_RGB = _XYZ_FROM_RGB / torch.tensor(_WHITE_D65, dtype=torch.float64)[:, None]  # white-normalised
-
-
-# the network scale: L/100, (a+128)/255, (b+128)/255
-_LAB01_SCALE = torch.tensor([1 / 100, 1 / 255, 1 / 255], dtype=torch.float64)
-_LAB01_SHIFT = torch.tensor([0, 128 / 255, 128 / 255], dtype=torch.float64)
+def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
+    """The sRGB transfer curve undone: sRGB values in [0, 1] -> linear light."""
+    return torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4, rgb / 12.92)
 
 
 def _lab_from_linear_rgb(linear: torch.Tensor, lab01=False) -> torch.Tensor:
-    """Linear sRGB (channels on -3) -> L*a*b* in Lab units, or on the network scale if lab01."""
+    """Linear sRGB (channels on -3) -> L*a*b* in Lab units, or Lab01 if lab01."""
     xyz = _apply_matrix(_XYZN_FROM_RGB, linear)  # >= 0: the cube root needs no clamp
     f = torch.where(xyz > 0.008856, xyz ** (1 / 3), 7.787 * xyz + 16 / 116)
     if lab01:  # the scaling folded into the same pass
@@ -159,8 +187,7 @@ def _lab_from_linear_rgb(linear: torch.Tensor, lab01=False) -> torch.Tensor:
 
 def rgb_to_lab(rgb: torch.Tensor) -> torch.Tensor:
     """sRGB in [0, 1], shape (3, H, W) or (N, 3, H, W) -> L*a*b* in Lab units (L in [0, 100])."""
-    return _lab_from_linear_rgb(torch.where(rgb > 0.04045, ((rgb.clamp(min=0.04045) + 0.055) / 1.055) ** 2.4,
-                                            rgb / 12.92))
+    return _lab_from_linear_rgb(srgb_to_linear(rgb))
 
 
 def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
@@ -168,40 +195,44 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     L, a, b = lab.unbind(-3)
     fy = (L + 16) / 116
     f = torch.stack([a / 500 + fy, fy, (fy - b / 200).clamp(min=0)], dim=-3)
-    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787) * _white(lab)
+    white = torch.tensor(_WHITE_D65, device=lab.device, dtype=lab.dtype).view(3, 1, 1)
+    xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787) * white
     linear = _apply_matrix(_RGB_FROM_XYZ, xyz)
     rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, linear * 12.92)
     return rgb.clamp(0, 1)
 
 
 def normalize_lab(lab: torch.Tensor) -> torch.Tensor:
-    """Lab units -> the network scale [0, 1]: L/100, (a+128)/255, (b+128)/255."""
+    """Lab units -> Lab01."""
     return lab * _LAB01_SCALE.to(lab.device, lab.dtype)[:, None, None] + \
         _LAB01_SHIFT.to(lab.device, lab.dtype)[:, None, None]
 
 
 def denormalize_lab(lab01: torch.Tensor) -> torch.Tensor:
-    """The network scale -> Lab units: the inverse of normalize_lab."""
+    """Lab01 -> Lab units: the inverse of normalize_lab."""
     return (lab01 - _LAB01_SHIFT.to(lab01.device, lab01.dtype)[:, None, None]) / \
         _LAB01_SCALE.to(lab01.device, lab01.dtype)[:, None, None]
 
 
-def ab_to_lab_units(ab01: torch.Tensor) -> torch.Tensor:
-    return ab01 * 255 - 128
+def ab_to_lab_units(ab01):
+    """a*, b* on the Lab01 scale -> in Lab units."""
+    return ab01 * AB_RANGE - AB_OFFSET
+
+
+def ab_to_unit_scale(ab):
+    """a*, b* in Lab units -> on the Lab01 scale (ab_to_unit_scale(0.0): the ab of gray)."""
+    return (ab + AB_OFFSET) / AB_RANGE
 
 
 _SRGB_TO_LINEAR_UINT8 = {}  # per device: the sRGB curve at the 256 values a stored byte can take
 
 
 def images_to_lab01(images_uint8: torch.Tensor) -> torch.Tensor:
-    """A batch of stored images (N, H, W, 3) uint8 RGB -> (N, 3, H, W) float Lab in [0, 1].
-    The same numbers as normalize_lab(rgb_to_lab(...)), faster: a lookup table replaces the sRGB
-    power curve (prepare_data.py and --data-on-device convert every image with it)."""
+    """Stored images (N, H, W, 3) uint8 RGB -> (N, 3, H, W) float Lab01: normalize_lab(rgb_to_lab(...)),
+    faster (prepare_data.py and --data-on-device convert every image): a table replaces the sRGB curve."""
     device = images_uint8.device
     if device not in _SRGB_TO_LINEAR_UINT8:
-        c = torch.arange(256, dtype=torch.float64) / 255
-        curve = torch.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
-        _SRGB_TO_LINEAR_UINT8[device] = curve.float().to(device)
+        _SRGB_TO_LINEAR_UINT8[device] = srgb_to_linear(torch.arange(256, dtype=torch.float64) / 255).float().to(device)
     # take: a flat gather, three times faster here than indexing; the channels-last view that the
     # permute leaves is what makes the 1x1 convolutions fast on the CPU
     linear = _SRGB_TO_LINEAR_UINT8[device].take(images_uint8.long()).permute(0, 3, 1, 2)
@@ -212,11 +243,126 @@ def lab01_to_rgb(lab01: torch.Tensor) -> torch.Tensor:
     return lab_to_rgb(denormalize_lab(lab01))
 
 
+def lab01_batches(images: np.ndarray, batch_size=32, device="cpu"):
+    """uint8 RGB (N, H, W, 3), e.g. a memory map -> small Lab01 batches (their temporaries stay in the caches)."""
+    for i in range(0, len(images), batch_size):
+        yield images_to_lab01(torch.from_numpy(np.array(images[i:i + batch_size])).to(device))
+
+
 # ---------------------------------------------------------------------------------------------
-# Prepared data: prepare_data.py writes, per split, {split}.npy (uint8 RGB, N x H x W x 3: the
-# images), {split}_lab.npy (float16 Lab in [0, 1], N x 3 x H x W: what the networks read, so the
-# training loop converts nothing) and manifest.json. Training memory-maps them: memory stays flat
-# however large the set is.
+# Image files: any file OpenCV decodes, with a one-line reason for anything it cannot.
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm", ".gif"}
+MAX_PIXELS = 2 ** 28  # 268 megapixels (16384 x 16384): decoding more would take over 3 GB per copy
+
+
+class BadImage(Exception):
+    """An unreadable or unusable image file; str() is the reason, for a line that names the file."""
+
+
+def find_images(root: str | Path) -> list[Path]:
+    """Every entry under root (recursively) with an image suffix, in a stable order, unreadable ones too (a
+    folder so named, a broken link, a link loop): read_image names them rather than that they vanish."""
+    root = Path(root)
+    if not root.exists():
+        raise UserError(f"{root}: no such file or folder")
+    if not root.is_dir():
+        return [root]
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+class Photo(NamedTuple):
+    rgb: np.ndarray            # float32 in [0, 1], H x W x 3
+    alpha: np.ndarray | None   # float32 in [0, 1], H x W, if the file has transparency
+    bits: int                  # 8 or 16 bits per sample in the file
+
+
+def read_image(path: str | Path) -> Photo:
+    """Decode any image OpenCV reads, once: grayscale, 16-bit and RGBA included, JPEGs turned as their EXIF
+    says. Anything else becomes BadImage with the reason; images over MAX_PIXELS, before decoding."""
+    path = Path(path)
+    if path.is_dir():
+        raise BadImage("a folder, not an image file")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if not data:
+        raise BadImage("empty file")
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check refuses without saying the size: ours follows
+    try:  # the size from the header alone, before decoding
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(path) as im:
+                width, height = im.size
+    except Exception:  # Pillow cannot read this format or file: OpenCV will tell
+        width = height = 0
+    if width * height > MAX_PIXELS:
+        raise BadImage(f"too large to decode ({width}x{height}, over {MAX_PIXELS / 1e6:.0f} megapixels)")
+    try:
+        return _decode(data)
+    except BadImage:
+        raise
+    except Exception as exc:  # OpenCV, numpy or memory errors on a hostile file
+        raise BadImage(f"cannot be decoded ({type(exc).__name__}: {printable(exc).splitlines()[0][:200]})") from None
+
+
+def _decode(data: bytes) -> Photo:
+    import cv2
+
+    jpeg = data[:2] == b"\xff\xd8"
+    if jpeg and b"\xff\xd9" not in data[-1024:]:
+        raise BadImage("truncated JPEG (no end-of-image marker)")
+    # JPEGs carry EXIF orientation, which these flags honour; other formats keep their alpha unchanged
+    img = cv2.imdecode(np.frombuffer(data, np.uint8),
+                       cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if jpeg else cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise BadImage("not an image, or corrupt")
+    if img.shape[0] < 2 or img.shape[1] < 2:
+        raise BadImage(f"too small ({img.shape[1]}x{img.shape[0]})")
+    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype)
+    if scale is None:
+        raise BadImage(f"unsupported sample type {img.dtype}")
+    img = img.astype(np.float32)
+    img *= 1 / scale  # in place: a 12-megapixel photo makes big temporaries
+    channels = 1 if img.ndim == 2 else img.shape[2]
+    alpha = img[..., -1] if channels in (2, 4) else None
+    rgb = np.repeat((img if channels == 1 else img[..., 0])[..., None], 3, axis=2) if channels <= 2 else \
+        cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
+    return Photo(rgb, alpha, 16 if scale > 255 else 8)
+
+
+def center_square(image: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square and resize to size x size (area interpolation when shrinking)."""
+    import cv2
+
+    h, w = image.shape[:2]
+    s = min(h, w)
+    top, left = (h - s) // 2, (w - s) // 2
+    square = image[top:top + s, left:left + s]
+    interpolation = cv2.INTER_AREA if s > size else cv2.INTER_CUBIC
+    return cv2.resize(square, (size, size), interpolation=interpolation) if s != size else square
+
+
+def to_uint8(image: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+
+
+def prepare_photo(path: Path, size: int) -> np.ndarray:
+    """One photo as the prepared data holds it: its centre square at size x size, uint8 RGB. BadImage
+    for a photo smaller than that (it would be blown up) or without colour (nothing to learn or score)."""
+    rgb = read_image(path).rgb
+    if min(rgb.shape[:2]) < size:
+        raise BadImage(f"smaller than the {size}x{size} images prepared ({rgb.shape[1]}x{rgb.shape[0]})")
+    if np.ptp(rgb - rgb.mean(axis=2, keepdims=True)) < 1e-3:
+        raise BadImage("grayscale: it holds no colour to learn from or to score against")
+    return to_uint8(center_square(rgb, size))
+
+
+# ---------------------------------------------------------------------------------------------
+# Prepared data: prepare_data.py writes, per split, {split}.npy (uint8 RGB, N x H x W x 3: the images),
+# {split}_lab.npy (float16 Lab01, N x 3 x H x W: what the networks read, so training converts nothing)
+# and manifest.json. Training maps them into memory: memory stays flat however large the set is.
 
 SPLITS = ("train", "val", "test")
 LAB_SUFFIX = "_lab"
@@ -273,8 +419,8 @@ def check_prepared(data_dir: str | Path) -> dict:
     """-> the manifest, after checking that every split's two arrays are whole and agree with it."""
     manifest = read_manifest(data_dir)
     size, counts = manifest["size"], manifest["counts"]
-    rows = {"train": counts.get("train_augmented"), "val": counts.get("val"), "test": counts.get("test")}
-    for split, n in rows.items():
+    for split in SPLITS:
+        n = counts.get("train_augmented" if split == "train" else split)
         for lab, shape in ((False, (n, size, size, 3)), (True, (n, 3, size, size))):
             path = split_file(data_dir, split, lab)
             if open_array(path).shape != shape:
@@ -290,21 +436,9 @@ def read_images(data_dir: str | Path, split: str) -> np.ndarray:
     return open_array(split_file(data_dir, split, lab=False))
 
 
-def lab01_batches(images: np.ndarray, batch_size=32, device="cpu"):
-    """uint8 RGB (N, H, W, 3), e.g. a memory map -> (start row, Lab01 batch (n, 3, H, W) float32), in
-    small batches: their temporaries stay in the caches."""
-    for i in range(0, len(images), batch_size):
-        yield i, images_to_lab01(torch.from_numpy(np.array(images[i:i + batch_size])).to(device))
-
-
-def lab01_from_uint8(images: np.ndarray, device="cpu") -> torch.Tensor:
-    """uint8 RGB (N, H, W, 3) -> Lab01 (N, 3, H, W) float32, all in memory (for small sets)."""
-    return torch.cat([lab01 for _, lab01 in lab01_batches(images, device=device)])
-
-
 class FaceLabDataset(torch.utils.data.Dataset):
     """One split of the prepared data, as the networks see it: float16 Lab01 (3, H, W) items,
-    memory-mapped from {split}_lab.npy (converted once by prepare_data.py)."""
+    mapped into memory from {split}_lab.npy (converted once by prepare_data.py)."""
 
     def __init__(self, data_dir: str | Path, split: str):
         self.path = split_file(data_dir, split, lab=True)
@@ -317,29 +451,41 @@ class FaceLabDataset(torch.utils.data.Dataset):
             self._array = np.load(self.path, mmap_mode="r")
         return self._array
 
-    def _release(self) -> None:
-        # the kernel maps large pages around every row read (2 MB each here), so resident memory
-        # would grow with the file; unmapping after the copy keeps it flat (the data stays cached)
-        self._array._mmap.madvise(mmap.MADV_DONTNEED)
-
     def __len__(self) -> int:
         return self._len
 
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.__getitems__([index])[0]
-
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
         batch = self.array[np.asarray(indices)]  # one fancy-indexing read per batch, not one per image
-        self._release()
+        # the kernel maps large pages around every row read (2 MB each here), so resident memory would
+        # grow with the file; unmapping after the copy keeps it flat (the data stays cached). The base
+        # of a memory-mapped array is its mmap.
+        self.array.base.madvise(mmap.MADV_DONTNEED)
         return torch.from_numpy(batch)
 
 
+class DeviceImages(torch.utils.data.TensorDataset):
+    """--data-on-device: a whole split's uint8 RGB images held on the device (a quarter of the
+    memory of float32 Lab); batches are gathered there and converted there (images_to_lab01)."""
+
+    def __init__(self, data_dir: str | Path, split: str, device: torch.device):
+        super().__init__(torch.from_numpy(np.array(read_images(data_dir, split))).to(device))
+
+    def __getitems__(self, indices: list[int]) -> torch.Tensor:
+        # non_blocking: a plain copy of the indices would wait for every queued GPU step first
+        images = self.tensors[0]
+        return images[torch.as_tensor(indices).to(images.device, non_blocking=True)]
+
+
+def batch_as_is(batch: torch.Tensor) -> torch.Tensor:
+    """collate_fn: the datasets' __getitems__ return whole batches, already stacked."""
+    return batch
+
+
 class StepSampler(torch.utils.data.Sampler):
-    """One process's sample indices for an epoch of `steps` batches (default: one pass over the set).
-    The run's batch j is slice j mod k of shuffle j // k (k whole batches per pass; shuffle p seeded by
-    (seed, p)), and an epoch starts at the run's iteration count when its batches are drawn: a run
-    resumed mid-epoch, with or without --epoch-length, replays exactly the batches of an
-    uninterrupted one, whichever process or loader worker draws them."""
+    """One process's sample indices for an epoch of `steps` batches (default: one pass over the set). The
+    run's batch j is slice j mod k of shuffle j // k (k whole batches per pass; shuffle p seeded by (seed, p)),
+    and an epoch starts at the run's iteration count when its batches are drawn: a run resumed mid-epoch, with
+    or without --epoch-length, replays exactly the batches of an uninterrupted one, whoever draws them."""
 
     def __init__(self, n: int, global_batch: int, world: int, rank: int, seed: int, steps: int | None, iteration):
         self.n, self.global_batch, self.world, self.rank, self.seed = n, global_batch, world, rank, seed
@@ -362,27 +508,6 @@ class StepSampler(torch.utils.data.Sampler):
             yield from shuffle[k * self.global_batch:(k + 1) * self.global_batch][self.rank::self.world].tolist()
 
 
-class DeviceImages(torch.utils.data.Dataset):
-    """--data-on-device: a whole split's uint8 RGB images held on the device (a quarter of the
-    memory of float32 Lab); batches are gathered there and converted there (images_to_lab01)."""
-
-    def __init__(self, data_dir: str | Path, split: str, device: torch.device):
-        self.images = torch.from_numpy(np.array(read_images(data_dir, split))).to(device)
-
-    def __len__(self) -> int:
-        return len(self.images)
-
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        # non_blocking: a plain copy of the indices would wait for every queued GPU step first
-        return self.images[torch.as_tensor(indices).to(self.images.device, non_blocking=True)]
-
-
-def batch_to_lab01(batch: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A loader batch -> float32 Lab01 on the device: stored Lab is only cast, device images converted."""
-    batch = batch.to(device, non_blocking=True)
-    return images_to_lab01(batch) if batch.dtype == torch.uint8 else batch.float()
-
-
 def training_augmentation(size: int):
     """--augment: batch -> each image randomly flipped and crop-resized back to size (its own draw)."""
     from torchvision.transforms import v2
@@ -392,13 +517,8 @@ def training_augmentation(size: int):
     return lambda batch: torch.stack([transform(image) for image in batch])
 
 
-def stack_batch(batch: torch.Tensor) -> torch.Tensor:
-    """collate_fn: the datasets' __getitems__ already return the stacked batch."""
-    return batch
-
-
 # ---------------------------------------------------------------------------------------------
-# Models
+# Models, and what they predict
 
 
 class SeedRegressor(nn.Module):
@@ -482,17 +602,18 @@ class UNetColorizer(nn.Module):
         return self.out(x)
 
 
-# ---------------------------------------------------------------------------------------------
-# Colour as classification (Zhang, Isola and Efros 2016): ab quantized on a grid of 10 into the
-# bins that are in the sRGB gamut, soft-encoded targets, class rebalancing, annealed-mean decoding.
-
+# Colour as classification (Zhang, Isola and Efros 2016): the networks output logits over ab cells
+# (grid 10) at a quarter of the resolution; decoding takes the annealed mean. What only training
+# needs (soft-encoded targets, class rebalancing) lives in train_colorizer.py.
 AB_GRID = 10
 CLASSIFY_STRIDE = 4  # logits at a quarter of the resolution, as in the paper
+DEFAULT_TEMPERATURE = 0.38  # the paper's annealed-mean temperature
+_AB_BINS = {}
 
 
 def ab_bins() -> torch.Tensor:
-    """(Q, 2) centres in Lab units of the ab cells (grid 10) that some sRGB colour falls into:
-    Q = 313, as in the paper."""
+    """(Q, 2) centres in Lab units of the ab cells (grid 10) that some sRGB colour falls into, sampled at 64
+    levels per channel: Q = 261. (The paper's 313 bins came from a looser gamut test.)"""
     if "bins" not in _AB_BINS:
         levels = torch.linspace(0, 1, 64)
         cube = torch.stack(torch.meshgrid(levels, levels, levels, indexing="ij")).reshape(3, -1, 1)
@@ -502,56 +623,14 @@ def ab_bins() -> torch.Tensor:
     return _AB_BINS["bins"]
 
 
-_AB_BINS = {}
-
-
-def nearest_bins(ab: torch.Tensor, bins: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ab in Lab units (N, 2, H, W) -> (distances, indices) of the k nearest bins, each (N, H, W, k)."""
-    d = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), bins)
-    dist, idx = d.topk(k, dim=1, largest=False)
-    shape = (ab.shape[0], *ab.shape[2:], k)
-    return dist.view(shape), idx.view(shape)
-
-
-def soft_encode(ab01: torch.Tensor, bins: torch.Tensor, k=5, sigma=5.0):
-    """ab in [0, 1] at full resolution -> (target distribution over the bins at 1/CLASSIFY_STRIDE
-    resolution, (N, Q, h, w): the k nearest bins weighted by a Gaussian of sigma Lab units;
-    index of the nearest bin, (N, h, w))."""
-    ab = F.avg_pool2d(ab01, CLASSIFY_STRIDE) * 255 - 128
-    dist, idx = nearest_bins(ab, bins, k)
-    weights = torch.softmax(-dist ** 2 / (2 * sigma ** 2), dim=-1)
-    target = torch.zeros(*idx.shape[:3], len(bins), device=ab.device).scatter_(-1, idx, weights)
-    return target.permute(0, 3, 1, 2), idx[..., 0]
-
-
-def ab_prior(lab01: np.ndarray, bins: torch.Tensor, sigma=5.0, batch=16) -> torch.Tensor:
-    """Empirical distribution of the training pixels (Lab01, N x 3 x H x W) over the bins, smoothed
-    with a Gaussian of sigma (Lab units) across bins: the p-tilde of the paper's class rebalancing."""
-    counts = torch.zeros(len(bins), dtype=torch.float64)
-    for i in range(0, len(lab01), batch):
-        ab = denormalize_lab(torch.from_numpy(np.array(lab01[i:i + batch])).float())[:, 1:]
-        counts += torch.bincount(nearest_bins(ab, bins, 1)[1].flatten(), minlength=len(bins)).double()
-    p = counts / counts.sum()
-    kernel = torch.exp(-torch.cdist(bins.double(), bins.double()) ** 2 / (2 * sigma ** 2))
-    smoothed = kernel @ p
-    return (smoothed / smoothed.sum()).float()
-
-
-def rebalancing_weights(prior: torch.Tensor, lam=0.5) -> torch.Tensor:
-    """w proportional to 1 / ((1 - lambda) p + lambda / Q), scaled so that its mean under p is 1."""
-    w = 1 / ((1 - lam) * prior + lam / len(prior))
-    return w / (prior * w).sum()
-
-
 class ClassifyingColorizer(nn.Module):
-    """A body that outputs logits over the ab bins at 1/4 resolution. Training mode returns the
-    logits; eval mode decodes them with the annealed mean (softmax of logits / T) to ab in [0, 1],
-    upsampled to full resolution, so evaluation and colorize.py use it like any colorizer."""
+    """A body with logits over the ab bins at 1/4 resolution: returned in training mode; in eval mode decoded
+    by the annealed mean (softmax of logits / T) to full-resolution ab01, as any colorizer's."""
 
-    def __init__(self, body: nn.Module, temperature: float = 0.38):
+    def __init__(self, body: nn.Module, temperature: float = DEFAULT_TEMPERATURE):
         super().__init__()
         self.body, self.temperature = body, temperature
-        self.register_buffer("bins01", (ab_bins() + 128) / 255)
+        self.register_buffer("bins01", ab_to_unit_scale(ab_bins()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.body(x)
@@ -576,7 +655,21 @@ def build_model(config: dict) -> nn.Module:
         body = UNetColorizer(config["base_channels"], config["depth"], in_channels=in_channels, **head)
     else:
         raise UserError(f"unknown architecture '{config['arch']}': use seed or unet")
-    return ClassifyingColorizer(body, config.get("temperature", 0.38)) if classify else body
+    return ClassifyingColorizer(body, config.get("temperature", DEFAULT_TEMPERATURE)) if classify else body
+
+
+def colorizer_input(L: torch.Tensor, regressor: Callable | None = None) -> torch.Tensor:
+    """The colorizer's input: L, plus constant planes of the regressor's mean (a, b) of L when conditioned."""
+    if regressor is None:
+        return L
+    mean_ab = regressor(L)
+    return torch.cat([L, mean_ab[:, :, None, None].expand(-1, -1, *L.shape[-2:])], dim=1)
+
+
+def colorize_lab01(model: nn.Module, lab01: torch.Tensor, regressor: Callable | None = None) -> torch.Tensor:
+    """Predicted Lab01 image: the input L merged with the predicted ab (the seed's loss target form)."""
+    L = lab01[:, :1]
+    return torch.cat([L, model(colorizer_input(L, regressor))], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -585,25 +678,40 @@ def build_model(config: dict) -> nn.Module:
 
 
 class RunRecord:
-    """Config and per-epoch history of a run, saved inside every checkpoint."""
+    """Config and per-epoch history of a run, saved inside every checkpoint, with the sum and count of
+    the current epoch's training losses (kept across a resume mid-epoch)."""
 
     def __init__(self, config: dict):
         self.config = dict(config)
         self.history = {"epoch": [], "train_loss": [], "val_loss": [], "val_mse": [], "train_images_per_s": []}
-        # sum and count of this epoch's batch losses, kept across a resume; the sum stays a tensor on
-        # the device while training, so that no step waits for the GPU to read a loss back
-        self.epoch_loss = [0.0, 0]
+        # the sum stays a tensor on the device while training: no step waits for the GPU to read a loss back
+        self.loss_sum, self.loss_count = 0.0, 0
+
+    def add_loss(self, loss: torch.Tensor) -> None:
+        self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
+
+    def clear_losses(self) -> None:
+        self.loss_sum, self.loss_count = 0.0, 0
+
+    def add_epoch(self, epoch: int, metrics: dict, images_per_s: float) -> None:
+        """Append an epoch: its mean training loss over all processes, the validation metrics, the speed."""
+        totals = idist.all_reduce(torch.tensor([float(self.loss_sum), self.loss_count], dtype=torch.float64))
+        row = dict(epoch=epoch, train_loss=float(totals[0] / totals[1]), val_loss=metrics["val_loss"],
+                   val_mse=metrics["val_mse"], train_images_per_s=images_per_s)
+        for key, value in row.items():
+            self.history[key].append(value)
 
     def state_dict(self) -> dict:
-        return {"config": self.config, "history": self.history,
-                "epoch_loss": [float(self.epoch_loss[0]), self.epoch_loss[1]]}
+        return {"config": self.config, "history": self.history, "epoch_loss": [float(self.loss_sum), self.loss_count]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history, self.epoch_loss = state["history"], state["epoch_loss"]
+        self.history = state["history"]
+        self.loss_sum, self.loss_count = state["epoch_loss"]
 
 
 # last.pt also holds ignite's saved random states, NumPy's among them: allow just those types
-_NUMPY_RNG_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, np.dtypes.UInt32DType]
+# (an array's pickle names NumPy's reconstructor, reached here through its public __reduce__)
+_NUMPY_RNG_GLOBALS = [np.empty(0).__reduce__()[0], np.ndarray, np.dtype, np.dtypes.UInt32DType]
 
 
 def torch_load(path: str | Path, device="cpu") -> dict:
@@ -638,27 +746,13 @@ def load_checkpoint(path: str | Path, task: str | None = None, device="cpu"):
     return model.to(device).eval(), config, ckpt
 
 
-# ---------------------------------------------------------------------------------------------
-# What each task predicts. Both take a Lab01 batch and return (prediction, target) for the loss.
-
-
-def colorizer_input(L: torch.Tensor, mean_ab: torch.Tensor | None) -> torch.Tensor:
-    """The colorizer's input: L, plus constant planes of the regressor's mean (a, b) when conditioned."""
-    if mean_ab is None:
-        return L
-    return torch.cat([L, mean_ab[:, :, None, None].expand(-1, -1, *L.shape[-2:])], dim=1)
-
-
-def colorize_lab01(model: nn.Module, lab01: torch.Tensor, regressor: nn.Module | None = None) -> torch.Tensor:
-    """Predicted Lab01 image: the input L merged with the predicted ab (the seed's loss target form)."""
-    L = lab01[:, :1]
-    mean_ab = regressor(L) if regressor is not None else None
-    return torch.cat([L, model(colorizer_input(L, mean_ab))], dim=1)
-
-
-def seed_mse_per_image(pred_lab01: torch.Tensor, true_lab01: torch.Tensor) -> torch.Tensor:
-    """The seed's score: MSE over the three [0,1]-scaled Lab channels (L from the input), per image."""
-    return ((pred_lab01 - true_lab01) ** 2).flatten(1).mean(1)
+def load_colorizer(path: str | Path, device, regressor_path: str | Path | None = None):
+    """-> (colorizer, its regressor or None, config, checkpoint dict): the regressor it was trained with
+    unless regressor_path names another."""
+    model, config, ckpt = load_checkpoint(path, task="colorizer", device=device)
+    regressor_path = regressor_path or config.get("regressor")
+    regressor = load_checkpoint(regressor_path, task="regressor", device=device)[0] if regressor_path else None
+    return model, regressor, config, ckpt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -682,8 +776,6 @@ def resolve_device(name: str) -> torch.device:
     """auto -> cuda where a GPU answers, else cpu; but a job that holds GPUs (SLURM says so) or asked
     for --device cuda never falls back to the CPU: without CUDA it stops with one line saying what
     it found and what to do. --device cpu runs on the CPU on purpose, anywhere."""
-    if name not in ("auto", "cpu", "cuda"):
-        raise UserError(f"--device {name}: use auto, cpu or cuda")
     if name == "cpu":
         return torch.device("cpu")
     with warnings.catch_warnings(record=True) as caught:  # e.g. "The NVIDIA driver on your system is too old"
@@ -706,28 +798,28 @@ def resolve_device(name: str) -> torch.device:
 
 
 def nvidia_driver_says() -> str:
-    """'driver 535.104 (CUDA 12.2)' as nvidia-smi reports it, or why it cannot be read."""
-    import subprocess
-
+    """'driver 535.104 (serves CUDA up to 12.2)' as nvidia-smi reports it, or why it cannot be read."""
     try:
         out = subprocess.run(["nvidia-smi"], capture_output=True, text=True, timeout=20).stdout
     except (OSError, subprocess.TimeoutExpired):
         return "no nvidia-smi here (no NVIDIA driver?)"
-    driver = re.search(r"Driver Version:\s*([\d.]+)", out)
-    cuda = re.search(r"CUDA Version:\s*([\d.]+)", out)
+    driver, cuda = (re.search(rf"{key} Version:\s*([\d.]+)", out) for key in ("Driver", "CUDA"))
     if not driver:
         return "nvidia-smi finds no driver"
     return f"driver {driver.group(1)}" + (f" (serves CUDA up to {cuda.group(1)})" if cuda else "")
 
 
 # ---------------------------------------------------------------------------------------------
-# Training: the one loop both trainers share. The body runs under idist.Parallel, so the same
-# script trains on one CPU, one GPU, or several processes (torchrun, or srun under SLURM).
+# Training: the one loop both trainers share. train() runs training() under idist.Parallel, so the
+# same script trains on one CPU, one GPU, or several processes (torchrun, or srun under SLURM).
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
+RUN_LOCK = ".lock"  # in a run folder: held by the live run writing there (the kernel frees it on any exit)
+LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
 # settings that may change between an interrupted run and its resumption
-_OPERATIONAL_KEYS = {"device", "num_workers", "backend", "world_size", "dry_run", "resume", "out", "data", "epochs",
-                     "patience", "epoch_length", "data_on_device", "amp", "channels_last", "compile"}
+_OPERATIONAL_KEYS = {"device", "num_workers", "backend", "world_size", "dry_run", "resume", "out", "data",
+                     "epochs", "patience", "epoch_length", "data_on_device", "amp", "channels_last", "compile"}
+_ADDED_KEYS = {"augment": False, "lr_schedule": "constant"}  # settings newer than some checkpoints: their default
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int, lr: float,
@@ -744,8 +836,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int,
     g.add_argument("--weight-decay", type=non_negative_float, default=weight_decay)
     g.add_argument("--patience", type=non_negative_int, default=patience,
                    help="early stopping on validation MSE after this many epochs without progress (0: off)")
-    g.add_argument("--loss", choices=["mse", "l1", "huber"], default="mse")
-    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--loss", choices=sorted(LOSSES), default="mse")
+    g.add_argument("--seed", type=int, default=0, help="random seed: weights, batch order, augmentation")
     g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     g.add_argument("--num-workers", type=non_negative_int, default=None,
                    help="DataLoader workers; default 0 on CPU (a batch is one read of converted arrays, and "
@@ -769,26 +861,18 @@ def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int,
     f.add_argument("--compile", action="store_true", help="torch.compile the model (needs a C++ compiler on CPU)")
 
 
-LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
+class Task(NamedTuple):
+    """What a trainer script trains: its answer to train()."""
+    model: nn.Module
+    predict: Callable     # (network, Lab01 batch) -> (output, target)
+    train_loss: Callable  # (output, target) -> loss, in training mode
+    val_loss: Callable    # the same in eval mode, on the validation set (its MSE is taken too)
+    loss_name: str        # train_loss's name in the epoch lines
 
 
-def _choose_backend(name: str) -> str | None:
-    if name == "none":
-        return None
-    if name != "auto":
-        return name
-    # torchrun says WORLD_SIZE; srun says SLURM_STEP_NUM_TASKS (not set in the batch script itself)
-    if int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 1) > 1:
-        return "nccl" if torch.cuda.is_available() else "gloo"
-    return None
-
-
-def train(config: dict, setup_task) -> None:
-    """Train what setup_task(config, device) -> (model, predict, train_loss, val_loss) describes:
-    predict(model, lab01_batch) -> (output, target), scored by train_loss(output, target) in training
-    mode and by val_loss in eval mode. The validation MSE is that of (output, target) in eval mode."""
-    import ignite.distributed as idist
-
+def train(config: dict, setup_task: Callable[[dict, torch.device], Task]) -> None:
+    """Train the Task that setup_task(config, device) describes into the run folder config["out"]:
+    after the checks that need no GPU, one training() per process."""
     config["device"] = resolve_device(config["device"]).type  # a GPU job without CUDA stops here
     manifest = check_prepared(config["data"])
     config["image_size"] = manifest["size"]  # what the network was trained on
@@ -799,13 +883,15 @@ def train(config: dict, setup_task) -> None:
                         f"{config['batch_size']}; pass a smaller --batch-size or prepare more images")
     out = Path(config["out"])
     created = writable_folder(out)
-    lock = lock_run_folder(out) if launch_rank() == 0 else None  # noqa: F841  (held until this returns)
+    # held until this returns, by rank 0 as torchrun or srun numbered it (there is no process group yet)
+    rank0 = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) == 0
+    lock = lock_run_folder(out) if rank0 else None  # noqa: F841
     try:
-        with idist.Parallel(backend=_choose_backend(config["backend"])) as parallel:
+        with idist.Parallel(backend=_choose_backend(config["backend"], config["device"])) as parallel:
             # ignite's launcher logs at INFO: our own lines say what a user needs (errors: one line)
             logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
             try:
-                parallel.run(_train_process, config, setup_task)
+                parallel.run(training, config, setup_task)
             finally:
                 _free_run_objects()
     except BaseException:
@@ -815,64 +901,76 @@ def train(config: dict, setup_task) -> None:
         raise
 
 
-def _free_run_objects() -> None:
-    """Free the finished run's objects now, while its process group and the interpreter are alive.
-    They sit in reference cycles (engines <-> their handlers), so only the cyclic garbage collector frees
-    them, and the DDP model among them holds the process group: freed at interpreter exit, after
-    Parallel destroyed the group, gloo's threads abort the process ("terminate called without an active
-    exception"), and srun marks the finished job FAILED. A run that raised (exit status 3 after a signal)
-    keeps them in its traceback's frames: clear those first."""
-    raised = sys.exc_info()[1]
-    if raised is not None:
-        traceback.clear_frames(raised.__traceback__)
-    gc.collect()
+def training(local_rank: int, config: dict, setup_task) -> None:
+    """One process's run, stage by stage: data, model and optimizer, engines, checkpoints, resume, epochs."""
+    rank0, world = idist.get_rank() == 0, idist.get_world_size()
+    if config["batch_size"] < world:
+        raise UserError(f"--batch-size {config['batch_size']}: smaller than the {world} processes; "
+                        f"pass at least {world}")
+    config["world_size"] = world
+    # one process: train() resolved --device already (and stopped a GPU job without CUDA)
+    device = idist.device() if world > 1 else torch.device(config["device"])
+    manual_seed(config["seed"])
+    task = setup_task(config, device)
+    memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
+    model, network, optimizer = initialize(config, task.model, device, memory_format)
+    record = RunRecord(config)
+    prepare_batch = batch_converter(device, memory_format)
+    trainer = create_trainer(config, training_step(network, task.predict, task.train_loss, optimizer, config["amp"]),
+                             prepare_batch, record)
+    train_loader, val_loader = data_loaders(config, trainer, device)
+    if rank0:
+        print(f"training on {device.type} in {world} process{'es' if world > 1 else ''}: "
+              f"{len(train_loader.dataset)} training images, {len(val_loader.dataset)} validation", flush=True)
+    evaluator = create_evaluator(network, task, prepare_batch, trainer, val_loader, record, config["batch_size"])
+    resumable = {"model": model, "optimizer": optimizer, "trainer": trainer, "run": record}
+    schedule = attach_lr_schedule(config, trainer, optimizer, len(train_loader))
+    last, stopper = attach_checkpoints(config, trainer, evaluator, resumable, schedule)
+    if rank0:
+        trainer.add_event_handler(Events.EPOCH_COMPLETED, report_epoch, config, record, task.loss_name)
+    stop = StopOnSignal(last)
+    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)
+
+    if not resume(config, resumable, trainer, stopper):
+        return
+    trainer.run(train_loader, max_epochs=1 if config["dry_run"] else config["epochs"])
+    idist.barrier()  # leave together: a rank that tears down gloo while another still talks to it aborts
+    out = Path(config["out"])
+    if stop.stopped_by is not None:
+        if rank0:
+            print(f"interrupted (signal {stop.stopped_by}): saved {out / 'last.pt'}; run the same command to resume",
+                  flush=True)
+        sys.exit(RESUMABLE_EXIT)
+    if rank0:
+        print(f"done: best checkpoint {out / 'best.pt'} (val MSE {min(record.history['val_mse']):.3e})")
 
 
-RUN_LOCK = ".lock"  # in a run folder: held by the live run writing there (the kernel frees it on any exit)
+def initialize(config: dict, model: nn.Module, device: torch.device, memory_format: torch.memory_format):
+    """-> (the model on the device, shared among the processes; the network the steps run: the model,
+    or its compiled form with --compile; Adam)."""
+    model = model.to(device, memory_format=memory_format)
+    if idist.get_world_size() > 1:  # auto_model alone would also move a --device cpu model onto a GPU
+        model = idist.auto_model(model)
+    optimizer = idist.auto_optim(torch.optim.Adam(model.parameters(), lr=config["lr"],
+                                                  weight_decay=config["weight_decay"]))
+    return model, torch.compile(model) if config["compile"] else model, optimizer
 
 
-def launch_rank() -> int:
-    """This process's rank as its launcher (torchrun, srun) numbered it, before any process group exists."""
-    return int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0)
+def batch_converter(device: torch.device, memory_format: torch.memory_format) -> Callable:
+    """-> convert(loader batch) -> float32 Lab01 on the device, in the memory format the model has:
+    stored Lab is only cast, images held on the device (--data-on-device) converted there."""
 
-
-def lock_run_folder(out: Path):
-    """-> the open lock file of the run folder, held until closed; a live run there already: one line."""
-    import fcntl
-
-    handle = open(out / RUN_LOCK, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise UserError(f"{out}: a run is writing there now ({owner}); wait for it to end, or pass another --out")
-    handle.truncate(0)
-    handle.write(f"pid {os.getpid()} on {platform.node()}\n")
-    handle.flush()
-    return handle
-
-
-def writable_folder(path: Path, flag="--out") -> bool:
-    """Create the folder if needed and prove it writable now, before any work; -> whether it was created."""
-    created = not path.exists()
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(prefix=".write-test.", dir=path)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as exc:
-        raise UserError(f"{path}: cannot write there ({exc.strerror or type(exc).__name__}); "
-                        f"pass another {flag}") from None
-    return created
+    def convert(batch: torch.Tensor) -> torch.Tensor:
+        batch = batch.to(device, non_blocking=True)
+        lab01 = images_to_lab01(batch) if batch.dtype == torch.uint8 else batch.float()
+        return lab01.contiguous(memory_format=memory_format)
+    return convert
 
 
 def training_step(network: nn.Module, predict, loss_fn, optimizer, amp: bool):
-    """-> step(lab01 batch on the network's device) -> loss: one optimisation step, the one every
-    training script runs (and the benchmark's compute ceiling). With amp, the network and loss run
-    under bfloat16 autocast (no gradient scaler needed); the batch arrives in full precision. The loss
-    comes back as a tensor: reading its value (.item()) would make the host wait for the GPU every step."""
+    """-> step(Lab01 batch on the network's device) -> loss: the optimisation step of every training script
+    (and the benchmark's ceiling). amp: network and loss under bfloat16 autocast (no gradient scaler needed).
+    The loss stays a tensor: reading its value (.item()) would make the host wait for the GPU every step."""
     device_type = next(network.parameters()).device.type
 
     def step(lab01: torch.Tensor) -> torch.Tensor:
@@ -888,326 +986,225 @@ def training_step(network: nn.Module, predict, loss_fn, optimizer, amp: bool):
     return step
 
 
-def _train_process(local_rank: int, config: dict, setup_task) -> None:
-    import ignite.distributed as idist
-    from ignite.engine import Engine, Events
-    from ignite.engine.deterministic import DeterministicEngine
-    from ignite.handlers import Checkpoint, CosineAnnealingScheduler, DiskSaver, EarlyStopping, ProgressBar
-    from ignite.metrics import Loss
-    from ignite.utils import manual_seed
-
-    rank0 = idist.get_rank() == 0
-    # one process: train() resolved --device already (and stopped a GPU job without CUDA)
-    device = idist.device() if idist.get_world_size() > 1 else torch.device(config["device"])
-    manual_seed(config["seed"])
-    out = Path(config["out"])
-
-    on_device = config["data_on_device"]
-    workers = 0 if on_device else config["num_workers"]
-    if workers is None:
-        workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
-    loader_args = dict(collate_fn=stack_batch, num_workers=workers, persistent_workers=workers > 0,
-                       pin_memory=device.type == "cuda" and not on_device)
-
-    def dataset(split):
-        return DeviceImages(config["data"], split, device) if on_device else FaceLabDataset(config["data"], split)
-
-    train_set, world = dataset("train"), idist.get_world_size()
-    if config["batch_size"] < world:
-        raise UserError(f"--batch-size {config['batch_size']}: smaller than the {world} processes; "
-                        f"pass at least {world}")
-    trainer = DeterministicEngine(lambda engine, batch: train_step(batch))
-    sampler = StepSampler(len(train_set), config["batch_size"] // world * world, world, idist.get_rank(),
-                          config["seed"], 2 if config["dry_run"] else config["epoch_length"],
-                          lambda: trainer.state.iteration)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=config["batch_size"] // world,
-                                               sampler=sampler, drop_last=True, **loader_args)
-    val_set = dataset("val")  # each process scores its share; ignite's metrics gather them
-    val_sampler = torch.utils.data.DistributedSampler(val_set, world, idist.get_rank(), shuffle=False) \
-        if world > 1 else None
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(1, config["batch_size"] // world),
-                                             sampler=val_sampler, **loader_args)
-    config["world_size"] = world
-    if rank0:
-        print(f"training on {device.type} in {world} process{'es' if world > 1 else ''}: "
-              f"{len(train_set)} training images, {len(val_set)} validation", flush=True)
-
-    model, predict, loss_fn, val_loss_fn = setup_task(config, device)
-    memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    if idist.get_world_size() > 1:  # auto_model alone would also move a --device cpu model onto a GPU
-        model = idist.auto_model(model)
-    optimizer = idist.auto_optim(torch.optim.Adam(model.parameters(), lr=config["lr"],
-                                                  weight_decay=config["weight_decay"]))
-    # checkpoints hold `model`; steps run `network`, its compiled form if asked for
-    network = torch.compile(model) if config["compile"] else model
-    step = training_step(network, predict, loss_fn, optimizer, config["amp"])
-    schedule = None
-    if config["lr_schedule"] == "cosine":  # a half cycle over the whole run, stepped every iteration
-        schedule = CosineAnnealingScheduler(optimizer, "lr", config["lr"], 0.0,
-                                            cycle_size=config["epochs"] * len(train_loader))
-        trainer.add_event_handler(Events.ITERATION_STARTED, schedule)
-
-    def to_lab01(batch):
-        return batch_to_lab01(batch, device).contiguous(memory_format=memory_format)
-
+def create_trainer(config: dict, step: Callable, prepare_batch: Callable, record: RunRecord):
+    """The engine of the training steps: step on every prepared (and with --augment, augmented) batch,
+    its loss added to the record's epoch sum."""
     augment = training_augmentation(config["image_size"]) if config["augment"] else (lambda lab01: lab01)
 
-    def train_step(batch):
-        loss = step(augment(to_lab01(batch)))
-        record.epoch_loss[0] += loss
-        record.epoch_loss[1] += 1
+    def train_step(engine, batch):
+        loss = step(augment(prepare_batch(batch)))
+        record.add_loss(loss)
         return loss
+
+    # DeterministicEngine reseeds every epoch and skips the batches done, so a run resumed from a
+    # mid-epoch checkpoint follows exactly the batches of an uninterrupted one
+    trainer = DeterministicEngine(train_step)
+
+    @trainer.on(Events.EPOCH_STARTED)
+    def clear_epoch_losses(engine):
+        if engine.state.iteration % engine.state.epoch_length == 0:  # not when resuming mid-epoch
+            record.clear_losses()
+
+    if idist.get_rank() == 0 and sys.stderr.isatty():  # batch logs (SLURM, CI) get the per-epoch lines only
+        ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": float(loss)})
+    return trainer
+
+
+def data_loaders(config: dict, trainer, device: torch.device):
+    """-> (training loader, validation loader): this process's share of the run's batches (StepSampler) and
+    of the validation set, mapped from the Lab arrays or held on the device (--data-on-device)."""
+    world, rank = idist.get_world_size(), idist.get_rank()
+    dataset = (lambda split: DeviceImages(config["data"], split, device)) if config["data_on_device"] else \
+        (lambda split: FaceLabDataset(config["data"], split))
+    train_set, val_set = dataset("train"), dataset("val")
+    workers = 0 if config["data_on_device"] else config["num_workers"]
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
+    loader_args = dict(collate_fn=batch_as_is, num_workers=workers, persistent_workers=workers > 0,
+                       pin_memory=device.type == "cuda" and not config["data_on_device"])
+    sampler = StepSampler(len(train_set), config["batch_size"] // world * world, world, rank, config["seed"],
+                          2 if config["dry_run"] else config["epoch_length"], lambda: trainer.state.iteration)
+    train_loader = torch.utils.data.DataLoader(train_set, batch_size=config["batch_size"] // world,
+                                               sampler=sampler, drop_last=True, **loader_args)
+    # each process scores its share; ignite's metrics gather them
+    val_sampler = torch.utils.data.DistributedSampler(val_set, world, rank, shuffle=False) if world > 1 else None
+    val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(1, config["batch_size"] // world),
+                                             sampler=val_sampler, **loader_args)
+    return train_loader, val_loader
+
+
+def create_evaluator(network: nn.Module, task: Task, prepare_batch: Callable, trainer, val_loader, record: RunRecord,
+                     batch_size: int):
+    """The engine that scores the validation set in eval mode (the task's val_loss and the MSE) after
+    every training epoch, adding the epoch's numbers to the record."""
 
     @torch.no_grad()
     def eval_step(engine, batch):
         network.eval()
-        return predict(network, to_lab01(batch))  # full precision: validation scores are exact
+        return task.predict(network, prepare_batch(batch))  # full precision: validation scores are exact
 
-    # DeterministicEngine reseeds every epoch and skips the batches done, so a run resumed from a
-    # mid-epoch checkpoint follows exactly the batches of an uninterrupted one
     evaluator = Engine(eval_step)
-    Loss(val_loss_fn).attach(evaluator, "val_loss")
+    Loss(task.val_loss).attach(evaluator, "val_loss")
     # ignite's MeanSquaredError averages per image; the seed's MSE is per element, as F.mse_loss
     Loss(F.mse_loss).attach(evaluator, "val_mse")
+    # seconds per batch since the epoch began (or resumed), paused before validating: training alone
+    timer = Timer(average=True).attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED,
+                                       step=Events.ITERATION_COMPLETED)
 
-    clock = {}
+    @trainer.on(Events.EPOCH_COMPLETED)
+    def validate(engine):
+        record.add_epoch(engine.state.epoch, evaluator.run(val_loader).metrics, batch_size / timer.value())
 
-    @trainer.on(Events.EPOCH_STARTED)
-    def reset_epoch_loss(engine):
-        clock["start"], clock["iteration"] = time.perf_counter(), engine.state.iteration
-        if engine.state.iteration % engine.state.epoch_length == 0:  # not when resuming mid-epoch
-            record.epoch_loss = [0.0, 0]
+    return evaluator
 
-    record = RunRecord(config)
-    saver = DiskSaver(out, require_empty=False, create_dir=True)  # atomic: temp file, then rename
-    best = Checkpoint({"model": model, "run": record}, saver, filename_pattern="best.pt", n_saved=1,
-                      score_function=lambda e: -e.state.metrics["val_mse"], score_name="neg_val_mse")
+
+def attach_lr_schedule(config: dict, trainer, optimizer, epoch_length: int):
+    """--lr-schedule cosine: a half cycle from --lr to 0 over the whole run, stepped every iteration;
+    -> the scheduler (its position is saved in last.pt), or None for a constant rate."""
+    if config["lr_schedule"] != "cosine":
+        return None
+    schedule = CosineAnnealingScheduler(optimizer, "lr", config["lr"], 0.0, cycle_size=config["epochs"] * epoch_length)
+    trainer.add_event_handler(Events.ITERATION_STARTED, schedule)
+    return schedule
+
+
+def attach_checkpoints(config: dict, trainer, evaluator, resumable: dict, schedule):
+    """best.pt (model, record) at each best validation MSE, early stopping on it (--patience), and last.pt
+    after every epoch: all a resumption needs. -> (the last.pt handler, the early stopper or None)."""
+
+    def score(engine):
+        return -engine.state.metrics["val_mse"]
+
+    saver = DiskSaver(config["out"], require_empty=False, create_dir=True)  # atomic: temp file, then rename
+    best = Checkpoint({"model": resumable["model"], "run": resumable["run"]}, saver, filename_pattern="best.pt",
+                      n_saved=1, score_function=score, score_name="neg_val_mse")
     evaluator.add_event_handler(Events.COMPLETED, best)
-    resumable = {"model": model, "optimizer": optimizer, "trainer": trainer, "run": record, "best": best}
+    resumable["best"] = best
     if schedule is not None:
         resumable["lr_schedule"] = schedule
+    stopper = None
     if config["patience"] > 0:
-        stopper = EarlyStopping(config["patience"], lambda e: -e.state.metrics["val_mse"], trainer)
+        stopper = EarlyStopping(config["patience"], score, trainer)
         evaluator.add_event_handler(Events.COMPLETED, stopper)
         resumable["early_stopping"] = stopper
     last = Checkpoint(resumable, saver, filename_pattern="last.pt", n_saved=1)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
+    return last, stopper
 
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def validate_and_record(engine):
-        images = (engine.state.iteration - clock["iteration"]) * config["batch_size"]
-        speed = images / (time.perf_counter() - clock["start"])  # training only, all processes together
-        metrics = evaluator.run(val_loader).metrics
-        h = record.history
-        h["epoch"].append(engine.state.epoch)
-        loss_sum, count = idist.all_reduce(torch.tensor([float(record.epoch_loss[0]), record.epoch_loss[1]],
-                                                        dtype=torch.float64)).tolist()
-        h["train_loss"].append(loss_sum / count)
-        h["val_loss"].append(metrics["val_loss"])
-        h["val_mse"].append(metrics["val_mse"])
-        h["train_images_per_s"].append(speed)
-        last(engine)
-        if rank0:
-            write_json(out / "history.json", h)
-            plot_history(h, out / "loss.png", title=f"{config['task']} ({out.name})")
-            loss_name = "cross-entropy" if config.get("head") == "classify" else config["loss"]
-            print(f"epoch {engine.state.epoch:3d}/{engine.state.max_epochs}  {loss_name} loss: train "
-                  f"{h['train_loss'][-1]:.3e}, validation {metrics['val_loss']:.3e}  validation MSE "
-                  f"{metrics['val_mse']:.3e}  ({speed:.0f} training images/s)", flush=True)
 
-    # SLURM sends a warning signal before the time limit (USR1) and TERM on preemption; Ctrl-C (INT)
-    # saves the same way, and a second Ctrl-C stops at once
-    signalled, interrupted = [], []
+def report_epoch(engine, config: dict, record: RunRecord, loss_name: str) -> None:
+    """After every epoch, on rank 0: history.json, loss.png and one line."""
+    out, h = Path(config["out"]), record.history
+    write_json(out / "history.json", h)
+    plot_loss_curves({out.name: h}, out / "loss.png", title=f"{config['task']} ({out.name})")
+    print(f"epoch {engine.state.epoch:3d}/{engine.state.max_epochs}  {loss_name} loss: train "
+          f"{h['train_loss'][-1]:.3e}, validation {h['val_loss'][-1]:.3e}  validation MSE "
+          f"{h['val_mse'][-1]:.3e}  ({h['train_images_per_s'][-1]:.0f} training images/s)", flush=True)
 
-    def on_signal(signum, frame):
-        if signum == signal.SIGINT and signal.SIGINT in signalled:
-            raise KeyboardInterrupt
-        signalled.append(signum)
 
-    for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, on_signal)
+class StopOnSignal:
+    """SLURM sends USR1 before the time limit and TERM on preemption; Ctrl-C sends INT (twice: stop at once).
+    After that iteration, every process saves last.pt and stops; stopped_by names the signal."""
 
-    @trainer.on(Events.ITERATION_COMPLETED)
-    def checkpoint_on_signal(engine):
-        # with several processes, all stop at the same iteration if any was signalled
-        count = idist.all_reduce(len(signalled)) if idist.get_world_size() > 1 else len(signalled)
+    def __init__(self, save: Callable):
+        self.save, self.stopped_by, self.received = save, None, []
+        received = self.received
+
+        def receive(signum, frame):  # holds the list alone: the signal table must not keep the run alive
+            if signum == signal.SIGINT and signal.SIGINT in received:
+                raise KeyboardInterrupt
+            received.append(signum)
+
+        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, receive)
+
+    def __call__(self, engine):
+        count = idist.all_reduce(len(self.received)) if idist.get_world_size() > 1 else len(self.received)
         if count > 0:
-            interrupted.append(signalled[0] if signalled else "on another process")
-            last(engine)
+            self.stopped_by = self.received[0] if self.received else "on another process"
+            self.save(engine)
             engine.terminate()
 
-    if rank0 and sys.stderr.isatty():  # batch logs (SLURM, CI) get the per-epoch lines only
-        ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": float(loss)})
 
-    last_path = out / "last.pt"
-    if config["resume"] and last_path.is_file():
-        try:
-            state = torch_load(last_path)
-            _check_same_run(state["run"]["config"], config, last_path)
-            Checkpoint.load_objects(resumable, state)
-        except UserError:
-            raise
-        except Exception as exc:  # unpickling, missing keys, weights of another shape
-            raise UserError(f"{last_path}: cannot resume from it ({type(exc).__name__}); pass another --out, "
-                            "or --no-resume to start afresh there") from None
-        if trainer.state.iteration and rank0:
-            print(f"resuming {last_path} at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
-        if config["patience"] > 0 and stopper.counter >= config["patience"]:
-            if rank0:
-                print(f"{last_path}: this run already stopped early; nothing to do (--no-resume to start afresh)")
-            return
-        if trainer.state.epoch >= config["epochs"]:
-            if rank0:
-                print(f"{last_path}: this run already trained {trainer.state.epoch} epochs; nothing to do")
-            return
-
-    trainer.run(train_loader, max_epochs=1 if config["dry_run"] else config["epochs"])
-    idist.barrier()  # leave together: a rank that tears down gloo while another still talks to it aborts
-    if interrupted:
-        if rank0:
-            print(f"interrupted (signal {interrupted[0]}): saved {last_path}; run the same command to resume",
-                  flush=True)
-        sys.exit(RESUMABLE_EXIT)
-    if rank0:
-        print(f"done: best checkpoint {out / 'best.pt'} (val MSE {min(record.history['val_mse']):.3e})")
-
-
-# settings newer than some checkpoints: absent means this default
-_ADDED_KEYS = {"augment": False, "lr_schedule": "constant"}
+def resume(config: dict, resumable: dict, trainer, stopper) -> bool:
+    """Load the run folder's last.pt into the run's objects (unless --no-resume); -> whether epochs remain."""
+    rank0, last_path = idist.get_rank() == 0, Path(config["out"]) / "last.pt"
+    if not (config["resume"] and last_path.is_file()):
+        return True
+    try:
+        state = torch_load(last_path)
+        _check_same_run(state["run"]["config"], config, last_path)
+        Checkpoint.load_objects(resumable, state)
+    except UserError:
+        raise
+    except Exception as exc:  # unpickling, missing keys, weights of another shape
+        raise UserError(f"{last_path}: cannot resume from it ({type(exc).__name__}); pass another --out, "
+                        "or --no-resume to start afresh there") from None
+    if trainer.state.iteration and rank0:
+        print(f"resuming {last_path} at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
+    done = "stopped early" if stopper is not None and stopper.counter >= config["patience"] else \
+        f"trained {trainer.state.epoch} epochs" if trainer.state.epoch >= config["epochs"] else None
+    if done and rank0:
+        print(f"{last_path}: this run already {done}; nothing to do (--no-resume to start afresh)")
+    return done is None
 
 
 def _check_same_run(saved: dict, config: dict, path: Path) -> None:
     saved = {**_ADDED_KEYS, **saved}
     changed = sorted(k for k in set(saved) | set(config)
                      if k not in _OPERATIONAL_KEYS and saved.get(k) != config.get(k))
+    if config["lr_schedule"] == "cosine" and saved.get("epochs") != config["epochs"]:
+        changed.append("epochs, which the cosine schedule spans")
     if changed:
         what = "was trained on other prepared data" if "data_id" in changed else \
             f"used other settings ({', '.join(changed)})"
         raise UserError(f"{path}: the run there {what}; pass another --out, or --no-resume to overwrite it")
 
 
-def plot_history(history: dict, path: str | Path, title: str) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _choose_backend(name: str, device_type: str) -> str | None:
+    if name != "auto":
+        return None if name == "none" else name
+    # torchrun says WORLD_SIZE; srun says SLURM_STEP_NUM_TASKS (not set in the batch script itself)
+    several = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 1) > 1
+    return ("nccl" if device_type == "cuda" else "gloo") if several else None
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ax.plot(history["epoch"], history["train_loss"], label="train loss")
-    ax.plot(history["epoch"], history["val_loss"], label="validation loss")
+
+def _free_run_objects() -> None:
+    """Free the run's objects while its process group lives: engines and handlers form reference cycles that
+    hold the DDP model, and so the group; freed at exit, after Parallel destroyed it, gloo aborts the process
+    ("terminate called without an active exception"). A run that raised keeps them in its traceback: clear it."""
+    raised = sys.exc_info()[1]
+    if raised is not None:
+        traceback.clear_frames(raised.__traceback__)
+    gc.collect()
+
+
+def lock_run_folder(out: Path):
+    """-> the open lock file of the run folder, held until closed; a live run there already: one line."""
+    handle = open(out / RUN_LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{out}: a run is writing there now ({owner}); wait for it to end, or pass another --out")
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+    handle.flush()
+    return handle
+
+
+def plot_loss_curves(histories: dict, path: str | Path, title: str) -> None:
+    """Training (solid) and validation (dashed) loss per epoch, log scale, of every {name: history}."""
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(6, 4))
+    ax = fig.subplots()
+    for name, h in histories.items():
+        line, = ax.plot(h["epoch"], h["train_loss"], label=f"{name} train")
+        ax.plot(h["epoch"], h["val_loss"], "--", color=line.get_color(), label=f"{name} validation")
     ax.set(xlabel="epoch", ylabel="loss", yscale="log", title=title)
-    ax.legend()
+    ax.legend(fontsize=6)
     fig.tight_layout()
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-
-
-# ---------------------------------------------------------------------------------------------
-# Reading images: any file OpenCV decodes, with a one-line reason for anything it cannot.
-
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm", ".gif"}
-
-
-class BadImage(Exception):
-    """An unreadable image file; str() is the reason, for a line that names the file."""
-
-
-def find_images(root: str | Path) -> list[Path]:
-    """Every entry under root (recursively) whose suffix is an image format, in a stable order: the
-    ones that are no readable file (a folder so named, a broken link, a link loop) too, so that
-    read_image names them rather than that they vanish."""
-    root = Path(root)
-    if not root.exists():
-        raise UserError(f"{root}: no such file or folder")
-    if not root.is_dir():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-
-
-class Photo(NamedTuple):
-    rgb: np.ndarray            # float32 in [0, 1], H x W x 3
-    alpha: np.ndarray | None   # float32 in [0, 1], H x W, if the file has transparency
-    bits: int                  # 8 or 16 bits per sample in the file
-
-
-MAX_PIXELS = 2 ** 28  # 268 megapixels (16384 x 16384): decoding more would take over 3 GB per copy
-
-
-def image_size(path: Path) -> tuple[int, int] | None:
-    """(width, height) from the file's header alone, without decoding it; None where Pillow cannot tell."""
-    from PIL import Image
-
-    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check refuses without saying the size: ours follows
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                return im.size
-    except Exception:  # Pillow cannot read this format or file: OpenCV will tell
-        return None
-
-
-def read_image(path: str | Path) -> Photo:
-    """Decode any image OpenCV reads, once: grayscale, 16-bit and RGBA included; EXIF orientation is
-    applied to JPEGs. Anything else, whatever the decoder raises, becomes BadImage with the reason;
-    images over MAX_PIXELS are refused from their header, before decoding."""
-    path = Path(path)
-    if path.is_dir():
-        raise BadImage("a folder, not an image file")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
-    if not data:
-        raise BadImage("empty file")
-    size = image_size(path)
-    if size is not None and size[0] * size[1] > MAX_PIXELS:
-        raise BadImage(f"too large to decode ({size[0]}x{size[1]}, over {MAX_PIXELS / 1e6:.0f} megapixels)")
-    try:
-        return _decode(data)
-    except BadImage:
-        raise
-    except Exception as exc:  # OpenCV, numpy or memory errors on a hostile file
-        raise BadImage(f"cannot be decoded ({type(exc).__name__}: {printable(exc).splitlines()[0][:200]})") from None
-
-
-def _decode(data: bytes) -> Photo:
-    import cv2
-
-    jpeg = data[:2] == b"\xff\xd8"
-    if jpeg and b"\xff\xd9" not in data[-1024:]:
-        raise BadImage("truncated JPEG (no end-of-image marker)")
-    buf = np.frombuffer(data, np.uint8)
-    # JPEGs carry EXIF orientation, which these flags honour; other formats keep their alpha unchanged
-    img = cv2.imdecode(buf, cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if jpeg else cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise BadImage("not an image, or corrupt")
-    if img.shape[0] < 2 or img.shape[1] < 2:
-        raise BadImage(f"too small ({img.shape[1]}x{img.shape[0]})")
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype)
-    if scale is None:
-        raise BadImage(f"unsupported sample type {img.dtype}")
-    img = img.astype(np.float32)
-    img *= 1 / scale  # in place: a 12-megapixel photo makes big temporaries
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    alpha = img[..., -1] if channels in (2, 4) else None
-    if channels <= 2:
-        rgb = np.repeat((img if channels == 1 else img[..., 0])[..., None], 3, axis=2)
-    else:
-        rgb = cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
-    return Photo(rgb, alpha, 16 if scale > 255 else 8)
-
-
-def center_square(image: np.ndarray, size: int) -> np.ndarray:
-    """Centre-crop to a square and resize to size x size (area interpolation when shrinking)."""
-    import cv2
-
-    h, w = image.shape[:2]
-    s = min(h, w)
-    top, left = (h - s) // 2, (w - s) // 2
-    square = image[top:top + s, left:left + s]
-    interpolation = cv2.INTER_AREA if s > size else cv2.INTER_CUBIC
-    return cv2.resize(square, (size, size), interpolation=interpolation) if s != size else square
-
-
-def to_uint8(image: np.ndarray) -> np.ndarray:
-    return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
+    save_figure(fig, path)

@@ -14,16 +14,20 @@ import shlex
 import sys
 import textwrap
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
+from matplotlib.figure import Figure
 
-from common import (ArgumentParser, BadImage, UserError, ab_to_lab_units, atomic_write, center_square,
+from common import (ArgumentParser, BadImage, UserError, ab_to_lab_units, ab_to_unit_scale, atomic_write,
                     check_prepared, colorize_lab01, denormalize_lab, exit_on_user_error, find_images,
-                    lab01_from_uint8, lab01_to_rgb, load_checkpoint, positive_int, read_image, read_images,
-                    resolve_device, seed_mse_per_image, to_uint8, writable_folder, write_json)
+                    lab01_batches, lab01_to_rgb, load_checkpoint, load_colorizer, plot_loss_curves, positive_int,
+                    prepare_photo, read_images, resolve_device, save_figure,
+                    writable_folder, write_json)
 
 BASELINES = ("gray", "mean colour", "mean-face map")
+GRAY_AB01 = ab_to_unit_scale(0.0)  # a* = b* = 0
 
 
 def parse_args(argv=None):
@@ -44,36 +48,177 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def main():
+    args = parse_args()
+    for folder in args.runs:
+        found = sorted(str(p) for p in folder.rglob("best.pt"))
+        if not found:
+            raise UserError(f"{folder}: no best.pt below it; train colorizers with --out {folder}/NAME first")
+        args.colorizer += found
+    if not args.colorizer and not args.regressor:
+        raise UserError("nothing to evaluate: pass --colorizer CKPT [CKPT ...] and/or --regressor CKPT")
+    device = resolve_device(args.device)
+    manifest = check_prepared(args.data)
+    writable_folder(args.out)  # now, not after all the work
+    # from the uint8 images, exactly: the stored float16 Lab would add rounding to the scores
+    true_lab01 = lab01_from_uint8(read_images(args.data, args.split), device=device)
+    # baselines learn from the original training images (augmented copies excluded)
+    train_lab01 = lab01_from_uint8(read_images(args.data, "train")[::manifest["augment_factor"]], device=device)
+    photos, photo_files = load_photos(args.photos, manifest["size"], device) if args.photos else (None, [])
+    runs = load_colorizers(args.colorizer, device)
+
+    report, results, figures = split_section(args, manifest, true_lab01, train_lab01, runs)
+    if photos is not None:
+        photos_section(args, photos, photo_files, train_lab01, runs, report, results, figures)
+    if args.regressor:
+        regressor_section(args.regressor, true_lab01, train_lab01, device, runs, report, results)
+    if runs.histories:
+        plot_loss_curves(runs.histories, args.out / "loss_curves.png", title="training curves")
+        figures.insert(0, "loss_curves.png")
+    report += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
+    atomic_write(args.out / "report.md", lambda tmp: Path(tmp).write_text("\n".join(report)))
+    write_json(args.out / "metrics.json", results)
+    print(results_table(results["summary"], runs.kinds))
+    print(f"\nreport: {args.out / 'report.md'}")
+
+
+class Runs(NamedTuple):
+    """The colorizers to score, by name ("RUN: description"): (model, regressor or None), and their kind
+    (baselines too), training history and config."""
+    models: dict
+    kinds: dict
+    histories: dict
+    configs: dict
+
+
+def load_colorizers(paths: list[str], device) -> Runs:
+    runs = Runs({}, {name: "baseline" for name in BASELINES}, {}, {})
+    for path in paths:
+        model, regressor, config, ckpt = load_colorizer(path, device)
+        label = Path(path).parent.name + ("" if Path(path).stem == "best" else f"/{Path(path).stem}")
+        name = f"{label}: {describe(config)}"
+        runs.models[name] = (model, regressor)
+        runs.kinds[name], runs.histories[name], runs.configs[name] = "colorizer", run_history(path, ckpt), config
+    return runs
+
+
+def load_photos(paths: list[Path], size: int, device) -> tuple[torch.Tensor, list[str]]:
+    """Photos outside the prepared data, prepared as prepare_data.py prepares its images."""
+    files = [f for path in paths for f in find_images(path)]
+    if not files:
+        raise UserError(f"--photos {' '.join(map(str, paths))}: no image files there")
+    images = []
+    for f in files:
+        try:
+            images.append(prepare_photo(f, size))
+        except BadImage as exc:
+            raise UserError(f"{f}: {exc}; remove it from --photos") from None
+    return lab01_from_uint8(np.stack(images), device=device), [str(f) for f in files]
+
+
+def split_section(args, manifest, true_lab01, train_lab01, runs: Runs):
+    """The table on the prepared split, its figures and how each colorizer was trained -> (report lines,
+    results for metrics.json, figure names)."""
+    predictions, per_image, summary, truth_colorfulness = compare(true_lab01, train_lab01, runs.models,
+                                                                  args.batch_size)
+    show = list(range(min(args.show, len(true_lab01))))
+    plot_grid(true_lab01, predictions, show, args.out / "grid.png")
+    figures = ["grid.png"]
+    models = [n for n in predictions if runs.kinds[n] == "colorizer"]
+    report = [f"# Evaluation on the {args.split} split ({len(true_lab01)} images)", "",
+              f"Command: `{' '.join(shlex.quote(a) for a in ['python', *sys.argv])}`", "",
+              f"Data: {manifest['source']} (seed {manifest['seed']}, split by {manifest.get('split_by', 'image')}"
+              f"{', DEMO data: these numbers say nothing about faces' if manifest['demo'] else ''}).", "",
+              "Seed MSE: mean over the three [0,1]-scaled Lab channels, L from the input. PSNR and SSIM on RGB "
+              "in [0, 1] (data range 1). CIEDE2000 in Lab units. Colorfulness: Hasler and Suesstrunk (2003); "
+              f"the truth's is {truth_colorfulness:.1f}.", "", results_table(summary, runs.kinds), ""]
+    if models:
+        best = min(models, key=lambda n: summary[n]["mse"])
+        plot_lab_channels(true_lab01, predictions[best], show, args.out / "lab_channels.png", "model")
+        order = np.argsort(per_image[best]["mse"])
+        plot_grid(true_lab01, {best.split(":")[0]: predictions[best]},
+                  [int(i) for i in order[:3]] + [int(i) for i in order[-3:]], args.out / "best_worst.png")
+        figures += ["lab_channels.png", "best_worst.png"]
+        report += ["How each colorizer was trained (its run folder's history.json):", "",
+                   markdown_table(["colorizer", "epochs trained", "best validation MSE", "at epoch", "settings"],
+                                  [training_row(name, runs.histories[name], runs.configs[name]) for name in models]),
+                   "", f"Per-image seed MSE of {best} (test image index: MSE):", "",
+                   ", ".join(f"{i}: {v:.2e}" for i, v in enumerate(per_image[best]["mse"])), ""]
+    results = {"split": args.split, "n_images": len(true_lab01), "data": manifest["source"], "demo": manifest["demo"],
+               "truth_colorfulness": truth_colorfulness, "summary": summary, "per_image": per_image,
+               "kinds": runs.kinds, "configs": runs.configs}
+    return report, results, figures
+
+
+def photos_section(args, photos, photo_files, train_lab01, runs: Runs, report, results, figures) -> None:
+    """The same table on --photos, outside the prepared data: added to report, results and figures."""
+    predictions, per_image, summary, truth = compare(photos, train_lab01, runs.models, args.batch_size)
+    plot_grid(photos, predictions, range(min(args.show, len(photos))), args.out / "photos.png")
+    figures.append("photos.png")
+    report += [f"## {len(photos)} photos that are not in the prepared data", "",
+               "Files: " + ", ".join(f"`{Path(f).name}`" for f in photo_files) +
+               f". The truth's colorfulness is {truth:.1f}; baselines from the same training set.", "",
+               results_table(summary, runs.kinds), ""]
+    results["photos"] = {"files": photo_files, "truth_colorfulness": truth, "summary": summary,
+                         "per_image": per_image}
+
+
+def regressor_section(path, true_lab01, train_lab01, device, runs: Runs, report, results) -> None:
+    """The regressor's mean (a, b) per test image against the truth and against the training set's mean
+    colour, with bootstrap intervals: added to report and results, its history to runs.histories."""
+    regressor, _, ckpt = load_checkpoint(path, task="regressor", device=device)
+    with torch.no_grad():
+        pred_ab = regressor(true_lab01[:, :1])
+    true_ab = true_lab01[:, 1:].mean(dim=(2, 3))
+    per_image = ((pred_ab - true_ab) ** 2).mean(dim=1)
+    mse = float(per_image.mean())
+    pa, ta = ab_to_lab_units(pred_ab).tolist(), ab_to_lab_units(true_ab).tolist()
+    rows = [[i, f"{ta[i][0]:.2f}", f"{pa[i][0]:.2f}", f"{ta[i][1]:.2f}", f"{pa[i][1]:.2f}"]
+            for i in range(min(10, len(ta)))]
+    train_mean_ab = train_lab01[:, 1:].mean(dim=(0, 2, 3))
+    constant_per_image = ((train_mean_ab - true_ab) ** 2).mean(dim=1)
+    constant_mse = float(constant_per_image.mean())
+    train_mean = ab_to_lab_units(train_mean_ab)
+    mse_low, mse_high = bootstrap_interval(per_image)
+    gain_low, gain_high = bootstrap_interval(constant_per_image - per_image)
+    report += ["## Regressor: mean a*, b* of each test image (Lab units)", "",
+               f"Test MSE of the mean (a, b) on the [0, 1] scale: {mse:.3e} "
+               f"(the training set's mean colour as a guess: {constant_mse:.3e}; it is a*={train_mean[0]:.2f}, "
+               f"b*={train_mean[1]:.2f}).", "",
+               f"The noise of {len(true_ab)} test images (95% bootstrap intervals, the images resampled): "
+               f"test MSE {mse_low:.3e} to {mse_high:.3e}; the mean colour's MSE minus the regressor's "
+               f"{gain_low:.3e} to {gain_high:.3e} (above 0: the regressor is better beyond this noise).", "",
+               markdown_table(["test image", "true a*", "predicted a*", "true b*", "predicted b*"], rows), ""]
+    results["regressor"] = {"mse": mse, "constant_mean_mse": constant_mse, "mse_interval": [mse_low, mse_high],
+                            "gain_over_constant_interval": [gain_low, gain_high], "predicted_ab": pa, "true_ab": ta}
+    runs.histories["regressor"] = run_history(path, ckpt)
+
+
+def compare(true_lab01, train_lab01, colorizers: dict, batch_size: int):
+    """Every baseline and colorizer on the same images -> (predictions, per-image numbers, summary,
+    the truth's colorfulness)."""
+    predictions = baselines(train_lab01, true_lab01)
+    for name, (model, regressor) in colorizers.items():
+        predictions[name] = colorize_in_batches(model, true_lab01, regressor, batch_size)
+    truth_colorfulness = float(colorfulness(lab01_to_rgb(true_lab01)).mean())
+    per_image = {name: score(pred, true_lab01) for name, pred in predictions.items()}
+    summary = {name: summarize(v, truth_colorfulness) for name, v in per_image.items()}
+    return predictions, per_image, summary, truth_colorfulness
+
+
 def baselines(train_lab01: torch.Tensor, test_lab01: torch.Tensor) -> dict:
     """Predictions that use no model: the colour of nothing, of the average, of the average face."""
     L = test_lab01[:, :1]
-    gray_ab = torch.full_like(test_lab01[:, 1:], 128 / 255)  # a = b = 0
+    gray_ab = torch.full_like(test_lab01[:, 1:], GRAY_AB01)
     mean_ab = train_lab01[:, 1:].mean(dim=(0, 2, 3), keepdim=True).expand_as(gray_ab)
     map_ab = train_lab01[:, 1:].mean(dim=0, keepdim=True).expand_as(gray_ab)
     return {name: torch.cat([L, ab], dim=1) for name, ab in zip(BASELINES, (gray_ab, mean_ab, map_ab))}
 
 
-def bootstrap_interval(per_image: torch.Tensor, resamples=10_000) -> tuple[float, float]:
-    """95% interval of the mean of per-image values over resamplings of the test images: how much a
-    figure on this many images moves with the images drawn (fixed resampling seed: reproducible)."""
-    draws = torch.randint(len(per_image), (resamples, len(per_image)), generator=torch.Generator().manual_seed(0))
-    means = per_image.double().cpu()[draws].mean(dim=1)
-    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
-    return low, high
-
-
 @torch.no_grad()
-def predict(model, lab01, regressor, batch_size):
+def colorize_in_batches(model, lab01, regressor, batch_size):
     return torch.cat([colorize_lab01(model, lab01[i:i + batch_size], regressor)
                       for i in range(0, len(lab01), batch_size)])
-
-
-def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
-    """Hasler and Suesstrunk (2003) colorfulness of RGB images (N, 3, H, W) in [0, 1], on the 0..255 scale."""
-    r, g, b = (rgb * 255).unbind(1)
-    rg, yb = (r - g).flatten(1), (0.5 * (r + g) - b).flatten(1)
-    return torch.sqrt(rg.std(1, correction=0) ** 2 + yb.std(1, correction=0) ** 2) + \
-        0.3 * torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)
 
 
 def score(pred_lab01: torch.Tensor, true_lab01: torch.Tensor) -> dict:
@@ -102,16 +247,31 @@ def summarize(per_image: dict, truth_colorfulness: float) -> dict:
     return summary
 
 
-def compare(true_lab01, train_lab01, colorizers: dict, batch_size: int):
-    """Every baseline and colorizer on the same images -> (predictions, per-image numbers, summary,
-    the truth's colorfulness)."""
-    predictions = baselines(train_lab01, true_lab01)
-    for name, (model, regressor) in colorizers.items():
-        predictions[name] = predict(model, true_lab01, regressor, batch_size)
-    truth_colorfulness = float(colorfulness(lab01_to_rgb(true_lab01)).mean())
-    per_image = {name: score(pred, true_lab01) for name, pred in predictions.items()}
-    summary = {name: summarize(v, truth_colorfulness) for name, v in per_image.items()}
-    return predictions, per_image, summary, truth_colorfulness
+def seed_mse_per_image(pred_lab01: torch.Tensor, true_lab01: torch.Tensor) -> torch.Tensor:
+    """The seed's score: MSE over the three Lab01 channels (L from the input), per image."""
+    return ((pred_lab01 - true_lab01) ** 2).flatten(1).mean(1)
+
+
+def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
+    """Hasler and Suesstrunk (2003) colorfulness of RGB images (N, 3, H, W) in [0, 1], on the 0..255 scale."""
+    r, g, b = (rgb * 255).unbind(1)
+    rg, yb = (r - g).flatten(1), (0.5 * (r + g) - b).flatten(1)
+    return torch.sqrt(rg.std(1, correction=0) ** 2 + yb.std(1, correction=0) ** 2) + \
+        0.3 * torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)
+
+
+def bootstrap_interval(per_image: torch.Tensor, resamples=10_000) -> tuple[float, float]:
+    """95% interval of the mean of per-image values over resamplings of the test images: how much a
+    figure on this many images moves with the images drawn (fixed resampling seed: reproducible)."""
+    draws = torch.randint(len(per_image), (resamples, len(per_image)), generator=torch.Generator().manual_seed(0))
+    means = per_image.double().cpu()[draws].mean(dim=1)
+    low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
+    return low, high
+
+
+def lab01_from_uint8(images: np.ndarray, device) -> torch.Tensor:
+    """uint8 RGB (N, H, W, 3) -> Lab01 (N, 3, H, W) float32, all in memory (test sets are small)."""
+    return torch.cat(list(lab01_batches(images, device=device)))
 
 
 def results_table(summary: dict, kinds: dict) -> str:
@@ -119,20 +279,6 @@ def results_table(summary: dict, kinds: dict) -> str:
              f"{s['colorfulness']:.1f}", f"{s['colorfulness_gap']:.1f}"] for name, s in summary.items()]
     return markdown_table(["method", "kind", "seed MSE", "PSNR (dB)", "SSIM", "CIEDE2000", "colorfulness",
                            "gap to truth"], rows)
-
-
-def load_photos(paths: list[Path], size: int, device) -> tuple[torch.Tensor, list[str]]:
-    """Photos outside the prepared data, prepared as prepare_data.py prepares its images."""
-    files = [f for path in paths for f in find_images(path)]
-    if not files:
-        raise UserError(f"--photos {' '.join(map(str, paths))}: no image files there")
-    images = []
-    for f in files:
-        try:
-            images.append(to_uint8(center_square(read_image(f).rgb, size)))
-        except BadImage as exc:
-            raise UserError(f"{f}: {exc}; remove it from --photos") from None
-    return lab01_from_uint8(np.stack(images), device=device), [str(f) for f in files]
 
 
 def describe(config: dict) -> str:
@@ -168,21 +314,12 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def save_figure(fig, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=72))
-    plt.close(fig)
-
-
 def plot_grid(true_lab01, predictions: dict, indices, path: Path) -> None:
     """Rows: test images. Columns: gray input, truth, then every method (the seed's Fig. 13, in RGB)."""
-    import matplotlib.pyplot as plt
-
-    columns = [("gray input", torch.cat([true_lab01[:, :1], torch.full_like(true_lab01[:, 1:], 128 / 255)], 1)),
+    columns = [("gray input", torch.cat([true_lab01[:, :1], torch.full_like(true_lab01[:, 1:], GRAY_AB01)], 1)),
                ("truth", true_lab01)] + list(predictions.items())
-    fig, axes = plt.subplots(len(indices), len(columns), figsize=(1.6 * len(columns), 1.6 * len(indices) + 0.4),
-                             squeeze=False)
+    fig = Figure(figsize=(1.6 * len(columns), 1.6 * len(indices) + 0.4), dpi=72)
+    axes = fig.subplots(len(indices), len(columns), squeeze=False)
     for c, (name, lab01) in enumerate(columns):
         rgb = lab01_to_rgb(lab01[list(indices)]).permute(0, 2, 3, 1).cpu().numpy()
         for r in range(len(indices)):
@@ -195,13 +332,11 @@ def plot_grid(true_lab01, predictions: dict, indices, path: Path) -> None:
 
 def plot_lab_channels(true_lab01, pred_lab01, indices, path: Path, name: str) -> None:
     """L, then a* and b* of the truth and of one model, as the seed showed its Lab outputs."""
-    import matplotlib.pyplot as plt
-
     panels = [("L", true_lab01[:, 0], "gray"), ("true a*", true_lab01[:, 1], "RdYlGn_r"),
               (f"{name} a*", pred_lab01[:, 1], "RdYlGn_r"), ("true b*", true_lab01[:, 2], "YlGnBu_r"),
               (f"{name} b*", pred_lab01[:, 2], "YlGnBu_r")]
-    fig, axes = plt.subplots(len(indices), len(panels), figsize=(1.7 * len(panels), 1.6 * len(indices) + 0.4),
-                             squeeze=False)
+    fig = Figure(figsize=(1.7 * len(panels), 1.6 * len(indices) + 0.4), dpi=72)
+    axes = fig.subplots(len(indices), len(panels), squeeze=False)
     for c, (title, channel, cmap) in enumerate(panels):
         for r, i in enumerate(indices):
             axes[r, c].imshow(channel[i].cpu().numpy(), cmap=cmap, vmin=0 if c == 0 else 0.3,
@@ -210,132 +345,6 @@ def plot_lab_channels(true_lab01, pred_lab01, indices, path: Path, name: str) ->
         axes[0, c].set_title(title, fontsize=7)
     fig.tight_layout()
     save_figure(fig, path)
-
-
-def plot_losses(histories: dict, path: Path) -> None:
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for name, h in histories.items():
-        line, = ax.plot(h["epoch"], h["train_loss"], label=f"{name} train")
-        ax.plot(h["epoch"], h["val_loss"], "--", color=line.get_color(), label=f"{name} validation")
-    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title="training curves")
-    ax.legend(fontsize=6)
-    fig.tight_layout()
-    save_figure(fig, path)
-
-
-def main():
-    args = parse_args()
-    for folder in args.runs:
-        found = sorted(str(p) for p in folder.rglob("best.pt"))
-        if not found:
-            raise UserError(f"{folder}: no best.pt below it; train colorizers with --out {folder}/NAME first")
-        args.colorizer += found
-    if not args.colorizer and not args.regressor:
-        raise UserError("nothing to evaluate: pass --colorizer CKPT [CKPT ...] and/or --regressor CKPT")
-    device = resolve_device(args.device)
-    manifest = check_prepared(args.data)
-    out = args.out
-    writable_folder(out)  # now, not after all the work
-    # from the uint8 images, exactly: the stored float16 Lab would add rounding to the scores
-    true_lab01 = lab01_from_uint8(read_images(args.data, args.split), device=device)
-    # baselines learn from the original training images (augmented copies excluded)
-    train_lab01 = lab01_from_uint8(read_images(args.data, "train")[::manifest["augment_factor"]], device=device)
-    photos, photo_files = load_photos(args.photos, manifest["size"], device) if args.photos else (None, [])
-
-    kinds = {name: "baseline" for name in BASELINES}
-    colorizers, histories, configs = {}, {}, {}
-    for path in args.colorizer:
-        model, config, ckpt = load_checkpoint(path, task="colorizer", device=device)
-        regressor = load_checkpoint(config["regressor"], "regressor", device)[0] if config.get("regressor") else None
-        label = Path(path).parent.name + ("" if Path(path).stem == "best" else f"/{Path(path).stem}")
-        name = f"{label}: {describe(config)}"
-        colorizers[name] = (model, regressor)
-        kinds[name], histories[name], configs[name] = "colorizer", run_history(path, ckpt), config
-
-    predictions, per_image, summary, truth_colorfulness = compare(true_lab01, train_lab01, colorizers, args.batch_size)
-    table = results_table(summary, kinds)
-
-    n_show = min(args.show, len(true_lab01))
-    show = list(range(n_show))
-    plot_grid(true_lab01, predictions, show, out / "grid.png")
-    figures = ["grid.png"]
-    models = [n for n in predictions if kinds[n] == "colorizer"]
-    if models:
-        best = min(models, key=lambda n: summary[n]["mse"])
-        plot_lab_channels(true_lab01, predictions[best], show, out / "lab_channels.png", "model")
-        order = np.argsort(per_image[best]["mse"])
-        plot_grid(true_lab01, {best.split(":")[0]: predictions[best]},
-                  [int(i) for i in order[:3]] + [int(i) for i in order[-3:]], out / "best_worst.png")
-        figures += ["lab_channels.png", "best_worst.png"]
-
-    report = [f"# Evaluation on the {args.split} split ({len(true_lab01)} images)", "",
-              f"Command: `{' '.join(shlex.quote(a) for a in ['python', *sys.argv])}`", "",
-              f"Data: {manifest['source']} (seed {manifest['seed']}, split by {manifest.get('split_by', 'image')}"
-              f"{', DEMO data: these numbers say nothing about faces' if manifest['demo'] else ''}).", "",
-              "Seed MSE: mean over the three [0,1]-scaled Lab channels, L from the input. PSNR and SSIM on RGB "
-              "in [0, 1] (data range 1). CIEDE2000 in Lab units. Colorfulness: Hasler and Suesstrunk (2003); "
-              f"the truth's is {truth_colorfulness:.1f}.", "", table, ""]
-    if models:
-        report += ["How each colorizer was trained (its run folder's history.json):", "",
-                   markdown_table(["colorizer", "epochs trained", "best validation MSE", "at epoch", "settings"],
-                                  [training_row(name, histories[name], configs[name]) for name in models]), ""]
-        report += [f"Per-image seed MSE of {best} (test image index: MSE):", "",
-                   ", ".join(f"{i}: {v:.2e}" for i, v in enumerate(per_image[best]["mse"])), ""]
-    results = {"split": args.split, "n_images": len(true_lab01), "data": manifest["source"], "demo": manifest["demo"],
-               "truth_colorfulness": truth_colorfulness, "summary": summary, "per_image": per_image,
-               "kinds": kinds, "configs": configs}
-
-    if photos is not None:
-        photo_predictions, photo_per_image, photo_summary, photo_truth = compare(photos, train_lab01, colorizers,
-                                                                                 args.batch_size)
-        plot_grid(photos, photo_predictions, range(min(args.show, len(photos))), out / "photos.png")
-        figures.append("photos.png")
-        report += [f"## {len(photos)} photos that are not in the prepared data", "",
-                   "Files: " + ", ".join(f"`{Path(f).name}`" for f in photo_files) +
-                   f". The truth's colorfulness is {photo_truth:.1f}; baselines from the same training set.", "",
-                   results_table(photo_summary, kinds), ""]
-        results["photos"] = {"files": photo_files, "truth_colorfulness": photo_truth, "summary": photo_summary,
-                             "per_image": photo_per_image}
-
-    if args.regressor:
-        regressor, _, rckpt = load_checkpoint(args.regressor, task="regressor", device=device)
-        with torch.no_grad():
-            pred_ab = regressor(true_lab01[:, :1])
-        true_ab = true_lab01[:, 1:].mean(dim=(2, 3))
-        reg_per_image = ((pred_ab - true_ab) ** 2).mean(dim=1)
-        reg_mse = float(reg_per_image.mean())
-        pa, ta = ab_to_lab_units(pred_ab).tolist(), ab_to_lab_units(true_ab).tolist()
-        reg_rows = [[i, f"{ta[i][0]:.2f}", f"{pa[i][0]:.2f}", f"{ta[i][1]:.2f}", f"{pa[i][1]:.2f}"]
-                    for i in range(min(10, len(ta)))]
-        train_mean_ab = train_lab01[:, 1:].mean(dim=(0, 2, 3))
-        const_per_image = ((train_mean_ab - true_ab) ** 2).mean(dim=1)
-        const_mse = float(const_per_image.mean())
-        train_mean = ab_to_lab_units(train_mean_ab)
-        mse_low, mse_high = bootstrap_interval(reg_per_image)
-        gain_low, gain_high = bootstrap_interval(const_per_image - reg_per_image)
-        report += ["## Regressor: mean a*, b* of each test image (Lab units)", "",
-                   f"Test MSE of the mean (a, b) on the [0, 1] scale: {reg_mse:.3e} "
-                   f"(the training set's mean colour as a guess: {const_mse:.3e}; it is a*={train_mean[0]:.2f}, "
-                   f"b*={train_mean[1]:.2f}).", "",
-                   f"The noise of {len(true_ab)} test images (95% bootstrap intervals, the images resampled): "
-                   f"test MSE {mse_low:.3e} to {mse_high:.3e}; the mean colour's MSE minus the regressor's "
-                   f"{gain_low:.3e} to {gain_high:.3e} (above 0: the regressor is better beyond this noise).", "",
-                   markdown_table(["test image", "true a*", "predicted a*", "true b*", "predicted b*"], reg_rows), ""]
-        results["regressor"] = {"mse": reg_mse, "constant_mean_mse": const_mse, "mse_interval": [mse_low, mse_high],
-                                "gain_over_constant_interval": [gain_low, gain_high], "predicted_ab": pa,
-                                "true_ab": ta}
-        histories["regressor"] = run_history(args.regressor, rckpt)
-
-    if histories:
-        plot_losses(histories, out / "loss_curves.png")
-        figures.insert(0, "loss_curves.png")
-    report += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
-    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text("\n".join(report)))
-    write_json(out / "metrics.json", results)
-    print(table)
-    print(f"\nreport: {out / 'report.md'}")
 
 
 if __name__ == "__main__":

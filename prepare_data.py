@@ -26,8 +26,8 @@ from torchvision.transforms import v2
 
 from common import (DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, LAB_SUFFIX, MANIFEST, PREPARED_FORMAT, SPLITS,
                     ArgumentParser, BadImage, UserError, center_square, exit_on_user_error, find_images, fraction,
-                    lab01_batches, non_negative_int, positive_int, printable, read_image, real_path, to_uint8,
-                    write_json)
+                    lab01_batches, non_negative_int, positive_int, prepare_photo, printable, read_image, real_path,
+                    to_uint8, write_json)
 
 DEFAULT_SOURCE = Path("data/face_images")
 # colour photos shipped inside installed packages: (package, file inside its data folder)
@@ -82,16 +82,11 @@ def load_folder(source: Path, size: int):
     for path in paths:
         name = str(path.relative_to(source)) if path != source else path.name
         try:
-            rgb = read_image(path).rgb
-            if min(rgb.shape[:2]) < size:
-                raise BadImage(f"smaller than --size {size} ({rgb.shape[1]}x{rgb.shape[0]}); use a smaller --size")
-            if np.ptp(rgb - rgb.mean(axis=2, keepdims=True)) < 1e-3:
-                raise BadImage("grayscale: it holds no colour to learn from")
+            images.append(prepare_photo(path, size))
         except (BadImage, OSError) as exc:
             skipped.append({"file": name, "reason": str(exc)})
             print(f"skipped {printable(path)}: {printable(exc)}", file=sys.stderr)
             continue
-        images.append(to_uint8(center_square(rgb, size)))
         records.append({"file": name, "person": jpeg_comment(path)})
     if not images:
         raise UserError(f"{source}: none of the {len(paths)} image files could be used (see the lines above)")
@@ -176,7 +171,7 @@ def rgb_and_lab(rows: list) -> tuple:
     """Collate in the worker: the uint8 rows and their float16 Lab01 (N x 3 x H x W), so that the
     colour conversion runs in the worker processes beside the augmentation."""
     rgb = torch.stack(rows)
-    return rgb, torch.cat([lab01.half() for _, lab01 in lab01_batches(rgb.numpy())]).contiguous()
+    return rgb, torch.cat([lab01.half() for lab01 in lab01_batches(rgb.numpy())]).contiguous()
 
 
 def write_split(folder: Path, split: str, images: np.ndarray, factor: int, size: int, seed: int, workers: int) -> None:

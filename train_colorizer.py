@@ -6,6 +6,10 @@ image and the input L merged with the predicted ab. Flags select the seed's vari
 activation, max channels, layers per side) and better models (--arch unet, --regressor CKPT to
 condition on a trained regressor's mean colour, --head classify for colour as classification
 after Zhang, Isola and Efros 2016).
+
+An epoch (common.train): every training batch once through predict, the loss and an Adam step;
+then the validation loss and MSE, best.pt when the MSE is the best yet, last.pt, history.json and
+loss.png in --out.
 """
 from pathlib import Path
 
@@ -13,10 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (FINAL_ACTIVATIONS, LOSSES, ArgumentParser, FaceLabDataset, ab_bins, ab_prior, add_training_args,
-                    atomic_write, build_model, colorize_lab01, colorizer_input, exit_on_user_error, load_checkpoint,
-                    non_negative_float, positive_float, positive_int, read_manifest, rebalancing_weights, soft_encode,
-                    train)
+from common import (CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS, LOSSES, ArgumentParser, FaceLabDataset,
+                    Task, ab_bins, ab_to_lab_units, add_training_args, atomic_write, build_model, colorize_lab01,
+                    colorizer_input, denormalize_lab, exit_on_user_error, load_checkpoint, non_negative_float,
+                    positive_float, positive_int, read_manifest, train)
 
 
 def parse_args(argv=None):
@@ -35,25 +39,15 @@ def parse_args(argv=None):
     m.add_argument("--head", choices=["regress", "classify"], default="regress",
                    help="classify: a distribution over quantized ab bins (Zhang et al. 2016) instead of ab values")
     m.add_argument("--rebalance", type=non_negative_float, default=0.5, help="classify: class rebalancing lambda")
-    m.add_argument("--temperature", type=positive_float, default=0.38, help="classify: annealed-mean temperature")
+    m.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE,
+                   help="classify: annealed-mean temperature")
     args = p.parse_args(argv)
     if args.layers < 2 or args.max_channels < 16 or args.rebalance > 1:
         p.error("--layers must be >= 2, --max-channels >= 16 and --rebalance at most 1")
     return args
 
 
-def load_ab_prior(data_dir, bins):
-    """The training set's smoothed ab distribution over the bins: computed once, saved beside the data."""
-    path = Path(data_dir) / "ab_prior.npy"
-    if not path.is_file():
-        factor = read_manifest(data_dir)["augment_factor"]
-        prior = ab_prior(FaceLabDataset(data_dir, "train").array[::factor], bins).numpy()
-        atomic_write(path, lambda tmp: np.save(open(tmp, "wb"), prior))
-        print(f"computed the ab prior of the training images over {len(bins)} bins: {path}")
-    return torch.from_numpy(np.load(path))
-
-
-def setup_colorizer(config, device):
+def setup_colorizer(config, device) -> Task:
     regressor = None
     if config["regressor"]:
         # frozen: the colorizer learns to use the regressor's guess, as it will at test time
@@ -62,7 +56,7 @@ def setup_colorizer(config, device):
     model = build_model(config)
     if config["head"] == "regress":
         loss = LOSSES[config["loss"]]
-        return model, lambda m, lab01: (colorize_lab01(m, lab01, regressor), lab01), loss, loss
+        return Task(model, lambda m, lab01: (colorize_lab01(m, lab01, regressor), lab01), loss, loss, config["loss"])
 
     bins = ab_bins().to(device)
     weights = rebalancing_weights(load_ab_prior(config["data"], bins.cpu()), config["rebalance"]).to(device)
@@ -70,16 +64,73 @@ def setup_colorizer(config, device):
     def predict(m, lab01):
         if not m.training:  # evaluation: decoded colours, scored like any colorizer
             return colorize_lab01(m, lab01, regressor), lab01
-        L = lab01[:, :1]
-        logits = m(colorizer_input(L, regressor(L) if regressor is not None else None))
         target, nearest = soft_encode(lab01[:, 1:], bins)
-        return logits, (target, weights[nearest])
+        return m(colorizer_input(lab01[:, :1], regressor)), (target, weights[nearest])
 
     def rebalanced_cross_entropy(logits, target):
         distribution, pixel_weights = target
         return -(pixel_weights * (distribution * F.log_softmax(logits, dim=1)).sum(dim=1)).mean()
 
-    return model, predict, rebalanced_cross_entropy, F.mse_loss
+    return Task(model, predict, rebalanced_cross_entropy, F.mse_loss, "cross-entropy")
+
+
+# ---------------------------------------------------------------------------------------------
+# What only training the classification head needs (Zhang, Isola and Efros 2016): soft-encoded
+# targets and class rebalancing against the training set's colour prior.
+
+
+def nearest_bins(ab: torch.Tensor, bins: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ab in Lab units (N, 2, H, W) -> (distances, indices) of the k nearest bins, each (N, H, W, k)."""
+    d = torch.cdist(ab.permute(0, 2, 3, 1).reshape(-1, 2), bins)
+    dist, idx = d.topk(k, dim=1, largest=False)
+    shape = (ab.shape[0], *ab.shape[2:], k)
+    return dist.view(shape), idx.view(shape)
+
+
+def soft_encode(ab01: torch.Tensor, bins: torch.Tensor, k=5, sigma=5.0):
+    """ab in [0, 1] at full resolution -> (target distribution over the bins at 1/CLASSIFY_STRIDE
+    resolution, (N, Q, h, w): the k nearest bins weighted by a Gaussian of sigma Lab units;
+    index of the nearest bin, (N, h, w))."""
+    ab = ab_to_lab_units(F.avg_pool2d(ab01, CLASSIFY_STRIDE))
+    dist, idx = nearest_bins(ab, bins, k)
+    weights = torch.softmax(-dist ** 2 / (2 * sigma ** 2), dim=-1)
+    target = torch.zeros(*idx.shape[:3], len(bins), device=ab.device).scatter_(-1, idx, weights)
+    return target.permute(0, 3, 1, 2), idx[..., 0]
+
+
+def ab_prior(lab01: np.ndarray, bins: torch.Tensor, sigma=5.0, batch=16) -> torch.Tensor:
+    """Empirical distribution of the training pixels (Lab01, N x 3 x H x W) over the bins, smoothed
+    with a Gaussian of sigma (Lab units) across bins: the p-tilde of the paper's class rebalancing."""
+    counts = torch.zeros(len(bins), dtype=torch.float64)
+    for i in range(0, len(lab01), batch):
+        ab = denormalize_lab(torch.from_numpy(np.array(lab01[i:i + batch])).float())[:, 1:]
+        counts += torch.bincount(nearest_bins(ab, bins, 1)[1].flatten(), minlength=len(bins)).double()
+    p = counts / counts.sum()
+    kernel = torch.exp(-torch.cdist(bins.double(), bins.double()) ** 2 / (2 * sigma ** 2))
+    smoothed = kernel @ p
+    return (smoothed / smoothed.sum()).float()
+
+
+def load_ab_prior(data_dir, bins):
+    """The training set's smoothed ab distribution over the bins: computed once, saved beside the data."""
+    path = Path(data_dir) / "ab_prior.npy"
+    if not path.is_file():
+        factor = read_manifest(data_dir)["augment_factor"]  # the originals only, not their augmented copies
+        prior = ab_prior(FaceLabDataset(data_dir, "train").array[::factor], bins).numpy()
+
+        def save(tmp):
+            with open(tmp, "wb") as f:
+                np.save(f, prior)
+
+        atomic_write(path, save)
+        print(f"computed the ab prior of the training images over {len(bins)} bins: {path}")
+    return torch.from_numpy(np.load(path))
+
+
+def rebalancing_weights(prior: torch.Tensor, lam=0.5) -> torch.Tensor:
+    """w proportional to 1 / ((1 - lambda) p + lambda / Q), scaled so that its mean under p is 1."""
+    w = 1 / ((1 - lam) * prior + lam / len(prior))
+    return w / (prior * w).sum()
 
 
 def main():

@@ -2,8 +2,12 @@
 
 Defaults are the seed's: Adam lr 1e-4, weight decay 1e-5, 200 epochs. The best checkpoint by
 validation MSE is RUN/best.pt; RUN/last.pt resumes an interrupted run (rerun the same command).
+
+An epoch (common.train): every training batch once through predict, the loss and an Adam step;
+then the validation loss and MSE, best.pt when the MSE is the best yet, last.pt, history.json and
+loss.png in --out.
 """
-from common import LOSSES, ArgumentParser, SeedRegressor, add_training_args, exit_on_user_error, train
+from common import LOSSES, ArgumentParser, SeedRegressor, Task, add_training_args, exit_on_user_error, train
 
 
 def parse_args(argv=None):
@@ -12,13 +16,13 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def setup_regressor(config, device):
+def setup_regressor(config, device) -> Task:
     def predict(model, lab01):
         # prediction and target: the mean (a, b) of each image, on the [0, 1] scale
         return model(lab01[:, :1]), lab01[:, 1:].mean(dim=(2, 3))
 
     loss = LOSSES[config["loss"]]
-    return SeedRegressor(), predict, loss, loss
+    return Task(SeedRegressor(), predict, loss, loss, config["loss"])
 
 
 def main():

@@ -59,11 +59,11 @@ def step_fn(name, data_dir, device):
     module = train_regressor if script == "train_regressor.py" else train_colorizer
     config = {**vars(module.parse_args([*flags, "--data", str(data_dir)])), "task": Path(script).stem[6:]}
     setup = train_regressor.setup_regressor if module is train_regressor else train_colorizer.setup_colorizer
-    model, predict, loss_fn, _ = setup(config, device)
+    task = setup(config, device)
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if cuda else torch.contiguous_format
-    model = model.to(device, memory_format=memory_format)
-    step = training_step(model, predict, loss_fn, torch.optim.Adam(model.parameters(), lr=1e-4), amp=cuda)
+    model = task.model.to(device, memory_format=memory_format)
+    step = training_step(model, task.predict, task.train_loss, torch.optim.Adam(model.parameters(), lr=1e-4), amp=cuda)
     return lambda lab01: step(lab01.to(device, non_blocking=True).contiguous(memory_format=memory_format))
 
 

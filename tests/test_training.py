@@ -88,6 +88,21 @@ def test_resuming_with_other_settings_is_refused(prepared, trained):
     assert result.returncode == 2 and "used other settings (activation)" in result.stderr
 
 
+def test_more_epochs_extend_a_constant_rate_but_not_a_cosine_schedule(prepared, tmp_path):
+    """--epochs may grow on resume, except where the cosine schedule spans them: it would jump back up."""
+    for schedule in ("constant", "cosine"):
+        args = ["--data", prepared, "--out", tmp_path / schedule, "--batch-size", 16, "--epoch-length", 2,
+                "--device", "cpu", "--lr-schedule", schedule]
+        run_script("train_regressor.py", *args, "--epochs", 1)
+        result = run_script("train_regressor.py", *args, "--epochs", 2, check=False)
+        epochs = json.loads((tmp_path / schedule / "history.json").read_text())["epoch"]
+        if schedule == "constant":
+            assert result.returncode == 0 and epochs == [1, 2], result.stderr
+        else:
+            assert result.returncode == 2 and epochs == [1], result.stderr
+            assert "used other settings (epochs, which the cosine schedule spans)" in result.stderr
+
+
 def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
     col = trained / "colorizer"
     out = tmp_path / "report"
