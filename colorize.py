@@ -41,7 +41,11 @@ def parse_args(argv=None):
     p.add_argument("--regressor", default=None,
                    help="regressor checkpoint for a conditioned colorizer (default: the one it was trained with)")
     p.add_argument("--size", type=positive_int, default=None, help="network input size (default: the training size)")
-    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--batch-size", type=positive_int, default=32, help="photos of one network-input shape per batch")
+    p.add_argument("--max-megapixels", type=positive_float, default=64,
+                   help="full-resolution megapixels held for one batch, whatever the photos' sizes: memory is about "
+                        "4 bytes per held pixel (8 with transparency) plus about 60 per pixel of the photo being "
+                        "written; raise it to batch more large photos, lower it on a small machine")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--side-by-side", action="store_true", help="also write NAME_compare.EXT: gray | colour")
     p.add_argument("--temperature", type=positive_float, default=None,
@@ -194,6 +198,7 @@ def main():
 
     done, failed = 0, []
     pending = []  # loaded images waiting for a batch of one network-input shape
+    budget = args.max_megapixels * 1e6
 
     def fail(path, reason):
         failed.append(path)
@@ -223,7 +228,8 @@ def main():
         except (BadImage, OSError) as exc:
             fail(path, exc)
             continue
-        if pending and pending[0][2]["L_small"].shape != item["L_small"].shape:
+        held = sum(waiting["L"].size for _, _, waiting in pending)
+        if pending and (pending[0][2]["L_small"].shape != item["L_small"].shape or held + item["L"].size > budget):
             flush()
         pending.append((path, output, item))
         if len(pending) == args.batch_size:

@@ -9,7 +9,8 @@
    __getitem__ (the seed's approach): the ratio;
 3. peak resident memory of a training run on the faces augmented x10 and x100: the ratio;
 4. prepare_data.py throughput on the 750 faces (median of --repeats), and its peak memory at x10 and x100;
-5. colorize.py: images/s at 128x128 in batches, and seconds for one 12-megapixel photo.
+5. colorize.py: images/s at 128x128 in batches, and seconds for one 12-megapixel photo;
+6. colorize.py's peak memory on one and on twenty 8000x8000 photos: the ratio.
 Writes bench.json and bench.md into --out. Uses the faces from --faces / $FACES_DIR (default
 ../shared/data/face_images); without them, the demo photos (numbers then not comparable).
 On a GPU the training scripts run with --data-on-device --amp --channels-last, and the ceiling
@@ -180,11 +181,7 @@ def colorize_speed(data_dir, tmp, n_images):
 
     import colorize
 
-    model = SeedColorizer()
-    config = {"task": "colorizer", "arch": "seed", "max_channels": 128, "layers": 3, "activation": "sigmoid",
-              "regressor": None, "loss": "mse", "image_size": 128}
-    ckpt = Path(tmp) / "seed.pt"
-    torch.save({"model": model.state_dict(), "run": RunRecord(config).state_dict()}, ckpt)
+    ckpt = seed_checkpoint(tmp)
     faces = np.array(read_images(data_dir, "train")[::10][:n_images])
     folder = Path(tmp) / "in"
     folder.mkdir()
@@ -210,6 +207,36 @@ def colorize_speed(data_dir, tmp, n_images):
     start = time.perf_counter()
     run([Path(tmp) / "photo12mp.jpg"], 1)
     return {"images_per_s_128": per_s, "n_images": len(files), "seconds_12mp": time.perf_counter() - start}
+
+
+def seed_checkpoint(tmp) -> Path:
+    """An untrained seed colorizer saved as the training scripts save one (speed and memory need no training)."""
+    config = {"task": "colorizer", "arch": "seed", "max_channels": 128, "layers": 3, "activation": "sigmoid",
+              "regressor": None, "loss": "mse", "image_size": 128}
+    ckpt = Path(tmp) / "seed.pt"
+    torch.save({"model": SeedColorizer().state_dict(), "run": RunRecord(config).state_dict()}, ckpt)
+    return ckpt
+
+
+def colorize_memory(tmp, side: int, counts: tuple[int, int]):
+    """colorize.py's peak memory (a subprocess, as a user runs it) on one and on many side x side photos."""
+    import cv2
+
+    from skimage import data
+
+    ckpt = seed_checkpoint(tmp)
+    photo = cv2.resize(data.astronaut()[..., ::-1], (side, side), interpolation=cv2.INTER_CUBIC)
+    result = {"side": side, "counts": list(counts)}
+    for label, n in zip(("one", "many"), counts):
+        folder = Path(tmp) / f"scans{n}"
+        folder.mkdir()
+        for i in range(n):  # a different photo each: the channels rolled
+            cv2.imwrite(str(folder / f"{i:02d}.jpg"), np.roll(photo, i, axis=2))
+        _, rss, anon = run_measured([sys.executable, "colorize.py", str(folder), "--checkpoint", str(ckpt), "--out",
+                                     str(Path(tmp) / f"colorized{n}"), "--device", "cpu"])
+        result[f"{label}_rss_mib"], result[f"{label}_anon_mib"] = rss, anon
+    result["ratio"] = result["many_rss_mib"] / result["one_rss_mib"]
+    return result
 
 
 def nvidia_driver():
@@ -256,7 +283,7 @@ def markdown(r):
             f"{r['device']}; medians of {r['repeats']} paired repeats (real script, then ceiling).", "", *rows]
     if "memory" not in r:  # --training-only
         return "\n".join(head)
-    m, p, c = r["memory"], r["prepare"], r["colorize"]
+    m, p, c, cm = r["memory"], r["prepare"], r["colorize"], r["colorize_memory"]
     return "\n".join([
         *head, "",
         f"Peak memory of a seed-colorizer training run ({m['iters']} batches per epoch, 2 epochs): "
@@ -270,6 +297,9 @@ def markdown(r):
         f"({r['prepare_x100']['written_images_per_s']:.0f} written images/s).", "",
         f"colorize.py (seed colorizer, in process): {c['images_per_s_128']:.0f} images/s at 128x128 in batches of 64 "
         f"({c['n_images']} JPEG files read, colorized and written); one 12-megapixel photo: {c['seconds_12mp']:.2f} s.",
+        "", f"colorize.py's peak memory (a subprocess, default --max-megapixels) on {cm['side']}x{cm['side']} photos: "
+        f"{cm['counts'][0]} photo {cm['one_rss_mib']:.0f} MiB, {cm['counts'][1]} photos {cm['many_rss_mib']:.0f} MiB "
+        f"RSS: ratio {cm['ratio']:.2f}.",
     ])
 
 
@@ -346,6 +376,9 @@ def main():
         results["memory"] = mem
         print("colorize ...", flush=True)
         results["colorize"] = colorize_speed(x10, tmp, 64 if args.quick else 512)
+        print("colorize memory ...", flush=True)
+        results["colorize_memory"] = colorize_memory(tmp, 1000, (1, 4)) if args.quick else \
+            colorize_memory(tmp, 8000, (1, 20))
     write_results(args.out, "bench", results, markdown(results))
 
 

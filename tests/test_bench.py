@@ -39,10 +39,13 @@ def test_quick_benchmark_writes_every_ratio(tmp_path):
     assert memory["x10_rss_mib"] > 0 and memory["x100_rss_mib"] > 0
     assert prepare["written_images"] == 102 and prepare["written_images_per_s"] > 0
     assert results["colorize"]["images_per_s_128"] > 0 and results["colorize"]["seconds_12mp"] > 0
+    held = results["colorize_memory"]
+    assert held["counts"] == [1, 4] and held["ratio"] == held["many_rss_mib"] / held["one_rss_mib"] > 0
 
     report = (out / "bench.md").read_text()
     assert report.startswith("Command: `python benchmarks/bench.py --faces")
-    for line in ("ratio 1: real / ceiling", "ratio 2: real / naive", "Ratio 3 (x100 / x10, RSS)", "written images/s"):
+    for line in ("ratio 1: real / ceiling", "ratio 2: real / naive", "Ratio 3 (x100 / x10, RSS)", "written images/s",
+                 "colorize.py's peak memory"):
         assert line in report
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]  # nothing half-written beside them
 

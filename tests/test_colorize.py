@@ -78,3 +78,29 @@ def test_inputs_are_never_overwritten(trained, tmp_path):
     assert result.returncode == 1 and f"skipped {tmp_path}: it lies inside --out" in result.stderr
     assert (tmp_path / "a.png").read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.png"]  # nothing written beside it either
+
+
+def test_memory_is_bounded_by_held_pixels_not_by_the_number_of_photos(trained, tmp_path, monkeypatch):
+    """Photos of one shape wait for a batch only while their full-resolution pixels fit --max-megapixels:
+    memory follows the budget, not the folder (twenty 8000x8000 scans would otherwise be held at once)."""
+    import sys
+
+    import colorize
+
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    for i in range(6):
+        cv2.imwrite(str(folder / f"{i}.jpg"), cv2.resize(data.astronaut()[..., ::-1], (400, 400)))  # 0.16 MP each
+    batches = []
+    predict_ab = colorize.Colorizer.predict_ab
+    monkeypatch.setattr(colorize.Colorizer, "predict_ab", lambda self, L: batches.append(len(L)) or predict_ab(self, L))
+    outputs = {}
+    for budget in ("64", "0.5", "0.01"):
+        monkeypatch.setattr(sys, "argv", ["colorize.py", str(folder), "--checkpoint", str(trained / "colorizer" /
+                            "best.pt"), "--out", str(tmp_path / budget), "--device", "cpu", "--max-megapixels", budget])
+        batches.clear()
+        colorize.main()
+        outputs[budget] = [cv2.imread(str(tmp_path / budget / f"{i}.jpg")).astype(int) for i in range(6)]
+        assert batches == {"64": [6], "0.5": [3, 3], "0.01": [1] * 6}[budget]  # a photo over budget goes alone
+    for budget in ("0.5", "0.01"):  # the batching changes how much is held, not the colours (beyond rounding)
+        assert all(np.abs(a - b).max() <= 2 for a, b in zip(outputs["64"], outputs[budget]))
