@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from torchvision.transforms import v2
+from tqdm import tqdm
 
 from common import (DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, LAB_SUFFIX, MANIFEST, PREPARED_FORMAT, SPLITS,
                     ArgumentParser, BadImage, UserError, center_square, exit_on_user_error, find_images, fraction,
@@ -54,7 +55,8 @@ def parse_args(argv=None):
                    help="person: keep each person (JPEG comment, e.g. s12) on one side of the split")
     p.add_argument("--augment-factor", type=positive_int, default=10, help="training images per original (1: none)")
     p.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
-                   help="processes for augmentation")
+                   help="processes that decode, resize and augment the images (0: this one); the bytes written "
+                        "do not depend on it")
     args = p.parse_args(argv)
     if args.size < 8:
         p.error("argument --size: must be at least 8")
@@ -73,24 +75,52 @@ def jpeg_comment(path: Path) -> str | None:
     return comment.decode(errors="replace").strip() if isinstance(comment, bytes) else comment
 
 
-def load_folder(source: Path, size: int):
-    """-> (images uint8 N x size x size x 3, records [{file, person}], skipped [{file, reason}])."""
+class SourcePhotos(torch.utils.data.Dataset):
+    """The source files, each prepared in whichever worker process loads it: -> (the image as the set
+    stores it, or None; why it cannot be used, or None; the person id in its JPEG comment)."""
+
+    def __init__(self, paths: list[Path], size: int):
+        self.paths, self.size = paths, size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        try:
+            return prepare_photo(self.paths[i], self.size), None, jpeg_comment(self.paths[i])
+        except (BadImage, OSError) as exc:
+            return None, str(exc), None
+
+
+def as_is(item):
+    """collate_fn: a worker's answer, unchanged (no batching, no conversion to tensors)."""
+    return item
+
+
+def load_folder(source: Path, size: int, sources: Path, workers: int):
+    """Prepare every image under source, in worker processes, straight into the array file sources
+    (N x size x size x 3 uint8, in file order, usable images only): memory does not grow with the
+    number of images. -> (records [{file, person}], skipped [{file, reason}])."""
     paths = find_images(source)
     if not paths:
         raise UserError(f"{source}: no image files found (looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
-    images, records, skipped = [], [], []
-    for path in paths:
+    images = np.lib.format.open_memmap(sources, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
+    loader = torch.utils.data.DataLoader(SourcePhotos(paths, size), batch_size=None, collate_fn=as_is,
+                                         num_workers=workers)
+    records, skipped = [], []
+    for path, (image, reason, person) in zip(paths, tqdm(loader, total=len(paths), unit="image", leave=False,
+                                                          disable=not sys.stderr.isatty())):
         name = str(path.relative_to(source)) if path != source else path.name
-        try:
-            images.append(prepare_photo(path, size))
-        except (BadImage, OSError) as exc:
-            skipped.append({"file": name, "reason": str(exc)})
-            print(f"skipped {printable(path)}: {printable(exc)}", file=sys.stderr)
+        if reason is not None:
+            skipped.append({"file": name, "reason": reason})
+            tqdm.write(f"skipped {printable(path)}: {printable(reason)}", file=sys.stderr)
             continue
-        records.append({"file": name, "person": jpeg_comment(path)})
-    if not images:
+        images[len(records)] = image
+        records.append({"file": name, "person": person})
+    images.flush()
+    if not records:
         raise UserError(f"{source}: none of the {len(paths)} image files could be used (see the lines above)")
-    return np.stack(images), records, skipped
+    return records, skipped
 
 
 def load_demo(size: int, seed: int):
@@ -139,11 +169,11 @@ def split_indices(records, held_out: float, val_share: float, by: str, rng: np.r
 
 
 class PreparedRows(torch.utils.data.Dataset):
-    """The rows of one split as written: row r is original r // factor when r % factor == 0, else one
-    of its random variants (flips, rotation, resized crop)."""
+    """The rows of one split as written: row r is original r // factor (row indices[r // factor] of the
+    sources array) when r % factor == 0, else one of its random variants (flips, rotation, resized crop)."""
 
-    def __init__(self, images: np.ndarray, factor: int, size: int, seed: int):
-        self.chw = torch.from_numpy(images).permute(0, 3, 1, 2)
+    def __init__(self, sources: Path, indices: list[int], factor: int, size: int, seed: int):
+        self.sources, self.indices, self._images = sources, indices, None  # mapped in each worker
         self.factor, self.seed = factor, seed
         self.transform = v2.Compose([
             v2.RandomHorizontalFlip(),
@@ -154,11 +184,13 @@ class PreparedRows(torch.utils.data.Dataset):
         ])
 
     def __len__(self):
-        return len(self.chw) * self.factor
+        return len(self.indices) * self.factor
 
     def __getitem__(self, row):
         original, copy = divmod(row, self.factor)
-        image = self.chw[original]
+        if self._images is None:
+            self._images = np.load(self.sources, mmap_mode="r")
+        image = torch.from_numpy(np.array(self._images[self.indices[original]])).permute(2, 0, 1)
         if copy:
             # seeded per variant: the same bytes whichever worker process makes it
             # (the CPU generator alone: torch.manual_seed also seeds every accelerator, 70x slower)
@@ -174,19 +206,20 @@ def rgb_and_lab(rows: list) -> tuple:
     return rgb, torch.cat([lab01.half() for lab01 in lab01_batches(rgb.numpy())]).contiguous()
 
 
-def write_split(folder: Path, split: str, images: np.ndarray, factor: int, size: int, seed: int, workers: int) -> None:
+def write_split(folder: Path, split: str, sources: Path, indices: list[int], factor: int, size: int, seed: int,
+                workers: int) -> None:
     """Write {split}.npy (uint8 RGB, each original followed by its factor-1 variants) and
     {split}_lab.npy (the same rows as the networks read them, float16 Lab01: float16 rounds a
     value in [0, 1] by at most 2.4e-4, far below any error that matters here), batch by batch
     into memory maps: memory stays flat however large the set."""
-    rows = PreparedRows(images, factor, size, seed)
+    rows = PreparedRows(sources, indices, factor, size, seed)
     # one thread in every process, this one too: the float rounding of the conversion depends on
     # how the work is split among threads, and the bytes must not depend on the machine
     torch.set_num_threads(1)
     rgb = np.lib.format.open_memmap(folder / f"{split}.npy", mode="w+", dtype=np.uint8,
-                                    shape=(len(rows), *images.shape[1:]))
+                                    shape=(len(rows), size, size, 3))
     lab = np.lib.format.open_memmap(folder / f"{split}{LAB_SUFFIX}.npy", mode="w+", dtype=np.float16,
-                                    shape=(len(rows), 3, *images.shape[1:3]))
+                                    shape=(len(rows), 3, size, size))
     loader = torch.utils.data.DataLoader(rows, batch_size=64, collate_fn=rgb_and_lab,
                                          num_workers=workers if factor > 1 else 0)
     row = 0
@@ -208,6 +241,7 @@ def versions() -> dict:
 
 # every file a prepared folder holds: an --out holding anything else is not replaced
 PREPARED_FILES = {MANIFEST, "ab_prior.npy"} | {f"{split}{kind}.npy" for split in SPLITS for kind in ("", LAB_SUFFIX)}
+SOURCES = ".sources.npy"  # while preparing: every usable source image, prepared, before the split
 STAGING_TAG = "prepare_data"  # hidden siblings of --out named .OUT.prepare_data-PID-...: ours alone
 
 
@@ -311,18 +345,21 @@ def main():
         raise
     seconds = time.perf_counter() - start
     c = manifest["counts"]
+    gigabytes = sum(f.stat().st_size for f in target.iterdir()) / 1e9
     print(f"prepared {args.out}: {c['train']} train (x{args.augment_factor} = {c['train_augmented']}), "
-          f"{c['val']} validation, {c['test']} test, {c['skipped']} skipped; "
+          f"{c['val']} validation, {c['test']} test, {c['skipped']} skipped; {gigabytes:.2f} GB written; "
           f"{c['source_images'] / seconds:.0f} source images/s, {c['train_augmented'] / seconds:.0f} written/s")
 
 
 def prepare(args, source: Path | None, folder: Path) -> dict:
     """Load, split, check and write the whole set into folder; -> its manifest."""
+    sources = folder / SOURCES
     if source is None:
-        images, records, skipped = load_demo(args.size, args.seed)
+        images, records, skipped = load_demo(args.size, args.seed)  # a few hundred crops: in memory
+        np.save(sources, images)
         source_name = "demo (scikit-image and matplotlib sample photos)"
     else:
-        images, records, skipped = load_folder(source, args.size)
+        records, skipped = load_folder(source, args.size, sources, args.workers)
         source_name = str(source)
     rng = np.random.default_rng(args.seed)
     train_idx, val_idx, test_idx = split_indices(records, args.held_out, args.val_share, args.split_by, rng)
@@ -347,7 +384,8 @@ def prepare(args, source: Path | None, folder: Path) -> dict:
     }
     splits = {"train": (train_idx, args.augment_factor), "val": (val_idx, 1), "test": (test_idx, 1)}
     for split, (indices, factor) in splits.items():
-        write_split(folder, split, images[indices], factor, args.size, args.seed, args.workers)
+        write_split(folder, split, sources, indices, factor, args.size, args.seed, args.workers)
+    sources.unlink()
     write_json(folder / MANIFEST, manifest)
     return manifest
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from common import images_to_lab01
-from conftest import run_script
+from conftest import broken_files_folder, run_script
 
 
 def digest(folder):
@@ -61,6 +61,22 @@ def test_same_seed_same_bytes_other_seed_other_split(photo_folder, tmp_path):
     run_script("prepare_data.py", *args, "--out", tmp_path / "c", "--seed", 1)
     assert digest(tmp_path / "a") == digest(tmp_path / "b")
     assert digest(tmp_path / "a")["test.npy"] != digest(tmp_path / "c")["test.npy"]
+
+
+def test_worker_processes_change_the_speed_not_the_bytes(tmp_path):
+    """Decoding runs in worker processes: with files that fail, are skipped or are odd, the set, the
+    manifest and the lines naming the skipped files are the same for any --workers."""
+    good, bad, gray = broken_files_folder(tmp_path / "src")
+    results = {}
+    for workers in (0, 3):
+        result = run_script("prepare_data.py", "--source", tmp_path / "src", "--out", tmp_path / f"w{workers}",
+                            "--size", 32, "--workers", workers)
+        manifest = json.loads((tmp_path / f"w{workers}" / "manifest.json").read_text())
+        skipped_lines = [line for line in result.stderr.splitlines() if line.startswith("skipped")]
+        results[workers] = (digest(tmp_path / f"w{workers}"), skipped_lines)
+        assert manifest["counts"]["skipped"] == len(skipped_lines) == len(bad) + len(gray)
+        assert "GB written" in result.stdout
+    assert results[0] == results[3]
 
 
 def test_face_counts(faces_dir, tmp_path):
