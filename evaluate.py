@@ -7,6 +7,7 @@ the seed's MSE (three [0,1]-scaled Lab channels, L from the input), PSNR and SSI
 2003) against the truth's. With --regressor: its predicted vs true mean a*, b* and test MSE.
 With --photos: the same table on photos that are not in the prepared data (faces of people the
 models never saw), centre-cropped and resized to the training size.
+Images are scored --batch-size at a time (memory follows the batch, not the number of images).
 Writes report.md, metrics.json (per-image numbers too) and figures into --out.
 """
 import json
@@ -60,18 +61,23 @@ def main():
     device = resolve_device(args.device)
     manifest = check_prepared(args.data)
     writable_folder(args.out)  # now, not after all the work
-    # from the uint8 images, exactly: the stored float16 Lab would add rounding to the scores
-    true_lab01 = lab01_from_uint8(read_images(args.data, args.split), device=device)
+    photo_files = [f for path in args.photos for f in find_images(path)]
+    if args.photos and not photo_files:
+        raise UserError(f"--photos {' '.join(map(str, args.photos))}: no image files there")
+    for f in photo_files:  # every photo usable, before the work: a first pass that keeps nothing in memory
+        try:
+            prepare_photo(f, manifest["size"])
+        except BadImage as exc:
+            raise UserError(f"{f}: {exc}; remove it from --photos") from None
     # baselines learn from the original training images (augmented copies excluded)
-    train_lab01 = lab01_from_uint8(read_images(args.data, "train")[::manifest["augment_factor"]], device=device)
-    photos, photo_files = load_photos(args.photos, manifest["size"], device) if args.photos else (None, [])
+    colours = training_colours(read_images(args.data, "train")[::manifest["augment_factor"]], args.batch_size, device)
     runs = load_colorizers(args.colorizer, device)
 
-    report, results, figures = split_section(args, manifest, true_lab01, train_lab01, runs)
-    if photos is not None:
-        photos_section(args, photos, photo_files, train_lab01, runs, report, results, figures)
+    report, results, figures = split_section(args, manifest, colours, runs, device)
+    if photo_files:
+        photos_section(args, photo_files, manifest["size"], colours, runs, device, report, results, figures)
     if args.regressor:
-        regressor_section(args.regressor, true_lab01, train_lab01, device, runs, report, results)
+        regressor_section(args, colours, device, runs, report, results)
     if runs.histories:
         plot_loss_curves(runs.histories, args.out / "loss_curves.png", title="training curves")
         figures.insert(0, "loss_curves.png")
@@ -102,83 +108,93 @@ def load_colorizers(paths: list[str], device) -> Runs:
     return runs
 
 
-def load_photos(paths: list[Path], size: int, device) -> tuple[torch.Tensor, list[str]]:
-    """Photos outside the prepared data, prepared as prepare_data.py prepares its images."""
-    files = [f for path in paths for f in find_images(path)]
-    if not files:
-        raise UserError(f"--photos {' '.join(map(str, paths))}: no image files there")
-    images = []
-    for f in files:
-        try:
-            images.append(prepare_photo(f, size))
-        except BadImage as exc:
-            raise UserError(f"{f}: {exc}; remove it from --photos") from None
-    return lab01_from_uint8(np.stack(images), device=device), [str(f) for f in files]
+class TrainingColours(NamedTuple):
+    """What the baselines learn from the training images, on the Lab01 scale."""
+    mean_ab: torch.Tensor  # (2,): the mean colour
+    map_ab: torch.Tensor   # (2, H, W): the mean colour at every pixel, the mean face
 
 
-def split_section(args, manifest, true_lab01, train_lab01, runs: Runs):
+def training_colours(images: np.ndarray, batch_size: int, device) -> TrainingColours:
+    """The mean colour and mean-face map of uint8 RGB images (a memory map), batch by batch."""
+    total = sum(lab01[:, 1:].double().sum(dim=0) for lab01 in lab01_batches(images, batch_size, device))
+    map_ab = (total / len(images)).float()
+    return TrainingColours(map_ab.mean(dim=(1, 2)), map_ab)
+
+
+def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
     """The table on the prepared split, its figures and how each colorizer was trained -> (report lines,
     results for metrics.json, figure names)."""
-    predictions, per_image, summary, truth_colorfulness = compare(true_lab01, train_lab01, runs.models,
-                                                                  args.batch_size)
-    show = list(range(min(args.show, len(true_lab01))))
-    plot_grid(true_lab01, predictions, show, args.out / "grid.png")
+    images = read_images(args.data, args.split)  # memory-mapped: scored batch by batch
+    # from the uint8 images, exactly: the stored float16 Lab would add rounding to the scores
+    scores = score_batches(lab01_batches(images, args.batch_size, device), colours, runs.models, args.show)
+    plot_grid(scores.shown, args.out / "grid.png")
     figures = ["grid.png"]
-    models = [n for n in predictions if runs.kinds[n] == "colorizer"]
-    report = [f"# Evaluation on the {args.split} split ({len(true_lab01)} images)", "",
+    models = [n for n in scores.summary if runs.kinds[n] == "colorizer"]
+    report = [f"# Evaluation on the {args.split} split ({len(images)} images)", "",
               f"Command: `{' '.join(shlex.quote(a) for a in ['python', *sys.argv])}`", "",
               f"Data: {manifest['source']} (seed {manifest['seed']}, split by {manifest.get('split_by', 'image')}"
               f"{', DEMO data: these numbers say nothing about faces' if manifest['demo'] else ''}).", "",
               "Seed MSE: mean over the three [0,1]-scaled Lab channels, L from the input. PSNR and SSIM on RGB "
               "in [0, 1] (data range 1). CIEDE2000 in Lab units. Colorfulness: Hasler and Suesstrunk (2003); "
-              f"the truth's is {truth_colorfulness:.1f}.", "", results_table(summary, runs.kinds), ""]
+              f"the truth's is {scores.truth_colorfulness:.1f}.", "", results_table(scores.summary, runs.kinds), ""]
     if models:
-        best = min(models, key=lambda n: summary[n]["mse"])
-        plot_lab_channels(true_lab01, predictions[best], show, args.out / "lab_channels.png", "model")
-        order = np.argsort(per_image[best]["mse"])
-        plot_grid(true_lab01, {best.split(":")[0]: predictions[best]},
-                  [int(i) for i in order[:3]] + [int(i) for i in order[-3:]], args.out / "best_worst.png")
+        best = min(models, key=lambda n: scores.summary[n]["mse"])
+        plot_lab_channels(scores.shown["truth"], scores.shown[best], args.out / "lab_channels.png", "model")
+        order = np.argsort(scores.per_image[best]["mse"])
+        extremes = sorted({int(i) for i in order[:3]} | {int(i) for i in order[-3:]}, key=list(order).index)
+        truth = lab01_from_uint8(images[extremes], device)
+        model, regressor = runs.models[best]
+        plot_grid({"truth": truth, best.split(":")[0]: colorize(model, truth, regressor)}, args.out / "best_worst.png")
         figures += ["lab_channels.png", "best_worst.png"]
+        mse = scores.per_image[best]["mse"]
         report += ["How each colorizer was trained (its run folder's history.json):", "",
                    markdown_table(["colorizer", "epochs trained", "best validation MSE", "at epoch", "settings"],
                                   [training_row(name, runs.histories[name], runs.configs[name]) for name in models]),
                    "", f"Per-image seed MSE of {best} (test image index: MSE):", "",
-                   ", ".join(f"{i}: {v:.2e}" for i, v in enumerate(per_image[best]["mse"])), ""]
-    results = {"split": args.split, "n_images": len(true_lab01), "data": manifest["source"], "demo": manifest["demo"],
-               "truth_colorfulness": truth_colorfulness, "summary": summary, "per_image": per_image,
-               "kinds": runs.kinds, "configs": runs.configs}
+                   ", ".join(f"{i}: {v:.2e}" for i, v in enumerate(mse)) if len(mse) <= 200 else
+                   f"{len(mse)} images: in metrics.json (per_image).", ""]
+    results = {"split": args.split, "n_images": len(images), "data": manifest["source"], "demo": manifest["demo"],
+               "truth_colorfulness": scores.truth_colorfulness, "summary": scores.summary,
+               "per_image": scores.per_image, "kinds": runs.kinds, "configs": runs.configs}
     return report, results, figures
 
 
-def photos_section(args, photos, photo_files, train_lab01, runs: Runs, report, results, figures) -> None:
-    """The same table on --photos, outside the prepared data: added to report, results and figures."""
-    predictions, per_image, summary, truth = compare(photos, train_lab01, runs.models, args.batch_size)
-    plot_grid(photos, predictions, range(min(args.show, len(photos))), args.out / "photos.png")
+def photos_section(args, files: list[Path], size: int, colours, runs: Runs, device, report, results,
+                   figures) -> None:
+    """The same table on --photos, outside the prepared data, prepared as prepare_data.py prepares its
+    images, batch by batch: added to report, results and figures."""
+    batches = (lab01_from_uint8(np.stack([prepare_photo(f, size) for f in files[i:i + args.batch_size]]), device)
+               for i in range(0, len(files), args.batch_size))
+    scores = score_batches(batches, colours, runs.models, args.show)
+    plot_grid(scores.shown, args.out / "photos.png")
     figures.append("photos.png")
-    report += [f"## {len(photos)} photos that are not in the prepared data", "",
-               "Files: " + ", ".join(f"`{Path(f).name}`" for f in photo_files) +
-               f". The truth's colorfulness is {truth:.1f}; baselines from the same training set.", "",
-               results_table(summary, runs.kinds), ""]
-    results["photos"] = {"files": photo_files, "truth_colorfulness": truth, "summary": summary,
-                         "per_image": per_image}
+    names = ", ".join(f"`{f.name}`" for f in files) if len(files) <= 12 else \
+        f"{len(files)} files from {', '.join(f'`{p}`' for p in args.photos)} (listed in metrics.json)"
+    report += [f"## {len(files)} photos that are not in the prepared data", "",
+               f"Files: {names}. The truth's colorfulness is {scores.truth_colorfulness:.1f}; baselines from the "
+               "same training set.", "", results_table(scores.summary, runs.kinds), ""]
+    results["photos"] = {"files": [str(f) for f in files], "truth_colorfulness": scores.truth_colorfulness,
+                         "summary": scores.summary, "per_image": scores.per_image}
 
 
-def regressor_section(path, true_lab01, train_lab01, device, runs: Runs, report, results) -> None:
+def regressor_section(args, colours: TrainingColours, device, runs: Runs, report, results) -> None:
     """The regressor's mean (a, b) per test image against the truth and against the training set's mean
     colour, with bootstrap intervals: added to report and results, its history to runs.histories."""
-    regressor, _, ckpt = load_checkpoint(path, task="regressor", device=device)
+    regressor, _, ckpt = load_checkpoint(args.regressor, task="regressor", device=device)
+    pred_ab, true_ab = [], []
     with torch.no_grad():
-        pred_ab = regressor(true_lab01[:, :1])
-    true_ab = true_lab01[:, 1:].mean(dim=(2, 3))
+        for lab01 in lab01_batches(read_images(args.data, args.split), args.batch_size, device):
+            pred_ab.append(regressor(lab01[:, :1]))
+            true_ab.append(lab01[:, 1:].mean(dim=(2, 3)))
+    pred_ab, true_ab = torch.cat(pred_ab), torch.cat(true_ab)
     per_image = ((pred_ab - true_ab) ** 2).mean(dim=1)
     mse = float(per_image.mean())
     pa, ta = ab_to_lab_units(pred_ab).tolist(), ab_to_lab_units(true_ab).tolist()
     rows = [[i, f"{ta[i][0]:.2f}", f"{pa[i][0]:.2f}", f"{ta[i][1]:.2f}", f"{pa[i][1]:.2f}"]
             for i in range(min(10, len(ta)))]
-    train_mean_ab = train_lab01[:, 1:].mean(dim=(0, 2, 3))
-    constant_per_image = ((train_mean_ab - true_ab) ** 2).mean(dim=1)
+    constant_per_image = ((colours.mean_ab - true_ab) ** 2).mean(dim=1)
     constant_mse = float(constant_per_image.mean())
-    train_mean = ab_to_lab_units(train_mean_ab)
+    train_mean = ab_to_lab_units(colours.mean_ab)
     mse_low, mse_high = bootstrap_interval(per_image)
     gain_low, gain_high = bootstrap_interval(constant_per_image - per_image)
     report += ["## Regressor: mean a*, b* of each test image (Lab units)", "",
@@ -191,34 +207,45 @@ def regressor_section(path, true_lab01, train_lab01, device, runs: Runs, report,
                markdown_table(["test image", "true a*", "predicted a*", "true b*", "predicted b*"], rows), ""]
     results["regressor"] = {"mse": mse, "constant_mean_mse": constant_mse, "mse_interval": [mse_low, mse_high],
                             "gain_over_constant_interval": [gain_low, gain_high], "predicted_ab": pa, "true_ab": ta}
-    runs.histories["regressor"] = run_history(path, ckpt)
+    runs.histories["regressor"] = run_history(args.regressor, ckpt)
 
 
-def compare(true_lab01, train_lab01, colorizers: dict, batch_size: int):
-    """Every baseline and colorizer on the same images -> (predictions, per-image numbers, summary,
-    the truth's colorfulness)."""
-    predictions = baselines(train_lab01, true_lab01)
-    for name, (model, regressor) in colorizers.items():
-        predictions[name] = colorize_in_batches(model, true_lab01, regressor, batch_size)
-    truth_colorfulness = float(colorfulness(lab01_to_rgb(true_lab01)).mean())
-    per_image = {name: score(pred, true_lab01) for name, pred in predictions.items()}
-    summary = {name: summarize(v, truth_colorfulness) for name, v in per_image.items()}
-    return predictions, per_image, summary, truth_colorfulness
+class Scores(NamedTuple):
+    per_image: dict           # method -> metric -> one value per image
+    summary: dict             # method -> metric -> mean, and the colorfulness gap to the truth
+    truth_colorfulness: float
+    shown: dict               # "truth" and every method -> Lab01 of the first images, for the figures
 
 
-def baselines(train_lab01: torch.Tensor, test_lab01: torch.Tensor) -> dict:
+def score_batches(batches, colours: TrainingColours, colorizers: dict, show: int) -> Scores:
+    """Every baseline and colorizer on the same images, batch by batch: memory holds a batch and the
+    per-image numbers, whatever the number of images."""
+    per_image, truth_colorfulness, shown = {}, [], {}
+    for lab01 in batches:
+        predictions = baselines(colours, lab01)
+        for name, (model, regressor) in colorizers.items():
+            predictions[name] = colorize(model, lab01, regressor)
+        truth_colorfulness += colorfulness(lab01_to_rgb(lab01)).tolist()
+        for name, pred in predictions.items():
+            for metric, values in score(pred, lab01).items():
+                per_image.setdefault(name, {}).setdefault(metric, []).extend(values)
+        shown = shown or {"truth": lab01[:show], **{name: pred[:show] for name, pred in predictions.items()}}
+    truth = float(np.mean(truth_colorfulness))
+    return Scores(per_image, {name: summarize(v, truth) for name, v in per_image.items()}, truth, shown)
+
+
+def baselines(colours: TrainingColours, lab01: torch.Tensor) -> dict:
     """Predictions that use no model: the colour of nothing, of the average, of the average face."""
-    L = test_lab01[:, :1]
-    gray_ab = torch.full_like(test_lab01[:, 1:], GRAY_AB01)
-    mean_ab = train_lab01[:, 1:].mean(dim=(0, 2, 3), keepdim=True).expand_as(gray_ab)
-    map_ab = train_lab01[:, 1:].mean(dim=0, keepdim=True).expand_as(gray_ab)
+    L = lab01[:, :1]
+    gray_ab = torch.full_like(lab01[:, 1:], GRAY_AB01)
+    mean_ab = colours.mean_ab[None, :, None, None].expand_as(gray_ab)
+    map_ab = colours.map_ab[None].expand_as(gray_ab)
     return {name: torch.cat([L, ab], dim=1) for name, ab in zip(BASELINES, (gray_ab, mean_ab, map_ab))}
 
 
 @torch.no_grad()
-def colorize_in_batches(model, lab01, regressor, batch_size):
-    return torch.cat([colorize_lab01(model, lab01[i:i + batch_size], regressor)
-                      for i in range(0, len(lab01), batch_size)])
+def colorize(model, lab01, regressor):
+    return colorize_lab01(model, lab01, regressor)
 
 
 def score(pred_lab01: torch.Tensor, true_lab01: torch.Tensor) -> dict:
@@ -270,7 +297,7 @@ def bootstrap_interval(per_image: torch.Tensor, resamples=10_000) -> tuple[float
 
 
 def lab01_from_uint8(images: np.ndarray, device) -> torch.Tensor:
-    """uint8 RGB (N, H, W, 3) -> Lab01 (N, 3, H, W) float32, all in memory (test sets are small)."""
+    """uint8 RGB (N, H, W, 3) -> Lab01 (N, 3, H, W) float32, all in memory (a batch, a few images)."""
     return torch.cat(list(lab01_batches(images, device=device)))
 
 
@@ -314,15 +341,17 @@ def markdown_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def plot_grid(true_lab01, predictions: dict, indices, path: Path) -> None:
-    """Rows: test images. Columns: gray input, truth, then every method (the seed's Fig. 13, in RGB)."""
-    columns = [("gray input", torch.cat([true_lab01[:, :1], torch.full_like(true_lab01[:, 1:], GRAY_AB01)], 1)),
-               ("truth", true_lab01)] + list(predictions.items())
-    fig = Figure(figsize=(1.6 * len(columns), 1.6 * len(indices) + 0.4), dpi=72)
-    axes = fig.subplots(len(indices), len(columns), squeeze=False)
+def plot_grid(images: dict, path: Path) -> None:
+    """Rows: images. Columns: gray input, truth, then every method (the seed's Fig. 13, in RGB); images
+    holds the truth ("truth") and each method's Lab01, the same rows."""
+    truth = images["truth"]
+    columns = [("gray input", torch.cat([truth[:, :1], torch.full_like(truth[:, 1:], GRAY_AB01)], 1))] + \
+        list(images.items())
+    fig = Figure(figsize=(1.6 * len(columns), 1.6 * len(truth) + 0.4), dpi=72)
+    axes = fig.subplots(len(truth), len(columns), squeeze=False)
     for c, (name, lab01) in enumerate(columns):
-        rgb = lab01_to_rgb(lab01[list(indices)]).permute(0, 2, 3, 1).cpu().numpy()
-        for r in range(len(indices)):
+        rgb = lab01_to_rgb(lab01).permute(0, 2, 3, 1).cpu().numpy()
+        for r in range(len(truth)):
             axes[r, c].imshow(rgb[r])
             axes[r, c].axis("off")
         axes[0, c].set_title(textwrap.fill(name, 22), fontsize=6)
@@ -330,16 +359,16 @@ def plot_grid(true_lab01, predictions: dict, indices, path: Path) -> None:
     save_figure(fig, path)
 
 
-def plot_lab_channels(true_lab01, pred_lab01, indices, path: Path, name: str) -> None:
+def plot_lab_channels(true_lab01, pred_lab01, path: Path, name: str) -> None:
     """L, then a* and b* of the truth and of one model, as the seed showed its Lab outputs."""
     panels = [("L", true_lab01[:, 0], "gray"), ("true a*", true_lab01[:, 1], "RdYlGn_r"),
               (f"{name} a*", pred_lab01[:, 1], "RdYlGn_r"), ("true b*", true_lab01[:, 2], "YlGnBu_r"),
               (f"{name} b*", pred_lab01[:, 2], "YlGnBu_r")]
-    fig = Figure(figsize=(1.7 * len(panels), 1.6 * len(indices) + 0.4), dpi=72)
-    axes = fig.subplots(len(indices), len(panels), squeeze=False)
+    fig = Figure(figsize=(1.7 * len(panels), 1.6 * len(true_lab01) + 0.4), dpi=72)
+    axes = fig.subplots(len(true_lab01), len(panels), squeeze=False)
     for c, (title, channel, cmap) in enumerate(panels):
-        for r, i in enumerate(indices):
-            axes[r, c].imshow(channel[i].cpu().numpy(), cmap=cmap, vmin=0 if c == 0 else 0.3,
+        for r in range(len(true_lab01)):
+            axes[r, c].imshow(channel[r].cpu().numpy(), cmap=cmap, vmin=0 if c == 0 else 0.3,
                               vmax=1 if c == 0 else 0.7)
             axes[r, c].axis("off")
         axes[0, c].set_title(title, fontsize=7)

@@ -141,6 +141,24 @@ def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
     assert result.returncode == 2 and result.stderr.startswith(f"error: {photos / 'broken.jpg'}: ")
 
 
+def test_evaluate_scores_batch_by_batch_alike(prepared, trained, tmp_path):
+    """evaluate streams the images in batches (memory follows --batch-size, not the number of images):
+    the scores do not depend on where the batches cut."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for seed in range(7):
+        cv2.imwrite(str(photos / f"p{seed}.png"), synthetic_photo(np.random.default_rng(seed), 90))
+    per_image = {}
+    for batch in (3, 128):
+        run_script("evaluate.py", "--data", prepared, "--colorizer", trained / "colorizer" / "best.pt", "--photos",
+                   photos, "--out", tmp_path / str(batch), "--device", "cpu", "--batch-size", batch)
+        per_image[batch] = json.loads((tmp_path / str(batch) / "metrics.json").read_text())["photos"]["per_image"]
+    assert per_image[3].keys() == per_image[128].keys()
+    for method in per_image[3]:
+        for metric, values in per_image[3][method].items():
+            assert len(values) == 7 and values == pytest.approx(per_image[128][method][metric], rel=1e-4)
+
+
 def test_two_processes_with_torchrun_train_to_the_end(prepared, tmp_path):
     out = tmp_path / "ddp"
     result = torchrun_training(2, prepared, out, "gloo")
