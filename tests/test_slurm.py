@@ -148,6 +148,22 @@ def test_two_processes_under_srun_write_one_checkpoint(prepared, tmp_path):
     assert sorted(p.name for p in out.glob("*.pt")) == ["best.pt", "last.pt"]
 
 
+def test_the_multi_node_template_is_one_run_on_hpg_ai(prepared, tmp_path):
+    """slurm/multinode.sbatch asks for hpg-ai and several nodes; here (one node) its body runs with
+    those options overridden on the command line, as one run of two processes."""
+    template = (ROOT / "slurm" / "multinode.sbatch").read_text()
+    assert "#SBATCH --partition=hpg-ai" in template and "#SBATCH --nodes=2" in template
+    out = tmp_path / "multinode"
+    job = subprocess.run(["sbatch", "--parsable", "--partition=gpu", "--nodes=1", "--ntasks-per-node=2", "--mem=0",
+                          "--output", str(tmp_path / "mn-%j.out"), "slurm/multinode.sbatch", "--data", str(prepared),
+                          "--out", str(out), "--epochs", "1", "--batch-size", "16"], cwd=ROOT, capture_output=True,
+                         text=True, env={**os.environ, "PROJECT_DIR": str(ROOT), **FAKE_GPUS}).stdout.strip()
+    records = wait_for([job], timeout=300)
+    log = (tmp_path / f"mn-{job}.out").read_text()
+    assert records[job][1] == "COMPLETED", log
+    assert "in 2 processes" in log and torch_load(out / "best.pt")["run"]["config"]["world_size"] == 2
+
+
 def test_gpu_job_without_cuda_stops_at_once(prepared, tmp_path):
     """A job that holds GPUs never trains on the CPU: without CUDA (here: fake GRES, not declared fake) it
     fails before any work with one line saying what it found and what to do."""
