@@ -82,3 +82,19 @@ def test_gpu_proof_refuses_without_a_gpu(tmp_path):
     assert result.returncode == 1
     assert result.stderr.startswith(f"error: no CUDA GPU answers here (torch {torch.__version__}, CUDA build ")
     assert result.stderr.count("\n") == 1 and not results.exists()  # one line, and nothing written
+
+
+def test_quick_scale_benchmark_writes_every_ratio(tmp_path):
+    """benchmarks/scale.py --quick: prepare and training on 1,000 and 100 made-up photos, every figure there."""
+    out = tmp_path / "results"
+    run_script("benchmarks/scale.py", "--quick", "--out", out, timeout=900)
+    results = json.loads((out / "scale.json").read_text())
+    assert (results["large"], results["small"]) == (1000, 100)
+    prepared = results["prepare"]
+    assert set(prepared) == {"small_workers1", "small_workers2", "large_workers2"}
+    assert all(p["rss_mib"] > 0 and p["written_per_s"] > 0 for p in prepared.values())
+    assert "GB written" in prepared["large_workers2"]["script_says"]
+    assert results["train_small_rss_mib"] > 0 and results["train_large_rss_mib"] > 0
+    report = (out / "scale.md").read_text()
+    assert report.startswith("Command: `python benchmarks/scale.py --quick")
+    assert report.count("**") == 6  # three ratios
