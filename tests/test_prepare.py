@@ -126,3 +126,30 @@ def test_unusable_source_is_one_clear_line(tmp_path, setup, message):
 def test_bad_flag_value_is_rejected(tmp_path):
     result = run_script("prepare_data.py", "--augment-factor", "0", "--out", tmp_path / "o", check=False)
     assert result.returncode == 2 and "--augment-factor" in result.stderr
+
+
+def test_a_large_set_route_at_256_pixels_end_to_end(tmp_path):
+    """The route for large sets (no fixed copies: --augment-factor 1, then --augment while training) at
+    --size 256: prepare, both trainers, evaluate and colorize."""
+    import cv2
+
+    from conftest import synthetic_photo
+
+    rng = np.random.default_rng(5)
+    (tmp_path / "photos").mkdir()
+    for i in range(80):
+        cv2.imwrite(str(tmp_path / "photos" / f"{i:02d}.jpg"), synthetic_photo(rng, size=260))
+    data, runs = tmp_path / "data", tmp_path / "runs"
+    result = run_script("prepare_data.py", "--source", tmp_path / "photos", "--out", data, "--size", 256,
+                        "--augment-factor", 1)
+    assert "0.05 GB written" in result.stdout  # 80 photos x 256 x 256 x 3 x (1 byte uint8 + 2 bytes float16 Lab)
+    common = ["--data", data, "--epochs", 1, "--epoch-length", 2, "--batch-size", 8, "--device", "cpu", "--augment"]
+    run_script("train_regressor.py", *common, "--out", runs / "regressor")
+    run_script("train_colorizer.py", *common, "--out", runs / "colorizer", "--regressor",
+               runs / "regressor" / "best.pt")
+    run_script("evaluate.py", "--data", data, "--colorizer", runs / "colorizer" / "best.pt", "--regressor",
+               runs / "regressor" / "best.pt", "--out", tmp_path / "report", "--device", "cpu")
+    assert json.loads((tmp_path / "report" / "metrics.json").read_text())["n_images"] == 4
+    run_script("colorize.py", tmp_path / "photos" / "00.jpg", "--checkpoint", runs / "colorizer" / "best.pt",
+               "--out", tmp_path / "colorized", "--device", "cpu")
+    assert cv2.imread(str(tmp_path / "colorized" / "00.jpg")).shape == (260, 260, 3)
