@@ -431,6 +431,12 @@ def check_prepared(data_dir: str | Path) -> dict:
     return manifest
 
 
+def release_pages(mapped: np.memmap) -> None:
+    """Unmap the pages a memory-mapped array (its base: the mmap) read or wrote, kept in the page cache and the
+    file: else resident memory grows with the file, the kernel mapping large pages around every row."""
+    mapped.base.madvise(mmap.MADV_DONTNEED)
+
+
 def read_images(data_dir: str | Path, split: str) -> np.ndarray:
     """The uint8 RGB images of a split (N, H, W, 3), memory-mapped."""
     return open_array(split_file(data_dir, split, lab=False))
@@ -456,10 +462,7 @@ class FaceLabDataset(torch.utils.data.Dataset):
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
         batch = self.array[np.asarray(indices)]  # one fancy-indexing read per batch, not one per image
-        # the kernel maps large pages around every row read (2 MB each here), so resident memory would
-        # grow with the file; unmapping after the copy keeps it flat (the data stays cached). The base
-        # of a memory-mapped array is its mmap.
-        self.array.base.madvise(mmap.MADV_DONTNEED)
+        release_pages(self.array)
         return torch.from_numpy(batch)
 
 
@@ -472,8 +475,7 @@ class DeviceImages(torch.utils.data.TensorDataset):
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
         # non_blocking: a plain copy of the indices would wait for every queued GPU step first
-        images = self.tensors[0]
-        return images[torch.as_tensor(indices).to(images.device, non_blocking=True)]
+        return self.tensors[0][torch.as_tensor(indices).to(self.tensors[0].device, non_blocking=True)]
 
 
 def batch_as_is(batch: torch.Tensor) -> torch.Tensor:
@@ -705,8 +707,7 @@ class RunRecord:
         return {"config": self.config, "history": self.history, "epoch_loss": [float(self.loss_sum), self.loss_count]}
 
     def load_state_dict(self, state: dict) -> None:
-        self.history = state["history"]
-        self.loss_sum, self.loss_count = state["epoch_loss"]
+        self.history, (self.loss_sum, self.loss_count) = state["history"], state["epoch_loss"]
 
 
 # last.pt also holds ignite's saved random states, NumPy's among them: allow just those types

@@ -28,7 +28,7 @@ from tqdm import tqdm
 from common import (DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, LAB_SUFFIX, MANIFEST, PREPARED_FORMAT, SPLITS,
                     ArgumentParser, BadImage, UserError, center_square, exit_on_user_error, find_images, fraction,
                     lab01_batches, non_negative_int, positive_int, prepare_photo, printable, read_image, real_path,
-                    to_uint8, write_json)
+                    release_pages, to_uint8, write_json)
 
 DEFAULT_SOURCE = Path("data/face_images")
 # colour photos shipped inside installed packages: (package, file inside its data folder)
@@ -117,6 +117,8 @@ def load_folder(source: Path, size: int, sources: Path, workers: int):
             continue
         images[len(records)] = image
         records.append({"file": name, "person": person})
+        if len(records) % 1024 == 0:
+            release_pages(images)
     images.flush()
     if not records:
         raise UserError(f"{source}: none of the {len(paths)} image files could be used (see the lines above)")
@@ -191,6 +193,7 @@ class PreparedRows(torch.utils.data.Dataset):
         if self._images is None:
             self._images = np.load(self.sources, mmap_mode="r")
         image = torch.from_numpy(np.array(self._images[self.indices[original]])).permute(2, 0, 1)
+        release_pages(self._images)
         if copy:
             # seeded per variant: the same bytes whichever worker process makes it
             # (the CPU generator alone: torch.manual_seed also seeds every accelerator, 70x slower)
@@ -226,6 +229,8 @@ def write_split(folder: Path, split: str, sources: Path, indices: list[int], fac
     for rgb_batch, lab_batch in loader:
         rgb[row:row + len(rgb_batch)], lab[row:row + len(lab_batch)] = rgb_batch, lab_batch
         row += len(rgb_batch)
+        release_pages(rgb)
+        release_pages(lab)
     rgb.flush()
     lab.flush()
 
