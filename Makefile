@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 FACES  ?= ../shared/data/face_images
 RUNS   ?= runs
 
-.PHONY: venv conda-env demo test results results-regressor-study bench bench-pipeline slurm-start clean
+.PHONY: venv conda-env demo test results results-regressor-study bench bench-pipeline bench-scale slurm-start clean
 
 # TORCH_CUDA=cu126 (or cu128, ...): torch and torchvision built for that CUDA, from PyTorch's own
 # wheel index, for drivers older than PyPI's CUDA 13.0 build needs (R580); empty: PyPI's build
@@ -144,6 +144,10 @@ bench: venv
 # wall time of the whole seed pipeline (200 regressor epochs: hours on a CPU, minutes on a GPU)
 bench-pipeline: venv
 	$(PY) benchmarks/pipeline.py
+
+# memory with 100,000 photos against 10,000: prepare_data.py and training (about 15 minutes on 2 cores)
+bench-scale: venv
+	$(PY) benchmarks/scale.py
 
 slurm-start:
 	sudo bash slurm/local_cluster.sh start
