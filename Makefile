@@ -114,12 +114,14 @@ STUDY_REGRESSOR = $(FACES_RUNS)/regressor_study/lr1e-3_cosine/best.pt
 faces-conditioning: faces-regressor-study
 	$(call conditioned_colorizers,$(FACES_RUNS)/data,$(STUDY_REGRESSOR),$(FACES_RUNS)/conditioning)
 
-# people the models never saw: split by person (JPEG comment): 35 people train, 5 validate, 10 test
+# people the models never saw: split by person (JPEG comment): 35 people train, 5 validate, 10 test;
+# the four conditioning runs, and the seed colorizer with --augment (a fresh flip and crop every step)
 faces-person: venv
 	$(PY) prepare_data.py --source $(FACES) --out $(PERSON_RUNS)/data --split-by person --held-out 0.3 \
 	  --val-share 0.33
 	$(REGRESSOR) --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/regressor $(REGRESSOR_CPU)
 	$(call conditioned_colorizers,$(PERSON_RUNS)/data,$(PERSON_RUNS)/regressor/best.pt,$(PERSON_RUNS)/colorizers)
+	$(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/colorizers/seed_augment --augment
 
 # the README's results tables and figures, from the runs `make faces` trained
 results: venv
