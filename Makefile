@@ -59,9 +59,9 @@ UNSEEN_FACES = $(shell $(PY) -c "import skimage, matplotlib, pathlib as p; \
         p.Path(matplotlib.get_data_path()) / 'sample_data' / 'grace_hopper.jpg')" 2>/dev/null)
 
 .PHONY: faces faces-data faces-activation faces-quality faces-capacity faces-regressor faces-regressor-study \
-  faces-conditioning faces-person
+  faces-conditioning faces-person faces-person-cosine
 faces: faces-activation faces-quality faces-capacity faces-regressor faces-regressor-study faces-conditioning \
-  faces-person
+  faces-person faces-person-cosine
 
 faces-data: venv
 	$(PY) prepare_data.py --source $(FACES) --out $(FACES_RUNS)/data
@@ -122,6 +122,19 @@ faces-person: venv
 	$(REGRESSOR) --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/regressor $(REGRESSOR_CPU)
 	$(call conditioned_colorizers,$(PERSON_RUNS)/data,$(PERSON_RUNS)/regressor/best.pt,$(PERSON_RUNS)/colorizers)
 	$(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/colorizers/seed_augment --augment
+
+# what the unseen-people goal tried next: the learning rate falling along a half cosine (it let the
+# regressor settle), on the seed colorizer, its 5-layer variant and the U-Net with either head
+PERSON_EPOCHS ?= 20
+PERSON_UNET_EPOCHS ?= 8
+PERSON_COLORIZER = $(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(PERSON_RUNS)/data --lr-schedule cosine \
+  --patience 0
+faces-person-cosine: faces-person
+	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/seed_cosine --epochs $(PERSON_EPOCHS)
+	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/c128-l5_cosine --layers 5 --epochs $(PERSON_EPOCHS)
+	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/unet8_cosine $(UNET) --epochs $(PERSON_UNET_EPOCHS)
+	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/unet8_classify_cosine $(UNET) --head classify \
+	  --epochs $(PERSON_UNET_EPOCHS)
 
 # the README's results tables and figures, from the runs `make faces` trained
 results: venv
