@@ -9,8 +9,8 @@
    __getitem__ (the seed's approach): the ratio;
 3. peak resident memory of a training run on the faces augmented x10 and x100: the ratio;
 4. prepare_data.py throughput on the 750 faces (median of --repeats), and its peak memory at x10 and x100;
-5. colorize.py: images/s at 128x128 in batches, and seconds for one 12-megapixel photo;
-6. colorize.py's peak memory on one and on twenty 8000x8000 photos: the ratio.
+5. colorize.py: images/s at 128x128 in batches, and seconds for one 12-megapixel photo.
+(How memory grows with the number and size of photos: benchmarks/scale.py.)
 Writes bench.json and bench.md into --out. Uses the faces from --faces / $FACES_DIR (default
 ../shared/data/face_images); without them, the demo photos (numbers then not comparable).
 On a GPU the training scripts run with --data-on-device --amp --channels-last, and the ceiling
@@ -218,27 +218,6 @@ def seed_checkpoint(tmp) -> Path:
     return ckpt
 
 
-def colorize_memory(tmp, side: int, counts: tuple[int, int]):
-    """colorize.py's peak memory (a subprocess, as a user runs it) on one and on many side x side photos."""
-    import cv2
-
-    from skimage import data
-
-    ckpt = seed_checkpoint(tmp)
-    photo = cv2.resize(data.astronaut()[..., ::-1], (side, side), interpolation=cv2.INTER_CUBIC)
-    result = {"side": side, "counts": list(counts)}
-    for label, n in zip(("one", "many"), counts):
-        folder = Path(tmp) / f"scans{n}"
-        folder.mkdir()
-        for i in range(n):  # a different photo each: the channels rolled
-            cv2.imwrite(str(folder / f"{i:02d}.jpg"), np.roll(photo, i, axis=2))
-        _, rss, anon = run_measured([sys.executable, "colorize.py", str(folder), "--checkpoint", str(ckpt), "--out",
-                                     str(Path(tmp) / f"colorized{n}"), "--device", "cpu"])
-        result[f"{label}_rss_mib"], result[f"{label}_anon_mib"] = rss, anon
-    result["ratio"] = result["many_rss_mib"] / result["one_rss_mib"]
-    return result
-
-
 def nvidia_driver():
     """The NVIDIA driver's version as nvidia-smi reports it, or None without one."""
     try:
@@ -283,7 +262,7 @@ def markdown(r):
             f"{r['device']}; medians of {r['repeats']} paired repeats (real script, then ceiling).", "", *rows]
     if "memory" not in r:  # --training-only
         return "\n".join(head)
-    m, p, c, cm = r["memory"], r["prepare"], r["colorize"], r["colorize_memory"]
+    m, p, c = r["memory"], r["prepare"], r["colorize"]
     return "\n".join([
         *head, "",
         f"Peak memory of a seed-colorizer training run ({m['iters']} batches per epoch, 2 epochs): "
@@ -297,9 +276,6 @@ def markdown(r):
         f"({r['prepare_x100']['written_images_per_s']:.0f} written images/s).", "",
         f"colorize.py (seed colorizer, in process): {c['images_per_s_128']:.0f} images/s at 128x128 in batches of 64 "
         f"({c['n_images']} JPEG files read, colorized and written); one 12-megapixel photo: {c['seconds_12mp']:.2f} s.",
-        "", f"colorize.py's peak memory (a subprocess, default --max-megapixels) on {cm['side']}x{cm['side']} photos: "
-        f"{cm['counts'][0]} photo {cm['one_rss_mib']:.0f} MiB, {cm['counts'][1]} photos {cm['many_rss_mib']:.0f} MiB "
-        f"RSS: ratio {cm['ratio']:.2f}.",
     ])
 
 
@@ -376,9 +352,6 @@ def main():
         results["memory"] = mem
         print("colorize ...", flush=True)
         results["colorize"] = colorize_speed(x10, tmp, 64 if args.quick else 512)
-        print("colorize memory ...", flush=True)
-        results["colorize_memory"] = colorize_memory(tmp, 1000, (1, 4)) if args.quick else \
-            colorize_memory(tmp, 8000, (1, 20))
     write_results(args.out, "bench", results, markdown(results))
 
 

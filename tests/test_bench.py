@@ -39,13 +39,10 @@ def test_quick_benchmark_writes_every_ratio(tmp_path):
     assert memory["x10_rss_mib"] > 0 and memory["x100_rss_mib"] > 0
     assert prepare["written_images"] == 102 and prepare["written_images_per_s"] > 0
     assert results["colorize"]["images_per_s_128"] > 0 and results["colorize"]["seconds_12mp"] > 0
-    held = results["colorize_memory"]
-    assert held["counts"] == [1, 4] and held["ratio"] == held["many_rss_mib"] / held["one_rss_mib"] > 0
 
     report = (out / "bench.md").read_text()
     assert report.startswith("Command: `python benchmarks/bench.py --faces")
-    for line in ("ratio 1: real / ceiling", "ratio 2: real / naive", "Ratio 3 (x100 / x10, RSS)", "written images/s",
-                 "colorize.py's peak memory"):
+    for line in ("ratio 1: real / ceiling", "ratio 2: real / naive", "Ratio 3 (x100 / x10, RSS)", "written images/s"):
         assert line in report
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]  # nothing half-written beside them
 
@@ -85,7 +82,8 @@ def test_gpu_proof_refuses_without_a_gpu(tmp_path):
 
 
 def test_quick_scale_benchmark_writes_every_ratio(tmp_path):
-    """benchmarks/scale.py --quick: prepare and training on 1,000 and 100 made-up photos, every figure there."""
+    """benchmarks/scale.py --quick: the route for your own photos on 1,000 and 100 made-up photos of mixed sizes,
+    every figure there, and the same bytes from one and two prepare workers."""
     out = tmp_path / "results"
     run_script("benchmarks/scale.py", "--quick", "--out", out, timeout=900)
     results = json.loads((out / "scale.json").read_text())
@@ -94,7 +92,13 @@ def test_quick_scale_benchmark_writes_every_ratio(tmp_path):
     assert set(prepared) == {"small_workers1", "small_workers2", "large_workers2"}
     assert all(p["rss_mib"] > 0 and p["written_per_s"] > 0 for p in prepared.values())
     assert "GB written" in prepared["large_workers2"]["script_says"]
-    assert results["train_small_rss_mib"] > 0 and results["train_large_rss_mib"] > 0
+    assert results["workers_same_bytes"] is True
+    for step in ("train", "evaluate"):
+        assert results[f"{step}_small_rss_mib"] > 0 and results[f"{step}_large_rss_mib"] > 0
+    assert (results["test_images_large"], results["test_images_small"]) == (50, 5)  # --held-out 0.1, half of it
+    colorize = results["colorize"]
+    assert colorize["counts"] == [1, 4] and colorize["one_rss_mib"] > 0 and colorize["many_rss_mib"] > 0
     report = (out / "scale.md").read_text()
     assert report.startswith("Command: `python benchmarks/scale.py --quick")
-    assert report.count("**") == 6  # three ratios
+    assert report.count("**") == 10  # five ratios
+    assert sorted(p.name for p in out.iterdir()) == ["scale.json", "scale.md"]
