@@ -10,7 +10,7 @@ scikit-image: random crops, flips and colour gains, 96 to 640 pixels a side, one
    many (the ratio: memory must not grow with the photos); its written images/s with --workers 1
    and --workers 2 on the smaller set (the ratio: the scaling with cores), and whether the two wrote
    the same bytes;
-2. train_colorizer.py --augment (2 epochs of a few batches) on both prepared sets: peak memory, ratio;
+2. train_colorizer.py --augment, 2 epochs (--quick: of 4 batches) on both prepared sets: peak memory, ratio;
 3. evaluate.py on both test splits, with the colorizer trained on the larger set: peak memory, ratio;
 4. colorize.py on one and on twenty 8000x8000 photos: peak memory, ratio.
 Writes scale.json and scale.md into --out.
@@ -79,10 +79,12 @@ def same_bytes(a: Path, b: Path) -> bool:
         all(filecmp.cmp(a / name, b / name, shallow=False) for name in names)
 
 
-def train(data: Path, out: Path, iters: int) -> float:
-    """train_colorizer.py --augment, 2 epochs of iters batches; -> its peak RSS in MiB."""
+def train(data: Path, out: Path, batches_per_epoch: int | None) -> float:
+    """train_colorizer.py --augment, 2 epochs (of every training image, or of batches_per_epoch); -> its peak RSS
+    in MiB."""
+    epoch_length = ["--epoch-length", str(batches_per_epoch)] if batches_per_epoch else []
     _, rss, _ = run_measured([sys.executable, "train_colorizer.py", "--data", str(data), "--out", str(out), "--augment",
-                              "--epochs", "2", "--epoch-length", str(iters), "--patience", "0", "--device", "cpu"])
+                              "--epochs", "2", "--patience", "0", "--device", "cpu", *epoch_length])
     return rss
 
 
@@ -115,6 +117,7 @@ def ratio(large: float, small: float) -> str:
 def markdown(r) -> str:
     small, large, one = r["prepare"]["small_workers2"], r["prepare"]["large_workers2"], r["prepare"]["small_workers1"]
     c = r["colorize"]
+    epochs_of = f" of {r['train_batches_per_epoch']} batches" if r["train_batches_per_epoch"] else ""
     return "\n".join([
         describe_machine(r["machine"]), "",
         f"Photos: {r['large']} and {r['small']} made-up JPEGs, 96 to 640 pixels a side, one in 50 of "
@@ -123,7 +126,7 @@ def markdown(r) -> str:
         "|---|---|---|---|",
         f"| `prepare_data.py --augment-factor 1 --size 64 --workers 2` | {large['rss_mib']:.0f} | "
         f"{small['rss_mib']:.0f} | {ratio(large['rss_mib'], small['rss_mib'])} |",
-        f"| `train_colorizer.py --augment` ({r['train_iters']} batches of 64 per epoch, 2 epochs) | "
+        f"| `train_colorizer.py --augment` (2 epochs{epochs_of}) | "
         f"{r['train_large_rss_mib']:.0f} | {r['train_small_rss_mib']:.0f} | "
         f"{ratio(r['train_large_rss_mib'], r['train_small_rss_mib'])} |",
         f"| `evaluate.py` on the test split ({r['test_images_large']} and {r['test_images_small']} images) | "
@@ -146,7 +149,8 @@ def main():
     args = p.parse_args()
     large = 1000 if args.quick else args.images
     small = max(100, large // 10)  # the prepared set needs one training batch of 64
-    results = {"machine": machine(), "large": large, "small": small, "train_iters": 4 if args.quick else 40,
+    results = {"machine": machine(), "large": large, "small": small,
+               "train_batches_per_epoch": 4 if args.quick else None,
                "large_sides": [300, 600] if args.quick else [1500, 3000], "prepare": {}}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -161,7 +165,7 @@ def main():
         for label in ("small", "large"):
             print(f"training and evaluate, {label} ...", flush=True)
             data = tmp / f"{label}_2"
-            results[f"train_{label}_rss_mib"] = train(data, tmp / f"run_{label}", results["train_iters"])
+            results[f"train_{label}_rss_mib"] = train(data, tmp / f"run_{label}", results["train_batches_per_epoch"])
             results[f"test_images_{label}"] = int(np.load(data / "test.npy", mmap_mode="r").shape[0])
         for label in ("small", "large"):  # both with the same colorizer
             results[f"evaluate_{label}_rss_mib"] = evaluate(tmp / f"{label}_2", checkpoint, tmp / f"report_{label}")
