@@ -124,17 +124,17 @@ faces-person: venv
 	$(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(PERSON_RUNS)/data --out $(PERSON_RUNS)/colorizers/seed_augment --augment
 
 # what the unseen-people goal tried next: the learning rate falling along a half cosine (it let the
-# regressor settle), on the seed colorizer, its 5-layer variant and the U-Net with either head
+# regressor settle), on the seed colorizer, the U-Net with either head and the 5-layer seed colorizer
 PERSON_EPOCHS ?= 20
 PERSON_UNET_EPOCHS ?= 8
 PERSON_COLORIZER = $(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(PERSON_RUNS)/data --lr-schedule cosine \
   --patience 0
 faces-person-cosine: faces-person
 	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/seed_cosine --epochs $(PERSON_EPOCHS)
-	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/c128-l5_cosine --layers 5 --epochs $(PERSON_EPOCHS)
 	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/unet8_cosine $(UNET) --epochs $(PERSON_UNET_EPOCHS)
 	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/unet8_classify_cosine $(UNET) --head classify \
 	  --epochs $(PERSON_UNET_EPOCHS)
+	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/c128-l5_cosine --layers 5 --epochs $(PERSON_EPOCHS)
 
 # the README's results tables and figures, from the runs `make faces` trained
 results: venv
