@@ -246,7 +246,10 @@ def lab01_to_rgb(lab01: torch.Tensor) -> torch.Tensor:
 def lab01_batches(images: np.ndarray, batch_size=32, device="cpu"):
     """uint8 RGB (N, H, W, 3), e.g. a memory map -> small Lab01 batches (their temporaries stay in the caches)."""
     for i in range(0, len(images), batch_size):
-        yield images_to_lab01(torch.from_numpy(np.array(images[i:i + batch_size])).to(device))
+        batch = torch.from_numpy(np.array(images[i:i + batch_size]))
+        if isinstance(images, np.memmap):  # its pages read so far would stay resident: memory growing with the file
+            release_pages(images)
+        yield images_to_lab01(batch.to(device))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -432,9 +435,11 @@ def check_prepared(data_dir: str | Path) -> dict:
 
 
 def release_pages(mapped: np.memmap) -> None:
-    """Unmap the pages a memory-mapped array (its base: the mmap) read or wrote, kept in the page cache and the
+    """Unmap the pages a memory-mapped array (or a view of one) read or wrote, kept in the page cache and the
     file: else resident memory grows with the file, the kernel mapping large pages around every row."""
-    mapped.base.madvise(mmap.MADV_DONTNEED)
+    while not isinstance(mapped, mmap.mmap):
+        mapped = mapped.base
+    mapped.madvise(mmap.MADV_DONTNEED)
 
 
 def read_images(data_dir: str | Path, split: str) -> np.ndarray:

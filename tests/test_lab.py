@@ -1,11 +1,14 @@
 """Lab conversion on tensors agrees with scikit-image, batched, and the [0,1] scaling round-trips."""
+import re
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 from skimage import color, data
 
-from common import (denormalize_lab, images_to_lab01, lab01_to_rgb, lab_to_rgb, normalize_lab, read_image,
-                    rgb_to_lab)
+from common import (denormalize_lab, images_to_lab01, lab01_batches, lab01_to_rgb, lab_to_rgb, normalize_lab,
+                    read_image, rgb_to_lab)
 
 
 def to_chw(image):
@@ -64,3 +67,26 @@ def test_uint8_batches_convert_to_unit_range():
     assert lab01.shape == (4, 3, 8, 8)
     assert lab01.min() >= 0 and lab01.max() <= 1
     np.testing.assert_allclose(lab01_to_rgb(lab01).permute(0, 2, 3, 1) * 255, images.float(), atol=0.05)
+
+
+def resident_file_mib() -> float:
+    """This process's resident pages that map files (the memory maps' pages among them), in MiB."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"RssFile:\s+(\d+)", status).group(1)) / 1024
+
+
+@pytest.mark.parametrize("step", [1, 3], ids=["whole", "strided view"])
+def test_lab_batches_of_a_memory_map_keep_its_pages_released(tmp_path, step):
+    """evaluate reads the training and test images through lab01_batches: its memory must not grow with the
+    file (before the pages were released, evaluate on 100,000 photos took twice the memory of 10,000)."""
+    path = tmp_path / "train.npy"
+    images = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(4000, 64, 64, 3))  # 47 MiB a copy
+    for i in range(0, len(images), 500):
+        images[i:i + 500] = np.random.default_rng(i).integers(0, 256, (500, 64, 64, 3), dtype=np.uint8)
+    images.flush()
+    del images
+    mapped = np.load(path, mmap_mode="r")[::step]
+    next(lab01_batches(np.array(mapped[:128]), 128))  # the library code a first conversion pages in is not the file
+    before = resident_file_mib()
+    assert sum(len(lab01) for lab01 in lab01_batches(mapped, 128)) == len(mapped)
+    assert resident_file_mib() - before < 16
