@@ -330,7 +330,8 @@ def run_history(checkpoint_path, ckpt: dict) -> dict:
 
 def training_row(name: str, history: dict, config: dict) -> list:
     best = int(np.argmin(history["val_mse"]))
-    settings = f"lr {config['lr']}, batch {config['batch_size']}, patience {config['patience']}"
+    schedule = " falling along a cosine" if config.get("lr_schedule") == "cosine" else ""  # older runs: constant
+    settings = f"lr {config['lr']}{schedule}, batch {config['batch_size']}, patience {config['patience']}"
     return [name.split(":")[0], len(history["epoch"]), f"{history['val_mse'][best]:.3e}", history["epoch"][best],
             settings + (", augment" if config.get("augment") else "")]
 
