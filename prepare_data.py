@@ -188,12 +188,22 @@ class PreparedRows(torch.utils.data.Dataset):
     def __len__(self):
         return len(self.indices) * self.factor
 
-    def __getitem__(self, row):
-        original, copy = divmod(row, self.factor)
+    @property
+    def images(self) -> np.ndarray:
+        """The sources array, mapped on first use in each worker process."""
         if self._images is None:
             self._images = np.load(self.sources, mmap_mode="r")
-        image = torch.from_numpy(np.array(self._images[self.indices[original]])).permute(2, 0, 1)
-        release_pages(self._images)
+        return self._images
+
+    def __getitems__(self, rows: list[int]) -> list[torch.Tensor]:
+        """A batch of rows (the DataLoader asks for a batch at once): the map's pages released once per batch."""
+        batch = [self[row] for row in rows]
+        release_pages(self.images)
+        return batch
+
+    def __getitem__(self, row):
+        original, copy = divmod(row, self.factor)
+        image = torch.from_numpy(np.array(self.images[self.indices[original]])).permute(2, 0, 1)
         if copy:
             # seeded per variant: the same bytes whichever worker process makes it
             # (the CPU generator alone: torch.manual_seed also seeds every accelerator, 70x slower)
