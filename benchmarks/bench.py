@@ -35,8 +35,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (FaceLabDataset, RunRecord, SeedColorizer, atomic_write, read_image, read_images,  # noqa: E402
-                    resolve_device, training_step, write_json)
+from common import (FaceLabDataset, RunRecord, SeedColorizer, atomic_write, exit_on_user_error, read_image,  # noqa: E402
+                    read_images, resolve_device, training_step, writable_folder, write_json)
 
 # the training scripts' speed flags on a GPU (the ceiling steps with the same autocast and memory format)
 GPU_FLAGS = ["--data-on-device", "--amp", "--channels-last"]
@@ -289,6 +289,13 @@ def benchmark_parser(doc):
     return p
 
 
+def parse_benchmark_args(p):
+    """p's arguments, --out proven writable before any work (else one line and exit status 2)."""
+    args = p.parse_args()
+    exit_on_user_error(lambda: writable_folder(args.out))
+    return args
+
+
 def write_results(out, name, results, table):
     """NAME.json and NAME.md (the table under the command that made it) into out, each atomically."""
     write_json(out / f"{name}.json", results)
@@ -305,7 +312,7 @@ def main():
                    help="only the training speeds: ratio 1 and the cost of reading every loss back")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: one repeat, windows of 2 batches; proves it works, its numbers mean nothing")
-    args = p.parse_args()
+    args = parse_benchmark_args(p)
     if args.quick:
         args.repeats = 1
     device = resolve_device(args.device)

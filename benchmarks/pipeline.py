@@ -19,7 +19,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import GPU_FLAGS, benchmark_parser, describe_machine, machine, write_results  # noqa: E402
+from bench import (GPU_FLAGS, benchmark_parser, describe_machine, machine, parse_benchmark_args,  # noqa: E402
+                   write_results)
 from common import resolve_device  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def main():
     p = benchmark_parser(__doc__)
     p.add_argument("--regressor-epochs", type=int, default=200)
     p.add_argument("--colorizer-epochs", type=int, default=20)
-    args = p.parse_args()
+    args = parse_benchmark_args(p)
     if not args.faces.is_dir():
         sys.exit(f"error: {args.faces}: no such folder; pass --faces DIR (or set FACES_DIR), the face images")
     device = resolve_device(args.device)

@@ -25,7 +25,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from bench import benchmark_parser, describe_machine, machine, run_measured, write_results
+from bench import benchmark_parser, describe_machine, machine, parse_benchmark_args, run_measured, write_results
 
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry")
 
@@ -146,9 +146,11 @@ def main():
     p.add_argument("--images", type=int, default=100_000, help="photos of the larger set (the other: a tenth)")
     p.add_argument("--quick", action="store_true",
                    help="a smoke run: 1,000 and 100 photos, the large ones 300 to 600 pixels, colorize on 1,000x1,000")
-    args = p.parse_args()
+    args = parse_benchmark_args(p)
+    if args.images < 1000:  # a tenth of them must make a set that trains: one batch of 64 and held-out photos
+        p.error(f"argument --images: at least 1000, not {args.images}")
     large = 1000 if args.quick else args.images
-    small = max(100, large // 10)  # the prepared set needs one training batch of 64
+    small = large // 10
     results = {"machine": machine(), "large": large, "small": small,
                "train_batches_per_epoch": 4 if args.quick else None,
                "large_sides": [300, 600] if args.quick else [1500, 3000], "prepare": {}}

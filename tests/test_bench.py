@@ -102,3 +102,18 @@ def test_quick_scale_benchmark_writes_every_ratio(tmp_path):
     assert report.startswith("Command: `python benchmarks/scale.py --quick")
     assert report.count("**") == 10  # five ratios
     assert sorted(p.name for p in out.iterdir()) == ["scale.json", "scale.md"]
+
+
+@pytest.mark.parametrize("script", ["bench.py", "scale.py", "pipeline.py"])
+def test_a_benchmark_refuses_an_unwritable_out_before_any_work(tmp_path, script):
+    taken = tmp_path / "results"
+    taken.write_text("a file, not a folder")
+    result = run_script(f"benchmarks/{script}", "--out", taken, "--faces", tmp_path, check=False)
+    assert result.returncode == 2
+    assert result.stderr == f"error: {taken}: cannot write there (File exists); pass another --out\n"
+    assert result.stdout == "" and taken.read_text() == "a file, not a folder"
+
+
+def test_the_scale_benchmark_refuses_too_few_photos(tmp_path):
+    result = run_script("benchmarks/scale.py", "--images", 999, "--out", tmp_path, check=False)
+    assert result.returncode == 2 and "argument --images: at least 1000, not 999" in result.stderr
