@@ -4,7 +4,9 @@ For every colorizer checkpoint and for three baselines computed from the same tr
 (gray: a = b = 0; the constant mean ab; the per-pixel mean ab map), on the same test images:
 the seed's MSE (three [0,1]-scaled Lab channels, L from the input), PSNR and SSIM on RGB
 (ignite, data range 1), mean CIEDE2000 (scikit-image) and colorfulness (Hasler and Suesstrunk
-2003) against the truth's. With --regressor: its predicted vs true mean a*, b* and test MSE.
+2003) against the truth's; how much the seed MSEs, and the best colorizer's lead, move with the
+test images drawn (95% bootstrap intervals, the people resampled where the images name them).
+With --regressor: its predicted vs true mean a*, b* and test MSE.
 With --photos: the same table on photos that are not in the prepared data (faces of people the
 models never saw), centre-cropped and resized to the training size.
 Images are scored --batch-size at a time (memory follows the batch, not the number of images).
@@ -147,7 +149,8 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
         plot_grid({"truth": truth, best.split(":")[0]: colorize(model, truth, regressor)}, args.out / "best_worst.png")
         figures += ["lab_channels.png", "best_worst.png"]
         mse = scores.per_image[best]["mse"]
-        report += ["How each colorizer was trained (its run folder's history.json):", "",
+        noise = noise_of_split(scores.per_image, best, manifest["files"][args.split])
+        report += noise_report(noise, best) + ["How each colorizer was trained (its run folder's history.json):", "",
                    markdown_table(["colorizer", "epochs trained", "best validation MSE", "at epoch", "settings"],
                                   [training_row(name, runs.histories[name], runs.configs[name]) for name in models]),
                    "", f"Per-image seed MSE of {best} (test image index: MSE):", "",
@@ -156,7 +159,36 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
     results = {"split": args.split, "n_images": len(images), "data": manifest["source"], "demo": manifest["demo"],
                "truth_colorfulness": scores.truth_colorfulness, "summary": scores.summary,
                "per_image": scores.per_image, "kinds": runs.kinds, "configs": runs.configs}
+    if models:
+        results["noise"] = noise
     return report, results, figures
+
+
+def noise_of_split(per_image: dict, best: str, files: list[dict]) -> dict:
+    """How much each method's seed MSE, and the best colorizer's lead over it, move with the test images
+    drawn: 95% bootstrap intervals. Photos of one person are alike, so where every test image names its
+    person the people are resampled, each with all their photos; otherwise the images."""
+    people = [f.get("person") for f in files]
+    groups = np.unique(people, return_inverse=True)[1] if all(people) else None
+    best_mse = torch.tensor(per_image[best]["mse"], dtype=torch.float64)
+    methods = {}
+    for name, values in per_image.items():
+        mse = torch.tensor(values["mse"], dtype=torch.float64)
+        methods[name] = {"mse_interval": bootstrap_interval(mse, groups),
+                         "best_lead_interval": bootstrap_interval(mse - best_mse, groups)}
+    return {"resampled": "people" if groups is not None else "images", "images": len(files),
+            "people": len(set(people)) if groups is not None else None, "best": best, "methods": methods}
+
+
+def noise_report(noise: dict, best: str) -> list[str]:
+    what = f"{noise['images']} images of {noise['people']} people, the people resampled with all their photos" \
+        if noise["resampled"] == "people" else f"{noise['images']} images, the images resampled"
+    rows = [[name.split(":")[0], f"{m['mse_interval'][0]:.3e} to {m['mse_interval'][1]:.3e}",
+             "" if name == best else f"{m['best_lead_interval'][0]:.2e} to {m['best_lead_interval'][1]:.2e}"]
+            for name, m in noise["methods"].items()]
+    return [f"The noise of this test set ({what}; 95% bootstrap intervals): a lead whose interval lies above 0 is "
+            "beyond it.", "",
+            markdown_table(["method", "seed MSE", f"its MSE minus {best.split(':')[0]}'s"], rows), ""]
 
 
 def photos_section(args, files: list[Path], size: int, colours, runs: Runs, device, report, results,
@@ -287,11 +319,17 @@ def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
         0.3 * torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)
 
 
-def bootstrap_interval(per_image: torch.Tensor, resamples=10_000) -> tuple[float, float]:
-    """95% interval of the mean of per-image values over resamplings of the test images: how much a
-    figure on this many images moves with the images drawn (fixed resampling seed: reproducible)."""
-    draws = torch.randint(len(per_image), (resamples, len(per_image)), generator=torch.Generator().manual_seed(0))
-    means = per_image.double().cpu()[draws].mean(dim=1)
+def bootstrap_interval(per_image: torch.Tensor, groups=None, resamples=10_000) -> tuple[float, float]:
+    """95% interval of the mean of per-image values over resamplings of the test images, or of groups of
+    them (groups: a group index per image; a group is drawn with all its images): how much a figure on
+    this many images moves with the images drawn (fixed resampling seed: reproducible)."""
+    values = per_image.double().cpu()
+    group = torch.arange(len(values)) if groups is None else torch.as_tensor(groups, dtype=torch.long)
+    n = int(group.max()) + 1
+    sums = torch.zeros(n, dtype=torch.float64).index_add_(0, group, values)
+    counts = torch.bincount(group, minlength=n).double()
+    draws = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(0))
+    means = sums[draws].sum(dim=1) / counts[draws].sum(dim=1)
     low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return low, high
 

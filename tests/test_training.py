@@ -127,8 +127,18 @@ def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
     assert low <= regressor["mse"] <= high and low < high
     low, high = regressor["gain_over_constant_interval"]
     assert low <= regressor["constant_mean_mse"] - regressor["mse"] <= high
+    # and of the split's table: no person ids in these images, so the images are resampled
+    noise = metrics["noise"]
+    assert noise["resampled"] == "images" and noise["images"] == len(metrics["per_image"]["gray"]["mse"])
+    assert noise["methods"].keys() == metrics["summary"].keys()
+    for name, m in noise["methods"].items():
+        low, high = m["mse_interval"]
+        assert low <= metrics["summary"][name]["mse"] <= high
+        low, high = m["best_lead_interval"]
+        lead = metrics["summary"][name]["mse"] - metrics["summary"][noise["best"]]["mse"]
+        assert low <= lead * (1 + 1e-9) and lead <= high * (1 + 1e-9) and (name != noise["best"] or low == high == 0)
     report = (out / "report.md").read_text()
-    assert "mean-face map" in report and "Regressor" in report
+    assert "mean-face map" in report and "Regressor" in report and "The noise of this test set" in report
     for figure in ("grid.png", "loss_curves.png", "lab_channels.png", "best_worst.png", "photos.png"):
         assert (out / figure).stat().st_size > 1000
     # the photos outside the data get their own table, every method scored on both of them
@@ -139,6 +149,25 @@ def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
     result = run_script("evaluate.py", "--data", prepared, "--colorizer", col / "best.pt", "--out", out,
                         "--photos", photos, check=False)
     assert result.returncode == 2 and result.stderr.startswith(f"error: {photos / 'broken.jpg'}: ")
+
+
+def test_noise_of_a_split_by_person_resamples_people_with_all_their_photos():
+    """Photos of one person are alike: 10 people x 15 photos carry the information of about 10 images, not
+    150. Resampling people gives that wider interval; resampling images would claim a narrower one."""
+    from evaluate import bootstrap_interval, noise_of_split
+    person_mse = np.random.default_rng(0).uniform(1e-4, 3e-4, 10)
+    files = [{"file": f"{p}_{k}.jpg", "person": f"s{p}"} for p in range(10) for k in range(15)]
+    per_image = {"a": {"mse": np.repeat(person_mse, 15).tolist()},
+                 "b": {"mse": np.repeat(person_mse + 1e-5, 15).tolist()}}
+    noise = noise_of_split(per_image, "a", files)
+    assert noise["resampled"] == "people" and noise["people"] == 10 and noise["images"] == 150
+    by_person = bootstrap_interval(torch.tensor(person_mse))
+    assert noise["methods"]["a"]["mse_interval"] == pytest.approx(by_person, rel=1e-12)
+    by_image = bootstrap_interval(torch.tensor(per_image["a"]["mse"]))
+    assert by_image[1] - by_image[0] < 0.7 * (by_person[1] - by_person[0])
+    assert noise["methods"]["b"]["best_lead_interval"] == pytest.approx([1e-5, 1e-5])  # same lead in every draw
+    # images without a person id (the demo set, a folder of photos): the images are resampled
+    assert noise_of_split(per_image, "a", [{"file": f["file"], "person": None} for f in files])["resampled"] == "images"
 
 
 def test_evaluate_scores_batch_by_batch_alike(prepared, trained, tmp_path):
