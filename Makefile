@@ -125,6 +125,7 @@ faces-person: venv
 
 # what the unseen-people goal tried next: the learning rate falling along a half cosine (it let the
 # regressor settle), on the seed colorizer, the U-Net with either head and the 5-layer seed colorizer
+# (then twice as wide, and with --augment)
 PERSON_EPOCHS ?= 20
 PERSON_UNET_EPOCHS ?= 8
 PERSON_COLORIZER = $(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(PERSON_RUNS)/data --lr-schedule cosine \
@@ -135,6 +136,10 @@ faces-person-cosine: faces-person
 	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/unet8_classify_cosine $(UNET) --head classify \
 	  --epochs $(PERSON_UNET_EPOCHS)
 	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/c128-l5_cosine --layers 5 --epochs $(PERSON_EPOCHS)
+	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/c256-l5_cosine --layers 5 --max-channels 256 \
+	  --epochs $(PERSON_EPOCHS)
+	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/c128-l5_cosine_augment --layers 5 --augment \
+	  --epochs $(PERSON_EPOCHS)
 
 # the README's results tables and figures, from the runs `make faces` trained
 results: venv
@@ -144,7 +149,7 @@ results: venv
 	  --runs $(FACES_RUNS)/quality --photos $(UNSEEN_FACES) --out docs/results/quality
 	$(PY) evaluate.py --data $(FACES_RUNS)/data --runs $(FACES_RUNS)/capacity --out docs/results/capacity --show 4
 	$(PY) evaluate.py --data $(PERSON_RUNS)/data --runs $(PERSON_RUNS)/colorizers \
-	  --regressor $(PERSON_RUNS)/regressor/best.pt --out docs/results/by_person
+	  --regressor $(PERSON_RUNS)/regressor/best.pt --out docs/results/by_person --show 4
 	$(PY) evaluate.py --data $(FACES_RUNS)/data --runs $(FACES_RUNS)/conditioning --regressor $(STUDY_REGRESSOR) \
 	  --out docs/results/conditioning
 
