@@ -6,7 +6,8 @@ the seed's MSE (three [0,1]-scaled Lab channels, L from the input), PSNR and SSI
 (ignite, data range 1), mean CIEDE2000 (scikit-image) and colorfulness (Hasler and Suesstrunk
 2003) against the truth's; how much the seed MSEs, and the best colorizer's lead, move with the
 test images drawn (95% bootstrap intervals, the people resampled where the images name them).
-With --regressor: its predicted vs true mean a*, b* and test MSE.
+With --regressor: its predicted vs true mean a*, b* and test MSE. With --temperatures: each
+classification colorizer also decoded at those annealed-mean temperatures, a row each.
 With --photos: the same table on photos that are not in the prepared data (faces of people the
 models never saw), centre-cropped and resized to the training size.
 Images are scored --batch-size at a time (memory follows the batch, not the number of images).
@@ -23,11 +24,11 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from common import (ArgumentParser, BadImage, UserError, ab_to_lab_units, ab_to_unit_scale, atomic_write,
-                    check_prepared, colorize_lab01, denormalize_lab, exit_on_user_error, find_images,
-                    lab01_batches, lab01_to_rgb, load_checkpoint, load_colorizer, plot_loss_curves, positive_int,
-                    prepare_photo, read_images, resolve_device, save_figure,
-                    writable_folder, write_json)
+from common import (ArgumentParser, BadImage, ClassifyingColorizer, UserError, ab_to_lab_units, ab_to_unit_scale,
+                    atomic_write, check_prepared, colorize_lab01, denormalize_lab, exit_on_user_error, find_images,
+                    lab01_batches, lab01_to_rgb, load_checkpoint, load_colorizer, plot_loss_curves, positive_float,
+                    positive_int, prepare_photo, read_images, resolve_device, save_figure, writable_folder,
+                    write_json)
 
 BASELINES = ("gray", "mean colour", "mean-face map")
 GRAY_AB01 = ab_to_unit_scale(0.0)  # a* = b* = 0
@@ -41,6 +42,9 @@ def parse_args(argv=None):
     p.add_argument("--runs", nargs="*", default=[], type=Path, metavar="DIR",
                    help="folders of runs: every */best.pt below each is added as a colorizer")
     p.add_argument("--regressor", default=None, metavar="CKPT", help="regressor checkpoint")
+    p.add_argument("--temperatures", nargs="*", type=positive_float, default=[], metavar="T",
+                   help="classification colorizers: also scored at these annealed-mean temperatures, "
+                        "one row each (choose one on --split val)")
     p.add_argument("--photos", nargs="*", default=[], type=Path, metavar="PATH",
                    help="image files or folders outside the prepared data: scored in a second table")
     p.add_argument("--out", type=Path, default=Path("runs/report"))
@@ -62,7 +66,7 @@ def main():
         raise UserError("nothing to evaluate: pass --colorizer CKPT [CKPT ...] and/or --regressor CKPT")
     device = resolve_device(args.device)
     manifest = check_prepared(args.data)
-    writable_folder(args.out)  # now, not after all the work
+    runs = load_colorizers(args.colorizer, args.temperatures, device)
     photo_files = [f for path in args.photos for f in find_images(path)]
     if args.photos and not photo_files:
         raise UserError(f"--photos {' '.join(map(str, args.photos))}: no image files there")
@@ -71,9 +75,9 @@ def main():
             prepare_photo(f, manifest["size"])
         except BadImage as exc:
             raise UserError(f"{f}: {exc}; remove it from --photos") from None
+    writable_folder(args.out)  # now, not after all the work; the last check, so that a bad input leaves no folder
     # baselines learn from the original training images (augmented copies excluded)
     colours = training_colours(read_images(args.data, "train")[::manifest["augment_factor"]], args.batch_size, device)
-    runs = load_colorizers(args.colorizer, device)
 
     report, results, figures = split_section(args, manifest, colours, runs, device)
     if photo_files:
@@ -99,7 +103,9 @@ class Runs(NamedTuple):
     configs: dict
 
 
-def load_colorizers(paths: list[str], device) -> Runs:
+def load_colorizers(paths: list[str], temperatures: list[float], device) -> Runs:
+    """Each checkpoint as trained; a classification checkpoint also at each of temperatures (the same
+    network, decoded with another annealed mean: a row "RUN@T=t" each, trained once: no history)."""
     runs = Runs({}, {name: "baseline" for name in BASELINES}, {}, {})
     for path in paths:
         model, regressor, config, ckpt = load_colorizer(path, device)
@@ -107,6 +113,15 @@ def load_colorizers(paths: list[str], device) -> Runs:
         name = f"{label}: {describe(config)}"
         runs.models[name] = (model, regressor)
         runs.kinds[name], runs.histories[name], runs.configs[name] = "colorizer", run_history(path, ckpt), config
+        for t in temperatures if isinstance(model, ClassifyingColorizer) else []:
+            if t != model.temperature:
+                variant = {**config, "temperature": t}
+                name = f"{label}@T={t:g}: {describe(variant)}"
+                runs.models[name] = (ClassifyingColorizer(model.body, t).to(device).eval(), regressor)
+                runs.kinds[name], runs.configs[name] = "colorizer", variant
+    if temperatures and not any(isinstance(m, ClassifyingColorizer) for m, _ in runs.models.values()):
+        raise UserError("--temperatures: no classification colorizer among the checkpoints (--head classify); "
+                        "leave it out")
     return runs
 
 
@@ -150,9 +165,11 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
         figures += ["lab_channels.png", "best_worst.png"]
         mse = scores.per_image[best]["mse"]
         noise = noise_of_split(scores.per_image, best, manifest["files"][args.split])
-        report += noise_report(noise, best) + ["How each colorizer was trained (its run folder's history.json):", "",
+        report += noise_report(noise, best, args.split)
+        report += ["How each colorizer was trained (its run folder's history.json):", "",
                    markdown_table(["colorizer", "epochs trained", "best validation MSE", "at epoch", "settings"],
-                                  [training_row(name, runs.histories[name], runs.configs[name]) for name in models]),
+                                  [training_row(name, runs.histories[name], runs.configs[name])
+                                   for name in models if name in runs.histories]),
                    "", f"Per-image seed MSE of {best} (test image index: MSE):", "",
                    ", ".join(f"{i}: {v:.2e}" for i, v in enumerate(mse)) if len(mse) <= 200 else
                    f"{len(mse)} images: in metrics.json (per_image).", ""]
@@ -180,13 +197,13 @@ def noise_of_split(per_image: dict, best: str, files: list[dict]) -> dict:
             "people": len(set(people)) if groups is not None else None, "best": best, "methods": methods}
 
 
-def noise_report(noise: dict, best: str) -> list[str]:
+def noise_report(noise: dict, best: str, split: str) -> list[str]:
     what = f"{noise['images']} images of {noise['people']} people, the people resampled with all their photos" \
         if noise["resampled"] == "people" else f"{noise['images']} images, the images resampled"
     rows = [[name.split(":")[0], f"{m['mse_interval'][0]:.3e} to {m['mse_interval'][1]:.3e}",
              "" if name == best else f"{m['best_lead_interval'][0]:.2e} to {m['best_lead_interval'][1]:.2e}"]
             for name, m in noise["methods"].items()]
-    return [f"The noise of this test set ({what}; 95% bootstrap intervals): a lead whose interval lies above 0 is "
+    return [f"The noise of the {split} split ({what}; 95% bootstrap intervals): a lead whose interval lies above 0 is "
             "beyond it.", "",
             markdown_table(["method", "seed MSE", f"its MSE minus {best.split(':')[0]}'s"], rows), ""]
 

@@ -138,7 +138,7 @@ def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
         lead = metrics["summary"][name]["mse"] - metrics["summary"][noise["best"]]["mse"]
         assert low <= lead * (1 + 1e-9) and lead <= high * (1 + 1e-9) and (name != noise["best"] or low == high == 0)
     report = (out / "report.md").read_text()
-    assert "mean-face map" in report and "Regressor" in report and "The noise of this test set" in report
+    assert "mean-face map" in report and "Regressor" in report and "The noise of the test split" in report
     for figure in ("grid.png", "loss_curves.png", "lab_channels.png", "best_worst.png", "photos.png"):
         assert (out / figure).stat().st_size > 1000
     # the photos outside the data get their own table, every method scored on both of them
@@ -241,16 +241,28 @@ def test_the_process_group_outlives_the_run_objects(prepared, tmp_path, stop):
     assert "models alive when the process group is destroyed: 0" in output, output
 
 
-def test_classification_head_trains_evaluates_and_colorizes(prepared, tmp_path):
+def test_classification_head_trains_evaluates_and_colorizes(prepared, trained, tmp_path):
     run = tmp_path / "classify"
     result = run_script("train_colorizer.py", "--data", prepared, "--out", run, "--epochs", 1, "--batch-size", 16,
                         "--head", "classify", "--device", "cpu")
     assert "ab prior" in result.stdout or (prepared / "ab_prior.npy").is_file()
     prior = np.load(prepared / "ab_prior.npy")
     assert prior.shape == (len(ab_bins()),) and abs(prior.sum() - 1) < 1e-5
+    # the temperature is chosen after training: evaluate scores the same network decoded at others, a row each
     run_script("evaluate.py", "--data", prepared, "--colorizer", run / "best.pt", "--out", tmp_path / "report",
-               "--device", "cpu")
-    assert "classify (T=0.38)" in (tmp_path / "report" / "report.md").read_text()
+               "--device", "cpu", "--temperatures", "0.38", "2", "--split", "val")
+    report = (tmp_path / "report" / "report.md").read_text()
+    assert "classify (T=0.38)" in report and "| classify@T=2: " in report and "classify@T=0.38" not in report
+    per_image = json.loads((tmp_path / "report" / "metrics.json").read_text())["per_image"]
+    trained_t, other_t = (next(v["mse"] for k, v in per_image.items() if k.startswith(label))
+                          for label in ("classify:", "classify@T=2:"))
+    assert trained_t != other_t
+    training_table = report.split("How each colorizer was trained")[1].split("\n\n")[1]
+    assert training_table.count("| classify") == 1  # trained once: one row
+    result = run_script("evaluate.py", "--data", prepared, "--colorizer", trained / "colorizer" / "best.pt",
+                        "--out", tmp_path / "no_classifier", "--temperatures", "1", check=False)
+    assert result.returncode == 2 and result.stderr.startswith("error: --temperatures: no classification colorizer")
+    assert not (tmp_path / "no_classifier").exists()
     cv2.imwrite(str(tmp_path / "photo.png"), data.astronaut())
     for t in ("0.38", "1.0"):
         run_script("colorize.py", tmp_path / "photo.png", "--checkpoint", run / "best.pt", "--out", tmp_path / t,
