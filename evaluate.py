@@ -165,7 +165,7 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
         figures += ["lab_channels.png", "best_worst.png"]
         mse = scores.per_image[best]["mse"]
         noise = noise_of_split(scores.per_image, best, manifest["files"][args.split])
-        report += noise_report(noise, best, args.split)
+        report += noise_report(noise, args.split)
         report += ["How each colorizer was trained (its run folder's history.json):", "",
                    markdown_table(["colorizer", "epochs trained", "best validation MSE", "at epoch", "settings"],
                                   [training_row(name, runs.histories[name], runs.configs[name])
@@ -197,7 +197,8 @@ def noise_of_split(per_image: dict, best: str, files: list[dict]) -> dict:
             "people": len(set(people)) if groups is not None else None, "best": best, "methods": methods}
 
 
-def noise_report(noise: dict, best: str, split: str) -> list[str]:
+def noise_report(noise: dict, split: str) -> list[str]:
+    best = noise["best"]
     what = f"{noise['images']} images of {noise['people']} people, the people resampled with all their photos" \
         if noise["resampled"] == "people" else f"{noise['images']} images, the images resampled"
     rows = [[name.split(":")[0], f"{m['mse_interval'][0]:.3e} to {m['mse_interval'][1]:.3e}",
