@@ -3,19 +3,27 @@
 The network sees the photo's lightness resized to its input size; its predicted colour (a*, b*)
 is upsampled to the photo's own size and merged with the photo's full-resolution lightness, so
 every detail of the original is kept. Colour photos lose their colour first; 16-bit images stay
-16-bit and transparency is kept.
+16-bit where the format holds 16 bits, and transparency is kept.
 
 Outputs mirror the inputs under --out: a file given by name goes to OUT/NAME, a folder's images to
 OUT/their path inside it, in the input's format (PNG where it cannot be written). Every input gets
 its own output: where two would take one name (two photo.jpg from different folders), or the name
 holds a file that colorize did not write, the later one is written as NAME-2.EXT (then -3, ...).
-Nothing is read from inside --out, and only files colorize wrote there (listed in OUT/.colorized.json)
-are ever replaced.
+Nothing is read from inside --out, and an output is replaced only by the output of the same input file
+(OUT/.colorized.json records which input each output came from); any number of runs may write into one
+--out at once (a job array): each claims its names under a lock, so every output reported is kept.
+Outputs keep the input's EXIF (orientation reset: the pixels are upright), resolution and say sRGB
+(an embedded profile), where the format holds them.
 
     python colorize.py old_photos/ --checkpoint runs/colorizer/best.pt --out colorized/
 """
+import io
 import json
+import os
+import struct
 import sys
+import zlib
+from contextlib import contextmanager
 from pathlib import Path
 
 import cv2
@@ -23,12 +31,17 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (IMAGE_SUFFIXES, L_RANGE, ArgumentParser, BadImage, UserError, ab_to_lab_units, atomic_write,
-                    colorizer_input, exit_on_user_error, load_colorizer, positive_float, positive_int, printable,
-                    read_image, real_path, resolve_device, writable_folder, write_json)
+from common import (IMAGE_SUFFIXES, L_RANGE, MAX_IMAGE_SIZE, ArgumentParser, BadImage, UserError, ab_to_lab_units,
+                    atomic_write, colorizer_input, exit_on_user_error, load_colorizer, positive_float, positive_int,
+                    printable, read_image, real_path, remove_stale_temporaries, resolve_device, srgb_profile,
+                    writable_folder, write_json)
 
-RECORD = ".colorized.json"  # inside --out: the outputs colorize wrote there, the only files it replaces
+RECORD = ".colorized.json"  # inside --out: {output: the input file it came from}, written under record_lock
 WRITTEN_SUFFIXES = IMAGE_SUFFIXES - {".pgm", ".gif"}  # formats written as the input's; others become PNG
+MAX_ASPECT = 8  # the network sees at most --size x MAX_ASPECT*--size: a thin strip is shrunk to fit, not a crash
+# memory per pixel of the photo being colorized, at its peak: decoded float RGB, Lab, the upsampled colour, the
+# output and its encoding (measured by benchmarks/scale.py)
+WORKING_BYTES_PER_PIXEL = 64
 
 
 def parse_args(argv=None):
@@ -51,8 +64,8 @@ def parse_args(argv=None):
     p.add_argument("--temperature", type=positive_float, default=None,
                    help="classification checkpoints: annealed-mean temperature (default: the trained one)")
     args = p.parse_args(argv)
-    if args.size is not None and args.size < 16:
-        p.error("argument --size: must be at least 16")
+    if args.size is not None and not 16 <= args.size <= MAX_IMAGE_SIZE:
+        p.error(f"argument --size: must be from 16 to {MAX_IMAGE_SIZE}")
     return args
 
 
@@ -80,32 +93,64 @@ def collect(inputs: list[Path], out: Path):
     return jobs, skipped
 
 
-def read_record(out: Path) -> set[str]:
-    """The outputs (paths relative to --out) that colorize wrote there before."""
+@contextmanager
+def record_lock(out: Path):
+    """A lock on the --out folder itself, held while a run reads the record, claims its output names and writes
+    them down: runs into one --out (a job array) take turns for that moment only, and never take one name twice."""
+    import fcntl  # POSIX: imported here, so that the rest of the project imports anywhere
+
+    folder = os.open(out, os.O_RDONLY)
     try:
-        return set(json.loads((out / RECORD).read_text())["written"])
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(folder)  # frees the lock
+
+
+def read_record(out: Path) -> dict[str, str | None]:
+    """{output (relative to --out): the input file it came from} for what colorize wrote there before (an older
+    record lists outputs alone: their input is unknown, so no run replaces them)."""
+    try:
+        written = json.loads((out / RECORD).read_text())["written"]
     except (OSError, ValueError, KeyError, TypeError):
-        return set()
+        return {}
+    return written if isinstance(written, dict) else dict.fromkeys(written) if isinstance(written, list) else {}
 
 
-def assign_outputs(jobs, out: Path, ours: set[str], side_by_side: bool) -> list[tuple[Path, Path]]:
-    """-> [(source, output path)]: every source its own output; a name already given to an earlier
-    input, or held by a file colorize did not write, moves on to NAME-2.EXT, NAME-3.EXT, ..."""
-    taken, planned = set(), []
-
-    def free(relative: Path) -> bool:
-        names = [relative] + ([compare_name(relative)] if side_by_side else [])
-        return all(str(n).lower() not in taken and (str(n) in ours or not (out / n).exists()) for n in names)
-
-    for path, relative in jobs:
-        suffix = relative.suffix.lower() if relative.suffix.lower() in WRITTEN_SUFFIXES else ".png"
-        base = candidate = relative.with_suffix(suffix)
-        n = 2
-        while not free(candidate):
-            candidate, n = base.with_name(f"{base.stem}-{n}{suffix}"), n + 1
-        taken.update(str(c).lower() for c in [candidate] + ([compare_name(candidate)] if side_by_side else []))
-        planned.append((path, candidate))
+def claim_outputs(jobs, out: Path, side_by_side: bool) -> list[Path]:
+    """-> an output path (relative to --out) for every job, written down in the record before any is written:
+    an output of the same input file is replaced; a name that another input's output, a claim of a run writing
+    now or a file colorize did not write holds moves on to NAME-2.EXT, NAME-3.EXT, ..."""
+    with record_lock(out):
+        record = read_record(out)
+        lowered = {name.lower() for name in record}  # case-insensitive file systems: Photo.jpg is photo.jpg
+        taken, planned = set(), []
+        for path, relative in jobs:
+            source = str(real_path(path))
+            suffix = relative.suffix.lower() if relative.suffix.lower() in WRITTEN_SUFFIXES else ".png"
+            base = candidate = relative.with_suffix(suffix)
+            n = 2
+            while not all(free(str(name), source, record, lowered, taken, out)
+                          for name in output_names(candidate, side_by_side)):
+                candidate, n = base.with_name(f"{base.stem}-{n}{suffix}"), n + 1
+            for name in output_names(candidate, side_by_side):
+                taken.add(str(name).lower())
+                record[str(name)] = source
+            planned.append(candidate)
+        write_json(out / RECORD, {"written": record})
     return planned
+
+
+def free(name: str, source: str, record: dict, lowered: set, taken: set, out: Path) -> bool:
+    if name.lower() in taken:
+        return False
+    if name in record:
+        return record[name] == source
+    return name.lower() not in lowered and not (out / name).exists() and not (out / name).is_symlink()
+
+
+def output_names(relative: Path, side_by_side: bool) -> list[Path]:
+    return [relative, compare_name(relative)] if side_by_side else [relative]
 
 
 def compare_name(relative: Path) -> Path:
@@ -113,8 +158,10 @@ def compare_name(relative: Path) -> Path:
 
 
 def network_shape(h: int, w: int, size: int, multiple: int) -> tuple[int, int]:
-    """Short side -> size, long side in proportion, both multiples of what the network halves to."""
-    scale = size / min(h, w)
+    """Short side -> size, long side in proportion, both multiples of what the network halves to; a photo
+    longer than MAX_ASPECT to one is shrunk until its long side is MAX_ASPECT * size (a 20000 x 2 strip
+    must not become a network input of 128 x 1,280,000)."""
+    scale = min(size / min(h, w), MAX_ASPECT * size / max(h, w))
     return tuple(max(multiple, round(side * scale / multiple) * multiple) for side in (h, w))
 
 
@@ -137,41 +184,78 @@ class Colorizer:
 
 
 def load(path: Path, colorizer: Colorizer):
-    rgb, alpha, bits = read_image(path)
-    # OpenCV's float Lab conversion follows the same CIE formulas as the training code
-    L = cv2.cvtColor(rgb, cv2.COLOR_RGB2Lab)[..., 0]
+    photo = read_image(path, bytes_per_pixel=WORKING_BYTES_PER_PIXEL)
+    # OpenCV's float Lab conversion follows the same CIE formulas as the training code; L copied out of the
+    # Lab array, so that a photo waiting for its batch holds 4 bytes a pixel, not the whole Lab image's 12
+    L = cv2.cvtColor(photo.rgb, cv2.COLOR_RGB2Lab)[..., 0].copy()
     h, w = L.shape
     nh, nw = network_shape(h, w, colorizer.size, colorizer.multiple)
     L_small = cv2.resize(L, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_CUBIC)
-    return {"L": L, "L_small": L_small, "alpha": alpha, "depth16": bits == 16}
+    return {"L": L, "L_small": L_small, "alpha": photo.alpha, "depth16": photo.bits == 16, "exif": photo.exif,
+            "dpi": photo.dpi}
 
 
-def encode(image: np.ndarray, suffix: str, depth16: bool) -> bytes:
-    """RGB(A) float in [0, 1] -> bytes in the input's format (16 bits where the format holds them)."""
+_PILLOW_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
+                   ".bmp": "BMP"}
+SIXTEEN_BIT_SUFFIXES = {".png", ".tif", ".tiff", ".jp2", ".ppm", ".pnm"}  # 16 bits out where 16 came in
+
+
+def encode(image: np.ndarray, suffix: str, depth16: bool, exif: bytes | None = None, dpi=None) -> bytes:
+    """RGB(A) float in [0, 1] -> bytes in the input's format, 16 bits where the input had them and the format
+    holds them, with the input's EXIF and resolution and an sRGB profile where the format holds them (8-bit
+    files through Pillow; 16-bit PNG through OpenCV, the metadata added as PNG chunks; 16-bit TIFF with its
+    resolution only; JPEG 2000, PPM and PNM with none)."""
+    from PIL import Image
+
+    srgb = srgb_profile()
+    if not (depth16 and suffix in SIXTEEN_BIT_SUFFIXES) and suffix in _PILLOW_FORMATS:
+        fmt = _PILLOW_FORMATS[suffix]
+        options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+        if fmt != "BMP":
+            options.update(icc_profile=srgb, **({"exif": exif} if exif else {}))
+        if dpi and fmt != "WEBP":
+            options["dpi"] = dpi
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).save(buffer, format=fmt, **options)
+        return buffer.getvalue()
     bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
-    if suffix in {".jpg", ".jpeg", ".webp", ".bmp", ".jp2"} or not depth16:
-        data = cv2.convertScaleAbs(bgr, alpha=255)  # rounds and saturates to 8 bits in one pass
-    else:
-        data = np.clip(np.rint(bgr * 65535), 0, 65535).astype(np.uint16)
-    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if suffix in {".jpg", ".jpeg"} else []
+    data = np.clip(np.rint(bgr * 65535), 0, 65535).astype(np.uint16) if depth16 else cv2.convertScaleAbs(bgr, alpha=255)
+    params = [cv2.IMWRITE_TIFF_XDPI, round(dpi[0]), cv2.IMWRITE_TIFF_YDPI, round(dpi[1]), cv2.IMWRITE_TIFF_RESUNIT, 2] \
+        if dpi and suffix in {".tif", ".tiff"} else []
     ok, buf = cv2.imencode(suffix, data, params)
     if not ok:
         raise BadImage(f"OpenCV cannot write {suffix} files")
-    return buf.tobytes()
+    return with_png_metadata(buf.tobytes(), srgb, exif, dpi) if suffix == ".png" else buf.tobytes()
+
+
+def with_png_metadata(png: bytes, icc: bytes, exif: bytes | None, dpi) -> bytes:
+    """A PNG with an iCCP (the profile), eXIf and pHYs (resolution) chunk added after its header."""
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+
+    extra = chunk(b"iCCP", b"sRGB\0\0" + zlib.compress(icc))
+    if exif:
+        extra += chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
+    if dpi:
+        extra += chunk(b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
+    end_of_header = 8 + 8 + 13 + 4  # signature, IHDR's length and type, its 13 bytes, its CRC
+    return png[:end_of_header] + extra + png[end_of_header:]
 
 
 def finish(item: dict, ab_small: np.ndarray, target: Path, side_by_side: bool) -> None:
     """Merge the predicted colour with the photo's own lightness and write target (its suffix says the format)."""
+    if not np.isfinite(ab_small).all():  # never an image computed from NaN
+        raise BadImage("the network's colour for it is not a finite number (NaN or inf): nothing written")
     h, w = item["L"].shape
     ab = cv2.resize(ab_small, (w, h), interpolation=cv2.INTER_CUBIC)
     rgb = np.clip(cv2.cvtColor(np.dstack([item["L"], ab]).astype(np.float32), cv2.COLOR_Lab2RGB), 0, 1)
     suffix = target.suffix
-    out = np.dstack([rgb, item["alpha"]]) if item["alpha"] is not None and suffix != ".jpg" else rgb
-    data = encode(out, suffix, item["depth16"])
+    out = np.dstack([rgb, item["alpha"]]) if item["alpha"] is not None and suffix not in {".jpg", ".jpeg"} else rgb
+    data = encode(out, suffix, item["depth16"], item["exif"], item["dpi"])
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     if side_by_side:
         gray = np.repeat((item["L"] / L_RANGE)[..., None], 3, axis=2)
-        pair = encode(np.concatenate([gray, rgb], axis=1), suffix, item["depth16"])
+        pair = encode(np.concatenate([gray, rgb], axis=1), suffix, item["depth16"], item["exif"], item["dpi"])
         compare = compare_name(target)
         atomic_write(compare, lambda tmp: Path(tmp).write_bytes(pair))
 
@@ -188,11 +272,11 @@ def main():
         colorizer.model.temperature = args.temperature
     jobs, skipped = collect(args.inputs, args.out)
     writable_folder(args.out)
-    ours = read_record(args.out)
-    planned = assign_outputs(jobs, args.out, ours, args.side_by_side)
+    remove_stale_temporaries(args.out, recursive=True)
+    planned = claim_outputs(jobs, args.out, args.side_by_side) if jobs else []
     for path, reason in skipped:
         print(f"skipped {printable(path)}: {reason}", file=sys.stderr)
-    for (path, relative), (_, output) in zip(jobs, planned):
+    for (path, relative), output in zip(jobs, planned):
         if output.with_suffix("") != relative.with_suffix(""):
             print(f"{printable(path)} -> {printable(args.out / output)} (its name was taken)", file=sys.stderr)
 
@@ -209,11 +293,6 @@ def main():
         if not pending:
             return
         ab = colorizer.predict_ab(np.stack([item["L_small"] for _, _, item in pending]))
-        # listed before they are written: a run killed now still knows these files are its own
-        ours.update(str(output) for _, output, _ in pending)
-        if args.side_by_side:
-            ours.update(str(compare_name(output)) for _, output, _ in pending)
-        write_json(args.out / RECORD, {"written": sorted(ours)})
         for (path, output, item), ab_small in zip(pending, ab):
             try:
                 finish(item, ab_small, args.out / output, args.side_by_side)
@@ -222,7 +301,7 @@ def main():
                 fail(path, exc)
         pending.clear()
 
-    for path, output in tqdm(planned, unit="image", disable=not sys.stderr.isatty()):
+    for (path, _), output in tqdm(list(zip(jobs, planned)), unit="image", disable=not sys.stderr.isatty()):
         try:
             item = load(path, colorizer)
         except (BadImage, OSError) as exc:

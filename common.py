@@ -14,6 +14,7 @@ Conventions, written once here:
 from __future__ import annotations
 
 import argparse
+import errno
 import fcntl
 import gc
 import hashlib
@@ -24,7 +25,11 @@ import mmap
 import os
 import platform
 import re
+import shutil
 import signal
+import socket
+import stat
+import struct
 import subprocess
 import sys
 import tempfile
@@ -59,8 +64,28 @@ def exit_on_user_error(main):
     try:
         return main()
     except UserError as exc:
-        print(f"error: {printable(exc)}", file=sys.stderr)
+        # one raised in a DataLoader worker arrives wrapped in the worker's traceback: its last line is the message
+        message = printable(exc).strip().splitlines()[-1]
+        print(f"error: {message.split('UserError: ', 1)[-1]}", file=sys.stderr)
         sys.exit(2)
+
+
+DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
+
+
+def no_space_error(exc: BaseException, folder: str | Path) -> UserError | None:
+    """A UserError naming folder if exc says the disk (or the quota) is full, else None. torch.save reports a
+    full disk as a RuntimeError ('file write failed'), so the free space decides that case."""
+    full = isinstance(exc, OSError) and exc.errno in DISK_FULL
+    if not full and isinstance(exc, RuntimeError) and "write" in str(exc):
+        try:
+            full = shutil.disk_usage(folder).free < 64 * 2 ** 20
+        except OSError:
+            full = False
+    if not full:
+        return None
+    return UserError(f"{folder}: no space left on its disk (or quota); files written before are as they were; "
+                     "free some space, or pass another --out, and run the same command again")
 
 
 def printable(text) -> str:
@@ -107,18 +132,58 @@ _UMASK = os.umask(0o022)  # reading the umask means setting it: set it back at o
 os.umask(_UMASK)
 
 
+# Temporary files and folders are named .NAME.<TEMP_TAG>-HOST-PID-...: a later run on the same host removes
+# those whose process is gone (a killed run's), and never those of a live run on any host (a job array
+# writing into one shared folder from several nodes).
+TEMP_TAG = "colorization-tmp"
+
+
+def temp_prefix(name: str) -> str:
+    return f".{name}.{TEMP_TAG}-{socket.gethostname()}-{os.getpid()}-"
+
+
+def remove_stale_temporaries(folder: Path, recursive=False) -> None:
+    """Remove what killed runs of this project left in folder (below it too if recursive): temporary files
+    and staging folders whose process, on this host, is gone. Each is named on one line."""
+    if not folder.is_dir():
+        return
+    host = socket.gethostname()
+    for path in (folder.rglob if recursive else folder.glob)(f".*.{TEMP_TAG}-*"):
+        fields = path.name.rsplit(f".{TEMP_TAG}-", 1)[1].rsplit("-", 2)
+        if len(fields) == 3 and fields[0] == host and fields[1].isdigit() and not process_alive(int(fields[1])):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            print(f"removed {printable(path)}, left by an interrupted run", file=sys.stderr)
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
 def atomic_write(path: str | Path, write) -> None:
-    """Call write(tmp_path), then rename onto path, so no half-written file is ever left."""
+    """Call write(tmp_path), then rename onto path, so no half-written file is ever left (a full disk
+    becomes a one-line UserError naming the folder, the temporary file removed)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path.name), suffix=".tmp", dir=path.parent)
     os.close(fd)
     os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes it private; the result should not be
     try:
         write(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        full = no_space_error(exc, path.parent)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -149,6 +214,30 @@ def writable_folder(path: Path, flag="--out") -> bool:
     except OSError as exc:
         raise UserError(f"{path}: cannot write there ({exc.strerror or type(exc).__name__}); "
                         f"pass another {flag}") from None
+    return created
+
+
+OWNER_FILE = ".written-by.json"  # in an --out folder: which script writes there, so that no other does
+
+
+def claim_folder(path: Path, script: str, ours: Callable[[list[str]], bool] = lambda names: False) -> bool:
+    """Make path an output folder of script, before any work: a new or empty folder is claimed (OWNER_FILE
+    written), one that script claimed before is reused; any other is refused with one line, so that no file
+    of the user's (or of another script) is ever replaced. ours(names) recognises a folder the script wrote
+    before OWNER_FILE existed. -> whether the folder was created."""
+    created = writable_folder(path)
+    try:
+        owner = json.loads((path / OWNER_FILE).read_text()).get("script")
+    except (OSError, ValueError, AttributeError):
+        owner = None
+    names = sorted(p.name for p in path.iterdir() if p.name != OWNER_FILE and TEMP_TAG not in p.name)
+    if owner != script and names and not (owner is None and ours(names)):
+        what = f"written by {owner}" if owner else f"holds {printable(names[0])}" + \
+            (f" and {len(names) - 1} more" if len(names) > 1 else "") + f", not written by {script}"
+        raise UserError(f"{path}: {what}; pass a new or empty folder as --out ({script} replaces only "
+                        "what it wrote)")
+    if owner != script:
+        write_json(path / OWNER_FILE, {"script": script})
     return created
 
 
@@ -282,64 +371,249 @@ def find_images(root: str | Path) -> list[Path]:
 
 
 class Photo(NamedTuple):
-    rgb: np.ndarray            # float32 in [0, 1], H x W x 3
+    rgb: np.ndarray            # float32 sRGB in [0, 1], H x W x 3, upright (as its EXIF orientation says)
     alpha: np.ndarray | None   # float32 in [0, 1], H x W, if the file has transparency
     bits: int                  # 8 or 16 bits per sample in the file
+    exif: bytes | None = None  # the file's EXIF, its orientation reset to upright (the pixels are turned)
+    dpi: tuple | None = None   # the file's resolution, if it states one
 
 
-def read_image(path: str | Path) -> Photo:
-    """Decode any image OpenCV reads, once: grayscale, 16-bit and RGBA included, JPEGs turned as their EXIF
-    says. Anything else becomes BadImage with the reason; images over MAX_PIXELS, before decoding."""
+# what a decode holds at its peak, per pixel: the file's samples, float32 RGB(A) and a temporary of it
+DECODE_BYTES_PER_PIXEL = 40
+# EXIF orientation -> how to turn the stored pixels upright (rows and columns of an H x W x C array)
+_UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+            5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
+            8: lambda a: np.rot90(a, 1)}
+
+
+def read_image(path: str | Path, bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) -> Photo:
+    """Decode any image OpenCV reads, once: grayscale, 16-bit and RGBA included, turned upright as its EXIF says
+    (any format), its ICC profile's colours converted to sRGB. Anything else becomes BadImage with the reason:
+    before opening, what is not a regular file (a pipe would block); before decoding, images over MAX_PIXELS or
+    whose bytes_per_pixel working memory would not fit in the memory this process may still take."""
     path = Path(path)
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode  # follows links; opens nothing
+    except OSError as exc:
+        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+    if stat.S_ISDIR(mode):
         raise BadImage("a folder, not an image file")
+    if not stat.S_ISREG(mode):
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise BadImage(f"{kind}, not an image file: not opened")
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
     if not data:
         raise BadImage("empty file")
-    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check refuses without saying the size: ours follows
-    try:  # the size from the header alone, before decoding
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with Image.open(path) as im:
-                width, height = im.size
-    except Exception:  # Pillow cannot read this format or file: OpenCV will tell
-        width = height = 0
+    header = _read_header(data)
+    width, height = header["size"]
     if width * height > MAX_PIXELS:
         raise BadImage(f"too large to decode ({width}x{height}, over {MAX_PIXELS / 1e6:.0f} megapixels)")
+    needed, free = width * height * bytes_per_pixel, memory_available()
+    if needed > free:
+        raise BadImage(f"too large for the memory left ({width}x{height} needs about {needed / 2 ** 30:.1f} GiB, "
+                       f"{free / 2 ** 30:.1f} GiB are free): run it alone, or where there is more memory")
     try:
-        return _decode(data)
+        return _decode(data, header)
     except BadImage:
         raise
     except Exception as exc:  # OpenCV, numpy or memory errors on a hostile file
         raise BadImage(f"cannot be decoded ({type(exc).__name__}: {printable(exc).splitlines()[0][:200]})") from None
 
 
-def _decode(data: bytes) -> Photo:
+# TIFF tags that describe how the pixels are stored (size, samples, strips, tiles, compression, resolution, the
+# ICC profile): a TIFF's EXIF holds them, and an output must not take them from its input
+_TIFF_STRUCTURE = {254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 279, 280, 281, 282, 283, 284, 290,
+                   291, 292, 293, 296, 301, 317, 318, 319, 320, 322, 323, 324, 325, 338, 339, 340, 341, 530, 531, 532,
+                   34675}
+
+
+def _read_header(data: bytes) -> dict:
+    """What Pillow reads of a file without decoding it: size, EXIF orientation and the rest of EXIF, ICC profile,
+    resolution, format; zeros and Nones where it cannot read the file (OpenCV may still)."""
+    import io
+
+    Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check refuses without saying the size: ours follows
+    header = {"size": (0, 0), "orientation": 1, "exif": None, "icc": None, "dpi": None, "format": None}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with Image.open(io.BytesIO(data)) as im:
+                exif = im.getexif()
+                header.update(size=im.size, format=im.format, icc=im.info.get("icc_profile"), dpi=im.info.get("dpi"),
+                              orientation=exif.get(0x0112, 1))
+                for tag in _TIFF_STRUCTURE & set(exif):  # a TIFF's own layout, read as EXIF: not the output's
+                    del exif[tag]
+                if exif:
+                    exif[0x0112] = 1  # the pixels are turned upright: the copy an output keeps says so
+                    header["exif"] = exif.tobytes()
+    except Exception:  # Pillow cannot read this format or file
+        pass
+    return header
+
+
+def memory_available() -> float:
+    """Bytes this process may still allocate: the least of the machine's available memory, its cgroup's room
+    (a SLURM job's limit) and its address-space limit (ulimit -v) less what it maps already."""
+    room = [math.inf]
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+        room.append(int(re.search(r"MemAvailable:\s+(\d+) kB", meminfo).group(1)) * 1024)
+        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        if limit.isdigit():
+            room.append(int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text()))
+    except (OSError, AttributeError, ValueError):
+        pass
+    try:
+        import resource
+
+        soft = resource.getrlimit(resource.RLIMIT_AS)[0]
+        if soft != resource.RLIM_INFINITY:
+            mapped = int(re.search(r"VmSize:\s+(\d+) kB", Path("/proc/self/status").read_text()).group(1)) * 1024
+            room.append(soft - mapped)
+    except (ImportError, OSError, AttributeError, ValueError):
+        pass
+    return max(0.0, min(room))
+
+
+def _decode(data: bytes, header: dict) -> Photo:
     import cv2
 
     jpeg = data[:2] == b"\xff\xd8"
     if jpeg and b"\xff\xd9" not in data[-1024:]:
         raise BadImage("truncated JPEG (no end-of-image marker)")
-    # JPEGs carry EXIF orientation, which these flags honour; other formats keep their alpha unchanged
-    img = cv2.imdecode(np.frombuffer(data, np.uint8),
-                       cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR if jpeg else cv2.IMREAD_UNCHANGED)
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # alpha kept, EXIF not applied
     if img is None:
         raise BadImage("not an image, or corrupt")
     if img.shape[0] < 2 or img.shape[1] < 2:
         raise BadImage(f"too small ({img.shape[1]}x{img.shape[0]})")
+    if header["format"] != "TIFF":  # libtiff turns TIFFs itself
+        img = _UPRIGHT.get(header["orientation"], lambda a: a)(img)
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype)
     if scale is None:
         raise BadImage(f"unsupported sample type {img.dtype}")
     img = img.astype(np.float32)
     img *= 1 / scale  # in place: a 12-megapixel photo makes big temporaries
     channels = 1 if img.ndim == 2 else img.shape[2]
-    alpha = img[..., -1] if channels in (2, 4) else None
+    alpha = img[..., -1].copy() if channels in (2, 4) else None  # a copy: the view would hold all of img
     rgb = np.repeat((img if channels == 1 else img[..., 0])[..., None], 3, axis=2) if channels <= 2 else \
         cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
-    return Photo(rgb, alpha, 16 if scale > 255 else 8)
+    if header["icc"] and channels >= 3:
+        rgb = icc_to_srgb(header["icc"])(rgb)
+    return Photo(rgb, alpha, 16 if scale > 255 else 8, header["exif"], header["dpi"])
+
+
+# ICC profiles: photos from cameras and editors often carry Adobe RGB, Display P3 or ProPhoto, all of them
+# matrix-shaper profiles (three tone curves, then a matrix to the D50 connection space): converted here,
+# in float, 16-bit images too. Other profiles go through LittleCMS (Pillow's ImageCms) in 8 bits.
+
+
+def _icc_tags(profile: bytes) -> dict:
+    count = int.from_bytes(profile[128:132], "big")
+    tags = {}
+    for i in range(count):
+        entry = profile[132 + 12 * i:144 + 12 * i]
+        offset, size = int.from_bytes(entry[4:8], "big"), int.from_bytes(entry[8:12], "big")
+        tags[entry[:4].decode("latin-1")] = profile[offset:offset + size]
+    return tags
+
+
+def _s15(raw: bytes) -> np.ndarray:
+    return np.frombuffer(raw, ">i4").astype(np.float64) / 65536
+
+
+def _tone_curve(tag: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    """An ICC 'curv' or 'para' tone curve: encoded value in [0, 1] -> linear light."""
+    if tag[:4] == b"curv":
+        n = int.from_bytes(tag[8:12], "big")
+        if n == 0:
+            return lambda x: x
+        if n == 1:
+            gamma = int.from_bytes(tag[12:14], "big") / 256
+            return lambda x: np.power(x, gamma)
+        table = np.frombuffer(tag[12:12 + 2 * n], ">u2").astype(np.float64) / 65535
+        return lambda x: np.interp(x, np.linspace(0, 1, n), table)
+    if tag[:4] == b"para":  # Y = (aX + b)^g + e above a threshold d, else cX + f, in five kinds
+        kind = int.from_bytes(tag[8:10], "big")
+        p = list(_s15(tag[12:12 + 4 * [1, 3, 4, 5, 7][kind]]))
+        g, a, b = (p[0], p[1], p[2]) if kind else (p[0], 1.0, 0.0)
+        if kind == 0:
+            d, c, e, f = 0.0, 0.0, 0.0, 0.0
+        elif kind in (1, 2):
+            d, c, e = -b / a, 0.0, p[3] if kind == 2 else 0.0
+            f = e
+        else:
+            d, c = p[4], p[3]
+            e, f = (p[5], p[6]) if kind == 4 else (0.0, 0.0)
+        return lambda x: np.where(x >= d, np.power(np.maximum(a * x + b, 0), g) + e, c * x + f)
+    raise ValueError("not a tone curve")
+
+
+def _matrix_shaper(profile: bytes):
+    """-> (tone curves r, g, b; 3x3 matrix linear RGB -> XYZ D50) of an RGB matrix-shaper profile."""
+    tags = _icc_tags(profile)
+    if profile[16:20] != b"RGB ":
+        raise ValueError("not an RGB profile")
+    matrix = np.stack([_s15(tags[f"{c}XYZ"][8:20]) for c in "rgb"], axis=1)
+    return [_tone_curve(tags[f"{c}TRC"]) for c in "rgb"], matrix
+
+
+_SRGB_PROFILE = {}
+
+
+def srgb_profile() -> bytes:
+    """LittleCMS's sRGB ICC profile, its creation date fixed: outputs that embed it are the same bytes every run."""
+    if "bytes" not in _SRGB_PROFILE:
+        from PIL import ImageCms
+
+        profile = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+        profile[24:36] = struct.pack(">6H", 2000, 1, 1, 0, 0, 0)
+        profile[84:100] = bytes(16)  # an all-zero profile ID: "not computed", as the date changed
+        _SRGB_PROFILE.update(bytes=bytes(profile), matrix=_matrix_shaper(bytes(profile))[1])
+    return _SRGB_PROFILE["bytes"]
+
+
+def icc_to_srgb(profile: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    """-> convert(float32 RGB in [0, 1], H x W x 3) -> sRGB in [0, 1], for a photo that carries this ICC
+    profile (the identity for sRGB itself, or a profile that cannot be read: such a photo is taken as sRGB)."""
+    srgb_profile()
+    try:
+        curves, matrix = _matrix_shaper(profile)
+    except (KeyError, ValueError, IndexError, ZeroDivisionError):
+        return _littlecms_to_srgb(profile)
+    samples = np.linspace(0, 1, 33)
+    srgb_curve = srgb_to_linear(torch.from_numpy(samples)).numpy()
+    if np.allclose(matrix, _SRGB_PROFILE["matrix"], atol=2e-3) and \
+            all(np.allclose(curve(samples), srgb_curve, atol=2e-3) for curve in curves):
+        return lambda rgb: rgb  # sRGB already: its bytes untouched
+    to_srgb = np.linalg.solve(_SRGB_PROFILE["matrix"], matrix)  # linear profile RGB -> linear sRGB, both D50
+
+    def convert(rgb: np.ndarray) -> np.ndarray:
+        linear = np.stack([curve(rgb[..., i].astype(np.float64)) for i, curve in enumerate(curves)], axis=-1)
+        srgb_linear = torch.from_numpy(np.clip(linear @ to_srgb.T, 0, 1))
+        encoded = torch.where(srgb_linear > 0.0031308, 1.055 * srgb_linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055,
+                              srgb_linear * 12.92)
+        return encoded.float().numpy()
+    return convert
+
+
+def _littlecms_to_srgb(profile: bytes) -> Callable[[np.ndarray], np.ndarray]:
+    import io
+
+    from PIL import ImageCms
+
+    try:
+        transform = ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(profile)),
+                                            ImageCms.ImageCmsProfile(io.BytesIO(srgb_profile())), "RGB", "RGB")
+    except Exception:  # a damaged or unsupported profile: the photo is taken as sRGB
+        return lambda rgb: rgb
+
+    def convert(rgb: np.ndarray) -> np.ndarray:
+        image = Image.fromarray(to_uint8(rgb))
+        return np.asarray(ImageCms.applyTransform(image, transform), dtype=np.float32) / 255
+    return convert
 
 
 def center_square(image: np.ndarray, size: int) -> np.ndarray:
@@ -473,8 +747,13 @@ class FaceLabDataset(torch.utils.data.Dataset):
         return self._len
 
     def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        batch = self.array[np.asarray(indices)]  # one fancy-indexing read per batch, not one per image
+        rows = np.asarray(indices)
+        batch = self.array[rows]  # one fancy-indexing read per batch, not one per image
         release_pages(self.array)
+        finite = np.isfinite(batch).reshape(len(rows), -1).all(axis=1)
+        if not finite.all():  # a damaged file: NaN or inf would train, or score, silently
+            raise UserError(f"{self.path}: row {rows[~finite].min()} holds values that are not finite numbers (NaN "
+                            "or inf): the file is damaged; prepare the data again")
         return torch.from_numpy(batch)
 
 
@@ -693,10 +972,12 @@ def colorize_lab01(model: nn.Module, lab01: torch.Tensor, regressor: Callable | 
 
 class RunRecord:
     """Config and per-epoch history of a run, saved inside every checkpoint, with the sum and count of
-    the current epoch's training losses (kept across a resume mid-epoch)."""
+    the current epoch's training losses (kept across a resume mid-epoch), and the weights of the regressor a
+    conditioned colorizer learns from: the checkpoint carries it, and nothing else decides which one it uses."""
 
-    def __init__(self, config: dict):
+    def __init__(self, config: dict, regressor: nn.Module | None = None):
         self.config = dict(config)
+        self.regressor = regressor
         self.history = {"epoch": [], "train_loss": [], "val_loss": [], "val_mse": [], "train_images_per_s": []}
         # the sum stays a tensor on the device while training: no step waits for the GPU to read a loss back
         self.loss_sum, self.loss_count = 0.0, 0
@@ -716,10 +997,15 @@ class RunRecord:
             self.history[key].append(value)
 
     def state_dict(self) -> dict:
-        return {"config": self.config, "history": self.history, "epoch_loss": [float(self.loss_sum), self.loss_count]}
+        state = {"config": self.config, "history": self.history, "epoch_loss": [float(self.loss_sum), self.loss_count]}
+        if self.regressor is not None:
+            state["regressor"] = self.regressor.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         self.history, (self.loss_sum, self.loss_count) = state["history"], state["epoch_loss"]
+        if self.regressor is not None and "regressor" in state:  # resumed with the regressor it began with
+            self.regressor.load_state_dict(state["regressor"])
 
 
 # last.pt also holds ignite's saved random states, NumPy's among them: allow just those types
@@ -749,6 +1035,10 @@ def load_checkpoint(path: str | Path, task: str | None = None, device="cpu"):
         raise UserError(f"{path}: not a checkpoint of this project; pass a best.pt or last.pt from a run folder")
     if task is not None and config["task"] != task:
         raise UserError(f"{path}: this is a {config['task']} checkpoint, but a {task} checkpoint is needed here")
+    wrong = [k for k, kind in CONFIG_TYPES.items() if k in config and not kind(config[k])]
+    if wrong:
+        raise UserError(f"{path}: its config holds an impossible {wrong[0]} ({config[wrong[0]]!r}); "
+                        "pass a checkpoint written by the training scripts")
     try:
         model = build_model(config)
         model.load_state_dict(ckpt["model"])
@@ -756,16 +1046,54 @@ def load_checkpoint(path: str | Path, task: str | None = None, device="cpu"):
         reason = f"no setting {exc}" if isinstance(exc, KeyError) else printable(exc).splitlines()[0][:200]
         raise UserError(f"{path}: its weights do not fit the model its config describes ({reason}); "
                         "pass a checkpoint written by the training scripts") from None
+    check_finite(model, path)
     return model.to(device).eval(), config, ckpt
 
 
+def _whole(low: int, high: int):
+    return lambda v: type(v) is int and low <= v <= high
+
+
+MAX_IMAGE_SIZE = 4096  # the largest square a network is trained on, or colours at (--size)
+# what the settings a checkpoint's model is rebuilt from may hold
+CONFIG_TYPES = {"image_size": _whole(8, MAX_IMAGE_SIZE), "max_channels": _whole(1, 4096), "layers": _whole(2, 12),
+                "base_channels": _whole(1, 1024), "depth": _whole(1, 12),
+                "temperature": lambda v: type(v) in (int, float) and 0 < v < math.inf,
+                "task": lambda v: v in ("regressor", "colorizer")}
+
+
+def check_finite(model: nn.Module, path) -> None:
+    """A checkpoint whose weights (or batch-norm statistics) hold NaN or inf would colour with NaN: refused."""
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all():
+            raise UserError(f"{path}: its weights hold numbers that are not finite (NaN or inf, in {name}): the "
+                            "training that wrote it diverged or the file is damaged; pass another checkpoint")
+
+
 def load_colorizer(path: str | Path, device, regressor_path: str | Path | None = None):
-    """-> (colorizer, its regressor or None, config, checkpoint dict): the regressor it was trained with
-    unless regressor_path names another."""
+    """-> (colorizer, its regressor or None, config, checkpoint dict): the regressor it was trained with (its
+    weights travel inside the checkpoint) unless regressor_path names another."""
     model, config, ckpt = load_checkpoint(path, task="colorizer", device=device)
-    regressor_path = regressor_path or config.get("regressor")
-    regressor = load_checkpoint(regressor_path, task="regressor", device=device)[0] if regressor_path else None
-    return model, regressor, config, ckpt
+    if not config.get("regressor"):
+        if regressor_path:
+            raise UserError(f"{path}: this colorizer was trained without a regressor; leave out --regressor")
+        return model, None, config, ckpt
+    if regressor_path:
+        return model, load_checkpoint(regressor_path, task="regressor", device=device)[0], config, ckpt
+    carried = ckpt["run"].get("regressor")
+    if carried is None:  # a checkpoint from before colorizers carried their regressor: only by absolute path
+        if not Path(config["regressor"]).is_absolute():
+            raise UserError(f"{path}: trained with the regressor {config['regressor']}, a path relative to a folder "
+                            "it does not record; pass that checkpoint with --regressor")
+        return model, load_checkpoint(config["regressor"], task="regressor", device=device)[0], config, ckpt
+    regressor = SeedRegressor()
+    try:
+        regressor.load_state_dict(carried)
+        check_finite(regressor, path)
+    except (TypeError, RuntimeError) as exc:
+        raise UserError(f"{path}: the regressor it carries does not load ({printable(exc).splitlines()[0][:200]}); "
+                        "pass a regressor checkpoint with --regressor") from None
+    return model, regressor.to(device).eval(), config, ckpt
 
 
 # ---------------------------------------------------------------------------------------------
@@ -828,6 +1156,7 @@ def nvidia_driver_says() -> str:
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
 RUN_LOCK = ".lock"  # in a run folder: held by the live run writing there (the kernel frees it on any exit)
+RUN_FILES = {"best.pt", "last.pt", "history.json", "loss.png", RUN_LOCK}  # what a run writes in its folder
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
 # settings that may change between an interrupted run and its resumption
 _OPERATIONAL_KEYS = {"device", "num_workers", "backend", "world_size", "dry_run", "resume", "out", "data",
@@ -881,6 +1210,7 @@ class Task(NamedTuple):
     train_loss: Callable  # (output, target) -> loss, in training mode
     val_loss: Callable    # the same in eval mode, on the validation set (its MSE is taken too)
     loss_name: str        # train_loss's name in the epoch lines
+    regressor: nn.Module | None = None  # the frozen regressor a conditioned colorizer learns from: checkpoints carry it
 
 
 def train(config: dict, setup_task: Callable[[dict, torch.device], Task]) -> None:
@@ -895,22 +1225,32 @@ def train(config: dict, setup_task: Callable[[dict, torch.device], Task]) -> Non
         raise UserError(f"{config['data']}: {n_train} training images, fewer than one batch of "
                         f"{config['batch_size']}; pass a smaller --batch-size or prepare more images")
     out = Path(config["out"])
-    created = writable_folder(out)
-    # held until this returns, by rank 0 as torchrun or srun numbered it (there is no process group yet)
+    # rank 0 as torchrun or srun numbered it (there is no process group yet) claims and locks the folder
     rank0 = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) == 0
-    lock = lock_run_folder(out) if rank0 else None  # noqa: F841
+    script = f"train_{config['task']}.py"
+    created = claim_folder(out, script, ours=lambda names: "last.pt" in names and set(names) <= RUN_FILES) \
+        if rank0 else writable_folder(out)
+    lock = lock_run_folder(out) if rank0 else None  # noqa: F841  (held until this returns)
+    if rank0:
+        remove_stale_temporaries(out)
     try:
         with idist.Parallel(backend=_choose_backend(config["backend"], config["device"])) as parallel:
-            # ignite's launcher logs at INFO: our own lines say what a user needs (errors: one line)
+            # ignite's launcher logs at INFO, and its engines log an exception before raising it: our own lines say
+            # what a user needs (a UserError from a handler: one line)
             logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
+            logging.getLogger("ignite.engine").setLevel(logging.CRITICAL)
             try:
                 parallel.run(training, config, setup_task)
             finally:
                 _free_run_objects()
-    except BaseException:
-        if created and {p.name for p in out.iterdir()} <= {RUN_LOCK}:
-            (out / RUN_LOCK).unlink(missing_ok=True)
+    except BaseException as exc:
+        if created and {p.name for p in out.iterdir()} <= {RUN_LOCK, OWNER_FILE}:
+            for name in (RUN_LOCK, OWNER_FILE):
+                (out / name).unlink(missing_ok=True)
             out.rmdir()  # a run that failed before writing anything leaves no empty folder
+        full = no_space_error(exc, out)
+        if full is not None:
+            raise full from None
         raise
 
 
@@ -927,7 +1267,7 @@ def training(local_rank: int, config: dict, setup_task) -> None:
     task = setup_task(config, device)
     memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
     model, network, optimizer = initialize(config, task.model, device, memory_format)
-    record = RunRecord(config)
+    record = RunRecord(config, task.regressor)
     prepare_batch = batch_converter(device, memory_format)
     trainer = create_trainer(config, training_step(network, task.predict, task.train_loss, optimizer, config["amp"]),
                              prepare_batch, record)
@@ -999,6 +1339,18 @@ def training_step(network: nn.Module, predict, loss_fn, optimizer, amp: bool):
     return step
 
 
+def stop_if_not_finite(engine, record: RunRecord, config: dict) -> None:
+    """A loss that is NaN or infinite stops the run with one line; last.pt and best.pt stay the last good ones."""
+    bad = torch.tensor(float(not math.isfinite(float(record.loss_sum))))
+    if idist.get_world_size() > 1:
+        bad = idist.all_reduce(bad)
+    if bad > 0:
+        step = (engine.state.iteration - 1) % engine.state.epoch_length + 1
+        raise UserError(f"the training loss is not a finite number (NaN or inf) at epoch {engine.state.epoch}, by "
+                        f"batch {step} of {engine.state.epoch_length}: nothing of it was saved ({config['out']} keeps "
+                        "the last good checkpoints); check the prepared data, or train with a lower --lr")
+
+
 def create_trainer(config: dict, step: Callable, prepare_batch: Callable, record: RunRecord):
     """The engine of the training steps: step on every prepared (and with --augment, augmented) batch,
     its loss added to the record's epoch sum."""
@@ -1017,6 +1369,13 @@ def create_trainer(config: dict, step: Callable, prepare_batch: Callable, record
     def clear_epoch_losses(engine):
         if engine.state.iteration % engine.state.epoch_length == 0:  # not when resuming mid-epoch
             record.clear_losses()
+
+    # a non-finite loss stops the run before anything is saved from it: checked after every step on one CPU,
+    # every 50 steps where reading the loss makes a GPU, or the other processes, wait (and before each epoch's
+    # checkpoints, whose handlers come later)
+    every = 1 if idist.get_world_size() == 1 and config["device"] == "cpu" else 50
+    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every) | Events.EPOCH_COMPLETED, stop_if_not_finite,
+                              record, config)
 
     if idist.get_rank() == 0 and sys.stderr.isatty():  # batch logs (SLURM, CI) get the per-epoch lines only
         ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": float(loss)})
@@ -1060,6 +1419,13 @@ def create_evaluator(network: nn.Module, task: Task, prepare_batch: Callable, tr
     Loss(task.val_loss).attach(evaluator, "val_loss")
     # ignite's MeanSquaredError averages per image; the seed's MSE is per element, as F.mse_loss
     Loss(F.mse_loss).attach(evaluator, "val_mse")
+
+    @evaluator.on(Events.COMPLETED)  # first: before best.pt and early stopping read the score
+    def refuse_non_finite_scores(engine):
+        if not all(math.isfinite(v) for v in engine.state.metrics.values()):
+            raise UserError(f"the validation scores are not finite numbers ({engine.state.metrics}) after epoch "
+                            f"{trainer.state.epoch}: nothing of it was saved; check the prepared data, or train "
+                            "with a lower --lr")
     # seconds per batch since the epoch began (or resumed), paused before validating: training alone
     timer = Timer(average=True).attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED,
                                        step=Events.ITERATION_COMPLETED)
@@ -1088,7 +1454,7 @@ def attach_checkpoints(config: dict, trainer, evaluator, resumable: dict, schedu
     def score(engine):
         return -engine.state.metrics["val_mse"]
 
-    saver = DiskSaver(config["out"], require_empty=False, create_dir=True)  # atomic: temp file, then rename
+    saver = RunSaver(config["out"], require_empty=False, create_dir=True)
     best = Checkpoint({"model": resumable["model"], "run": resumable["run"]}, saver, filename_pattern="best.pt",
                       n_saved=1, score_function=score, score_name="neg_val_mse")
     evaluator.add_event_handler(Events.COMPLETED, best)
@@ -1103,6 +1469,14 @@ def attach_checkpoints(config: dict, trainer, evaluator, resumable: dict, schedu
     last = Checkpoint(resumable, saver, filename_pattern="last.pt", n_saved=1)
     trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
     return last, stopper
+
+
+class RunSaver(DiskSaver):
+    """ignite's DiskSaver writing through atomic_write: a temporary file renamed into place, named so that a
+    later run removes one that a killed run left, and a full disk reported as one line."""
+
+    def _save_func(self, checkpoint, path: Path, func: Callable) -> None:
+        atomic_write(path, lambda tmp: func(checkpoint, tmp, **self.kwargs))
 
 
 def report_epoch(engine, config: dict, record: RunRecord, loss_name: str) -> None:

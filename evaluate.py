@@ -25,12 +25,16 @@ import torch
 from matplotlib.figure import Figure
 
 from common import (ArgumentParser, BadImage, ClassifyingColorizer, UserError, ab_to_lab_units, ab_to_unit_scale,
-                    atomic_write, check_prepared, colorize_lab01, denormalize_lab, exit_on_user_error, find_images,
-                    lab01_batches, lab01_to_rgb, load_checkpoint, load_colorizer, plot_loss_curves, positive_float,
-                    positive_int, prepare_photo, read_images, resolve_device, save_figure, writable_folder,
-                    write_json)
+                    atomic_write, check_prepared, claim_folder, colorize_lab01, denormalize_lab, exit_on_user_error,
+                    find_images, lab01_batches, lab01_to_rgb, load_checkpoint, load_colorizer, lock_run_folder,
+                    plot_loss_curves,
+                    positive_float, positive_int, prepare_photo, printable, read_images, remove_stale_temporaries,
+                    resolve_device, save_figure, write_json)
 
 BASELINES = ("gray", "mean colour", "mean-face map")
+# what evaluate writes into --out: a folder holding just these (from before .written-by.json) is its own
+EVALUATE_FILES = {".lock", "report.md", "metrics.json", "loss_curves.png", "grid.png", "lab_channels.png",
+                  "best_worst.png", "photos.png"}
 GRAY_AB01 = ab_to_unit_scale(0.0)  # a* = b* = 0
 
 
@@ -67,15 +71,13 @@ def main():
     device = resolve_device(args.device)
     manifest = check_prepared(args.data)
     runs = load_colorizers(args.colorizer, args.temperatures, device)
-    photo_files = [f for path in args.photos for f in find_images(path)]
+    photo_files = usable_photos([f for path in args.photos for f in find_images(path)], manifest["size"])
     if args.photos and not photo_files:
-        raise UserError(f"--photos {' '.join(map(str, args.photos))}: no image files there")
-    for f in photo_files:  # every photo usable, before the work: a first pass that keeps nothing in memory
-        try:
-            prepare_photo(f, manifest["size"])
-        except BadImage as exc:
-            raise UserError(f"{f}: {exc}; remove it from --photos") from None
-    writable_folder(args.out)  # now, not after all the work; the last check, so that a bad input leaves no folder
+        raise UserError(f"--photos {' '.join(map(str, args.photos))}: no usable image files there")
+    # now, not after all the work; the last check, so that a bad input leaves no folder
+    claim_folder(args.out, "evaluate.py", ours=lambda names: set(names) <= EVALUATE_FILES)
+    lock = lock_run_folder(args.out)  # noqa: F841  (held until the report is written: one evaluation at a time)
+    remove_stale_temporaries(args.out)
     # baselines learn from the original training images (augmented copies excluded)
     colours = training_colours(read_images(args.data, "train")[::manifest["augment_factor"]], args.batch_size, device)
 
@@ -92,6 +94,19 @@ def main():
     write_json(args.out / "metrics.json", results)
     print(results_table(results["summary"], runs.kinds))
     print(f"\nreport: {args.out / 'report.md'}")
+
+
+def usable_photos(files: list[Path], size: int) -> list[Path]:
+    """The --photos that can be scored, found before the work (a pass that keeps nothing in memory); each other
+    one is named on a line and left out, as prepare_data.py leaves out what it cannot use."""
+    usable = []
+    for f in files:
+        try:
+            prepare_photo(f, size)
+            usable.append(f)
+        except BadImage as exc:
+            print(f"skipped {printable(f)}: {printable(exc)}", file=sys.stderr)
+    return usable
 
 
 class Runs(NamedTuple):

@@ -14,6 +14,7 @@ scikit-image and matplotlib ship, so a fresh clone runs end to end without a dow
 import math
 import os
 import platform
+import re
 import shutil
 import sys
 import tempfile
@@ -25,10 +26,10 @@ import torch
 from torchvision.transforms import v2
 from tqdm import tqdm
 
-from common import (DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, LAB_SUFFIX, MANIFEST, PREPARED_FORMAT, SPLITS,
+from common import (DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, LAB_SUFFIX, MANIFEST, MAX_IMAGE_SIZE, PREPARED_FORMAT, SPLITS,
                     ArgumentParser, BadImage, UserError, center_square, exit_on_user_error, find_images, fraction,
-                    lab01_batches, non_negative_int, positive_int, prepare_photo, printable, read_image, real_path,
-                    release_pages, to_uint8, write_json)
+                    lab01_batches, no_space_error, non_negative_int, positive_int, prepare_photo, printable, read_image,
+                    real_path, release_pages, remove_stale_temporaries, temp_prefix, to_uint8, write_json)
 
 DEFAULT_SOURCE = Path("data/face_images")
 # colour photos shipped inside installed packages: (package, file inside its data folder)
@@ -52,19 +53,29 @@ def parse_args(argv=None):
     p.add_argument("--val-share", type=fraction, default=0.5,
                    help="share of the held-out part (images or people) that validates; the rest is the test split")
     p.add_argument("--split-by", choices=["image", "person"], default="image",
-                   help="person: keep each person (JPEG comment, e.g. s12) on one side of the split")
+                   help="person: keep each person (see --person-from) on one side of the split")
+    p.add_argument("--person-from", choices=PERSON_SOURCES, default="comment",
+                   help="where a photo names its person: the JPEG comment (the seed's faces: s12) or the file name "
+                        "without its number (LFW: Aaron_Peirsol_0003.jpg -> Aaron_Peirsol)")
     p.add_argument("--augment-factor", type=positive_int, default=10, help="training images per original (1: none)")
     p.add_argument("--workers", type=non_negative_int, default=min(4, os.cpu_count() or 1),
                    help="processes that decode, resize and augment the images (0: this one); the bytes written "
                         "do not depend on it")
     args = p.parse_args(argv)
-    if args.size < 8:
-        p.error("argument --size: must be at least 8")
+    if not 8 <= args.size <= MAX_IMAGE_SIZE:
+        p.error(f"argument --size: must be from 8 to {MAX_IMAGE_SIZE}")
     return args
 
 
-def jpeg_comment(path: Path) -> str | None:
-    """The person id the face dataset keeps in each JPEG's comment field (s1..s50), if any."""
+PERSON_SOURCES = ("comment", "file-name")
+
+
+def person_of(path: Path, source: str) -> str | None:
+    """Who the photo shows, if it says: its JPEG comment (the seed's faces keep s1..s50 there), or its file
+    name without the trailing number (LFW's Aaron_Peirsol_0003.jpg -> Aaron_Peirsol); None where it says nothing."""
+    if source == "file-name":
+        numbered = re.fullmatch(r"(.+?)[_-]\d+", path.stem)
+        return numbered.group(1) if numbered else None
     from PIL import Image
 
     try:
@@ -72,22 +83,24 @@ def jpeg_comment(path: Path) -> str | None:
             comment = im.info.get("comment")
     except Exception:
         return None
-    return comment.decode(errors="replace").strip() if isinstance(comment, bytes) else comment
+    if isinstance(comment, bytes):
+        comment = comment.decode(errors="replace")
+    return comment.strip(" \t\r\n\0") or None if isinstance(comment, str) else None
 
 
 class SourcePhotos(torch.utils.data.Dataset):
     """The source files, each prepared in whichever worker process loads it: -> (the image as the set
-    stores it, or None; why it cannot be used, or None; the person id in its JPEG comment)."""
+    stores it, or None; why it cannot be used, or None; the person it shows, or None)."""
 
-    def __init__(self, paths: list[Path], size: int):
-        self.paths, self.size = paths, size
+    def __init__(self, paths: list[Path], size: int, person_from: str):
+        self.paths, self.size, self.person_from = paths, size, person_from
 
     def __len__(self):
         return len(self.paths)
 
     def __getitem__(self, i):
         try:
-            return prepare_photo(self.paths[i], self.size), None, jpeg_comment(self.paths[i])
+            return prepare_photo(self.paths[i], self.size), None, person_of(self.paths[i], self.person_from)
         except (BadImage, OSError) as exc:
             return None, str(exc), None
 
@@ -97,15 +110,24 @@ def as_is(item):
     return item
 
 
-def load_folder(source: Path, size: int, sources: Path, workers: int):
+def new_array_file(path: Path, dtype, shape: tuple) -> np.memmap:
+    """A new memory-mapped .npy file with its disk space reserved now: on a full disk, writing into a
+    sparse map would kill the process (SIGBUS); reserving it fails with an OSError (ENOSPC) instead."""
+    array = np.lib.format.open_memmap(path, mode="w+", dtype=dtype, shape=shape)
+    with open(path, "r+b") as f:
+        os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+    return array
+
+
+def load_folder(source: Path, size: int, sources: Path, workers: int, person_from: str):
     """Prepare every image under source, in worker processes, straight into the array file sources
     (N x size x size x 3 uint8, in file order, usable images only): memory does not grow with the
     number of images. -> (records [{file, person}], skipped [{file, reason}])."""
     paths = find_images(source)
     if not paths:
         raise UserError(f"{source}: no image files found (looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
-    images = np.lib.format.open_memmap(sources, mode="w+", dtype=np.uint8, shape=(len(paths), size, size, 3))
-    loader = torch.utils.data.DataLoader(SourcePhotos(paths, size), batch_size=None, collate_fn=as_is,
+    images = new_array_file(sources, np.uint8, (len(paths), size, size, 3))
+    loader = torch.utils.data.DataLoader(SourcePhotos(paths, size, person_from), batch_size=None, collate_fn=as_is,
                                          num_workers=workers)
     records, skipped = [], []
     for path, (image, reason, person) in zip(paths, tqdm(loader, total=len(paths), unit="image", leave=False,
@@ -155,7 +177,9 @@ def split_indices(records, held_out: float, val_share: float, by: str, rng: np.r
     if by == "person":
         people = sorted({r["person"] for r in records if r["person"]})
         if len(people) < 3 or any(not r["person"] for r in records):
-            raise UserError("--split-by person needs a person id in every JPEG comment; use --split-by image")
+            unnamed = next((r["file"] for r in records if not r["person"]), "fewer than 3 people")
+            raise UserError(f"--split-by person needs the person of every photo: {printable(unnamed)} names none "
+                            "(see --person-from); use --split-by image")
         order = [people[i] for i in rng.permutation(len(people))]
         n_held = max(2, round(len(order) * held_out))
         held_people = order[:n_held]
@@ -229,10 +253,8 @@ def write_split(folder: Path, split: str, sources: Path, indices: list[int], fac
     # one thread in every process, this one too: the float rounding of the conversion depends on
     # how the work is split among threads, and the bytes must not depend on the machine
     torch.set_num_threads(1)
-    rgb = np.lib.format.open_memmap(folder / f"{split}.npy", mode="w+", dtype=np.uint8,
-                                    shape=(len(rows), size, size, 3))
-    lab = np.lib.format.open_memmap(folder / f"{split}{LAB_SUFFIX}.npy", mode="w+", dtype=np.float16,
-                                    shape=(len(rows), 3, size, size))
+    rgb = new_array_file(folder / f"{split}.npy", np.uint8, (len(rows), size, size, 3))
+    lab = new_array_file(folder / f"{split}{LAB_SUFFIX}.npy", np.float16, (len(rows), 3, size, size))
     loader = torch.utils.data.DataLoader(rows, batch_size=64, collate_fn=rgb_and_lab,
                                          num_workers=workers if factor > 1 else 0)
     row = 0
@@ -257,7 +279,6 @@ def versions() -> dict:
 # every file a prepared folder holds: an --out holding anything else is not replaced
 PREPARED_FILES = {MANIFEST, "ab_prior.npy"} | {f"{split}{kind}.npy" for split in SPLITS for kind in ("", LAB_SUFFIX)}
 SOURCES = ".sources.npy"  # while preparing: every usable source image, prepared, before the split
-STAGING_TAG = "prepare_data"  # hidden siblings of --out named .OUT.prepare_data-PID-...: ours alone
 
 
 def check_out(out: Path, source: Path | None) -> Path:
@@ -282,34 +303,11 @@ def check_out(out: Path, source: Path | None) -> Path:
     return target
 
 
-def remove_stale_staging(target: Path) -> None:
-    """Remove the staging folders of earlier runs on this --out that were killed (their process is gone)."""
-    for path in target.parent.glob(f".{glob_escape(target.name)}.{STAGING_TAG}-*"):
-        pid = path.name.rsplit(f".{STAGING_TAG}-", 1)[1].split("-")[0]
-        if pid.isdigit() and not process_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-            print(f"removed {printable(path)}, left by an interrupted run", file=sys.stderr)
-
-
-def glob_escape(name: str) -> str:
-    return "".join(f"[{c}]" if c in "*?[" else c for c in name)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
-
-
 def staging_folder(target: Path) -> Path:
     """A new hidden sibling of --out to write into (which also proves, early, that we can write there)."""
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.{STAGING_TAG}-{os.getpid()}-", dir=target.parent))
+        tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
     except OSError as exc:
         raise UserError(f"{target}: cannot write there ({exc.strerror or type(exc).__name__}); "
                         "pass another --out") from None
@@ -320,7 +318,7 @@ def staging_folder(target: Path) -> Path:
 def swap_in(tmp: Path, target: Path) -> None:
     """Put the finished set in place of --out (a set prepared before, or nothing): never half a dataset."""
     if target.exists():
-        old = tmp.with_name(f"{tmp.name}-old")
+        old = tmp.with_name(f"{tmp.name}_old")
         target.rename(old)
         tmp.rename(target)
         shutil.rmtree(old)
@@ -342,7 +340,7 @@ def main():
     demo = args.demo or (args.source is None and not DEFAULT_SOURCE.is_dir())
     source = None if demo else (args.source if args.source is not None else DEFAULT_SOURCE)
     target = check_out(args.out, source)  # before reading any image
-    remove_stale_staging(target)
+    remove_stale_temporaries(target.parent)
     if demo:
         print("=" * 78 + f"\nNO DATASET: no --source and no {DEFAULT_SOURCE}/ folder, so this builds a small DEMO\n"
               "set from the photos bundled with scikit-image and matplotlib. Numbers from it say\n"
@@ -355,8 +353,11 @@ def main():
     try:
         manifest = prepare(args, source, tmp)
         swap_in(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        full = no_space_error(exc, target.parent)
+        if full is not None:
+            raise full from None
         raise
     seconds = time.perf_counter() - start
     c = manifest["counts"]
@@ -374,7 +375,7 @@ def prepare(args, source: Path | None, folder: Path) -> dict:
         np.save(sources, images)
         source_name = "demo (scikit-image and matplotlib sample photos)"
     else:
-        records, skipped = load_folder(source, args.size, sources, args.workers)
+        records, skipped = load_folder(source, args.size, sources, args.workers, args.person_from)
         source_name = str(source)
     rng = np.random.default_rng(args.seed)
     train_idx, val_idx, test_idx = split_indices(records, args.held_out, args.val_share, args.split_by, rng)
@@ -388,6 +389,7 @@ def prepare(args, source: Path | None, folder: Path) -> dict:
     manifest = {
         "format": PREPARED_FORMAT, "source": source_name, "demo": source is None, "seed": args.seed,
         "size": args.size, "held_out": args.held_out, "val_share": args.val_share, "split_by": args.split_by,
+        "person_from": args.person_from,
         "augment_factor": args.augment_factor,
         "counts": {"source_images": len(records) + len(skipped), "skipped": len(skipped), "train": len(train_idx),
                    "train_augmented": n_written, "val": len(val_idx), "test": len(test_idx)},

@@ -20,7 +20,7 @@ import torch.nn.functional as F
 from common import (CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS, LOSSES, ArgumentParser, FaceLabDataset,
                     Task, ab_bins, ab_to_lab_units, add_training_args, atomic_write, build_model, colorize_lab01,
                     colorizer_input, denormalize_lab, exit_on_user_error, load_checkpoint, non_negative_float,
-                    positive_float, positive_int, read_manifest, train)
+                    positive_float, positive_int, read_manifest, real_path, train)
 
 
 def parse_args(argv=None):
@@ -56,7 +56,8 @@ def setup_colorizer(config, device) -> Task:
     model = build_model(config)
     if config["head"] == "regress":
         loss = LOSSES[config["loss"]]
-        return Task(model, lambda m, lab01: (colorize_lab01(m, lab01, regressor), lab01), loss, loss, config["loss"])
+        return Task(model, lambda m, lab01: (colorize_lab01(m, lab01, regressor), lab01), loss, loss, config["loss"],
+                    regressor)
 
     bins = ab_bins().to(device)
     weights = rebalancing_weights(load_ab_prior(config["data"], bins.cpu()), config["rebalance"]).to(device)
@@ -71,7 +72,7 @@ def setup_colorizer(config, device) -> Task:
         distribution, pixel_weights = target
         return -(pixel_weights * (distribution * F.log_softmax(logits, dim=1)).sum(dim=1)).mean()
 
-    return Task(model, predict, rebalanced_cross_entropy, F.mse_loss, "cross-entropy")
+    return Task(model, predict, rebalanced_cross_entropy, F.mse_loss, "cross-entropy", regressor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -122,8 +123,13 @@ def load_ab_prior(data_dir, bins):
             with open(tmp, "wb") as f:
                 np.save(f, prior)
 
-        atomic_write(path, save)
-        print(f"computed the ab prior of the training images over {len(bins)} bins: {path}")
+        try:
+            atomic_write(path, save)
+            print(f"computed the ab prior of the training images over {len(bins)} bins: {path}")
+        except OSError as exc:  # a read-only prepared set (a shared one): computed again by every run
+            print(f"computed the ab prior of the training images over {len(bins)} bins (not saved: {data_dir} is "
+                  f"{exc.strerror or 'not writable'})")
+        return torch.from_numpy(prior)
     return torch.from_numpy(np.load(path))
 
 
@@ -134,8 +140,9 @@ def rebalancing_weights(prior: torch.Tensor, lam=0.5) -> torch.Tensor:
 
 
 def main():
-    config = vars(parse_args())
-    config["task"] = "colorizer"
+    args = parse_args()
+    # the regressor's weights travel in the checkpoints; its path, resolved, says where they came from
+    config = {**vars(args), "task": "colorizer", "regressor": args.regressor and str(real_path(args.regressor))}
     train(config, setup_colorizer)
 
 

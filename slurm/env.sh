@@ -23,7 +23,9 @@ fi
 echo "job ${SLURM_JOB_ID:-local} on $(hostname) in $(pwd) with $(command -v python)"
 
 # Run a training command so that SLURM's warning signal (--signal=B:USR1@...) reaches it; the
-# trainer then saves last.pt and exits with status 3, and the job is requeued to resume.
+# trainer then saves last.pt and exits with status 3, and the job is requeued to resume, at most
+# MAX_REQUEUES times (SLURM counts them in SLURM_RESTART_COUNT): a run signalled at every start
+# then fails, so that jobs waiting on it (afterok) do not wait forever.
 # With several tasks (sbatch --ntasks=N), the command runs once per task through srun, and the
 # tasks form one distributed run (the trainers' --backend auto reads srun's variables).
 run_resumable() {
@@ -38,7 +40,13 @@ run_resumable() {
     status=0; wait "$pid" || status=$?
   done
   if [ "$status" -eq 3 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
-    echo "checkpoint saved; requeueing job $SLURM_JOB_ID to resume"
+    local restarts=${SLURM_RESTART_COUNT:-0} limit=${MAX_REQUEUES:-3}
+    if [ "$restarts" -ge "$limit" ]; then
+      echo "error: job $SLURM_JOB_ID was interrupted again after $restarts requeues (MAX_REQUEUES=$limit);" \
+        "its checkpoint is saved: resubmit it, with a longer --time or a higher MAX_REQUEUES" >&2
+      return 1
+    fi
+    echo "checkpoint saved; requeueing job $SLURM_JOB_ID to resume (requeue $((restarts + 1)) of $limit)"
     scontrol requeue "$SLURM_JOB_ID"
   fi
   return "$status"

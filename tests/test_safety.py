@@ -98,11 +98,11 @@ def test_killed_prepare_leaves_a_staging_folder_the_next_run_removes(tmp_path, f
                              "--out", str(out), "--augment-factor", "10"], cwd=ROOT,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 120
-    while not list(tmp_path.glob(".prepared.prepare_data-*/train.npy")) and time.monotonic() < deadline:
+    while not list(tmp_path.glob(".prepared.colorization-tmp-*/train.npy")) and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.kill()
     proc.wait()
-    assert list(tmp_path.glob(".prepared.prepare_data-*")) and not out.exists()  # killed while writing
+    assert list(tmp_path.glob(".prepared.colorization-tmp-*")) and not out.exists()  # killed while writing
     result = run_script("prepare_data.py", "--source", faces_or_photos, "--out", out, "--augment-factor", 2)
     assert "left by an interrupted run" in result.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["prepared"]

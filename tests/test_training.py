@@ -145,10 +145,17 @@ def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
     assert "2 photos that are not in the prepared data" in report
     assert metrics["photos"]["summary"].keys() == metrics["summary"].keys()
     assert all(len(v["mse"]) == 2 for v in metrics["photos"]["per_image"].values())
+    # a photo that cannot be scored (broken, or gray: no colour to score against) is named and left out, like
+    # prepare_data.py leaves it out; the others are scored
     (photos / "broken.jpg").write_bytes(b"\xff\xd8 not really")
+    cv2.imwrite(str(photos / "gray.png"), cv2.cvtColor(synthetic_photo(np.random.default_rng(9), 100),
+                                                       cv2.COLOR_RGB2GRAY))
     result = run_script("evaluate.py", "--data", prepared, "--colorizer", col / "best.pt", "--out", out,
-                        "--photos", photos, check=False)
-    assert result.returncode == 2 and result.stderr.startswith(f"error: {photos / 'broken.jpg'}: ")
+                        "--photos", photos)
+    for name in ("broken.jpg", "gray.png"):
+        assert result.stderr.count(f"skipped {photos / name}: ") == 1, result.stderr
+    scored = json.loads((out / "metrics.json").read_text())["photos"]["per_image"]
+    assert all(len(v["mse"]) == 2 for v in scored.values())
 
 
 def test_noise_of_a_split_by_person_resamples_people_with_all_their_photos():
