@@ -414,7 +414,7 @@ def read_image(path: str | Path, bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) 
     needed, free = width * height * bytes_per_pixel, memory_available()
     if needed > free:
         raise BadImage(f"too large for the memory left ({width}x{height} needs about {needed / 2 ** 30:.1f} GiB, "
-                       f"{free / 2 ** 30:.1f} GiB are free): run it alone, or where there is more memory")
+                       f"{free / 2 ** 30:.1f} GiB are free to this process): colorize it where more memory is free")
     try:
         return _decode(data, header)
     except BadImage:
@@ -1161,7 +1161,8 @@ LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
 # settings that may change between an interrupted run and its resumption
 _OPERATIONAL_KEYS = {"device", "num_workers", "backend", "world_size", "dry_run", "resume", "out", "data",
                      "epochs", "patience", "epoch_length", "data_on_device", "amp", "channels_last", "compile"}
-_ADDED_KEYS = {"augment": False, "lr_schedule": "constant"}  # settings newer than some checkpoints: their default
+# settings newer than some checkpoints: their default
+_ADDED_KEYS = {"augment": False, "lr_schedule": "constant", "init_from": None}
 
 
 def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int, lr: float,

@@ -19,41 +19,67 @@ import torch.nn.functional as F
 
 from common import (CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS, LOSSES, ArgumentParser, FaceLabDataset,
                     Task, ab_bins, ab_to_lab_units, add_training_args, atomic_write, build_model, colorize_lab01,
-                    colorizer_input, denormalize_lab, exit_on_user_error, load_checkpoint, non_negative_float,
-                    positive_float, positive_int, read_manifest, real_path, train)
+                    colorizer_input, denormalize_lab, exit_on_user_error, load_checkpoint, load_colorizer,
+                    non_negative_float, positive_float, positive_int, read_manifest, real_path, train)
 
 
 def parse_args(argv=None):
     p = ArgumentParser(__doc__)
     add_training_args(p, out="runs/colorizer", epochs=20, lr=0.01, weight_decay=0.0, patience=5)
-    m = p.add_argument_group("model")
-    m.add_argument("--arch", choices=["seed", "unet"], default="seed")
-    m.add_argument("--activation", choices=sorted(FINAL_ACTIVATIONS), default="sigmoid", help="final activation")
-    m.add_argument("--max-channels", type=positive_int, default=128,
-                   help="seed arch: widest layer (128, 256, 512 in the seed)")
-    m.add_argument("--layers", type=positive_int, default=3, help="seed arch: layers per side (3 or 5 in the seed)")
-    m.add_argument("--base-channels", type=positive_int, default=32, help="unet: channels at full resolution")
-    m.add_argument("--depth", type=positive_int, default=4, help="unet: number of downsamplings")
+    m = p.add_argument_group("model (with --init-from: taken from that checkpoint)")
+    m.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="fine-tune: start from this colorizer's weights (its architecture, head and regressor; a "
+                        "fresh optimizer and schedule); rerunning the command resumes as usual")
+    m.add_argument("--arch", choices=["seed", "unet"], default=None, help="default: seed")
+    m.add_argument("--activation", choices=sorted(FINAL_ACTIVATIONS), default=None,
+                   help="final activation (default: sigmoid)")
+    m.add_argument("--max-channels", type=positive_int, default=None,
+                   help="seed arch: widest layer (128, 256, 512 in the seed; default 128)")
+    m.add_argument("--layers", type=positive_int, default=None,
+                   help="seed arch: layers per side (3 or 5 in the seed; default 3)")
+    m.add_argument("--base-channels", type=positive_int, default=None,
+                   help="unet: channels at full resolution (default 32)")
+    m.add_argument("--depth", type=positive_int, default=None, help="unet: number of downsamplings (default 4)")
     m.add_argument("--regressor", default=None,
                    help="a trained regressor checkpoint: condition on its predicted mean colour")
-    m.add_argument("--head", choices=["regress", "classify"], default="regress",
-                   help="classify: a distribution over quantized ab bins (Zhang et al. 2016) instead of ab values")
+    m.add_argument("--head", choices=["regress", "classify"], default=None,
+                   help="classify: a distribution over quantized ab bins (Zhang et al. 2016) instead of ab values "
+                        "(default: regress)")
     m.add_argument("--rebalance", type=non_negative_float, default=0.5, help="classify: class rebalancing lambda")
     m.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE,
                    help="classify: annealed-mean temperature")
     args = p.parse_args(argv)
+    architecture = MODEL_DEFAULTS
+    if args.init_from:
+        trained = load_checkpoint(args.init_from, task="colorizer")[1]
+        architecture = {k: trained.get(k, v) for k, v in {**MODEL_DEFAULTS, "regressor": None}.items()}
+    for key, value in architecture.items():
+        given = getattr(args, key)
+        if args.init_from and given is not None and given != value:
+            p.error(f"argument --{key.replace('_', '-')}: {args.init_from} was trained with {key} {value!r}; "
+                    "fine-tuning keeps its architecture: leave the flag out")
+        setattr(args, key, value if given is None else given)
     if args.layers < 2 or args.max_channels < 16 or args.rebalance > 1:
         p.error("--layers must be >= 2, --max-channels >= 16 and --rebalance at most 1")
     return args
 
 
+# the architecture's settings, where neither a flag nor --init-from says otherwise
+MODEL_DEFAULTS = {"arch": "seed", "activation": "sigmoid", "max_channels": 128, "layers": 3, "base_channels": 32,
+                  "depth": 4, "head": "regress"}
+
+
 def setup_colorizer(config, device) -> Task:
-    regressor = None
-    if config["regressor"]:
-        # frozen: the colorizer learns to use the regressor's guess, as it will at test time
-        regressor, _, _ = load_checkpoint(config["regressor"], task="regressor", device=device)
+    if config["init_from"]:  # its weights, and the regressor it carries
+        model, regressor, _, _ = load_colorizer(config["init_from"], device)
+        if config["head"] == "classify":
+            model.temperature = config["temperature"]
+    else:
+        model = build_model(config)
+        regressor = load_checkpoint(config["regressor"], task="regressor", device=device)[0] if config["regressor"] \
+            else None
+    if regressor is not None:  # frozen: the colorizer learns to use the regressor's guess, as it will at test time
         regressor.requires_grad_(False)
-    model = build_model(config)
     if config["head"] == "regress":
         loss = LOSSES[config["loss"]]
         return Task(model, lambda m, lab01: (colorize_lab01(m, lab01, regressor), lab01), loss, loss, config["loss"],
@@ -142,7 +168,9 @@ def rebalancing_weights(prior: torch.Tensor, lam=0.5) -> torch.Tensor:
 def main():
     args = parse_args()
     # the regressor's weights travel in the checkpoints; its path, resolved, says where they came from
-    config = {**vars(args), "task": "colorizer", "regressor": args.regressor and str(real_path(args.regressor))}
+    config = {**vars(args), "task": "colorizer", "init_from": args.init_from and str(real_path(args.init_from))}
+    if args.regressor and not args.init_from:
+        config["regressor"] = str(real_path(args.regressor))
     train(config, setup_colorizer)
 
 

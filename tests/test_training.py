@@ -323,3 +323,26 @@ def test_compiled_model_trains_alike_and_saves_plain_weights(prepared, tmp_path)
     history = [json.loads((tmp_path / run / "history.json").read_text()) for run in ("plain", "compiled")]
     for key in ("train_loss", "val_mse"):
         assert history[1][key] == pytest.approx(history[0][key], rel=1e-2), key
+
+
+def test_init_from_fine_tunes_a_trained_colorizer(prepared, trained, tmp_path):
+    """--init-from: the checkpoint's weights and architecture, a fresh optimizer; a mismatched architecture is
+    refused; rerunning the command resumes the fine-tuning run, not the checkpoint it started from."""
+    source = trained / "colorizer" / "best.pt"
+    args = ["--data", prepared, "--out", tmp_path / "tuned", "--init-from", source, "--batch-size", 16,
+            "--device", "cpu", "--epoch-length", 1, "--lr", 1e-12, "--patience", 0]
+    run_script("train_colorizer.py", *args, "--epochs", 1)
+    start, tuned = torch_load(source), torch_load(tmp_path / "tuned" / "last.pt")
+    assert tuned["run"]["config"]["arch"] == start["run"]["config"]["arch"]
+    weights = [k for k in start["model"] if "running" not in k and "num_batches" not in k]
+    assert all(torch.allclose(start["model"][k], tuned["model"][k], atol=1e-6) for k in weights)  # lr 1e-12: one step
+    steps = {float(s["step"]) for s in tuned["optimizer"]["state"].values()}
+    assert steps == {1.0}  # one step of this run: not the trained run's Adam state
+    result = run_script("train_colorizer.py", *args, "--epochs", 2)
+    assert "resuming" in result.stdout
+    assert torch_load(tmp_path / "tuned" / "last.pt")["run"]["history"]["epoch"] == [1, 2]
+    for flag, value in (("--arch", "unet"), ("--head", "classify"), ("--max-channels", 256)):
+        result = run_script("train_colorizer.py", *args, "--out", tmp_path / "other", flag, value, "--epochs", 1,
+                            check=False)
+        assert result.returncode == 2 and f"argument {flag}:" in result.stderr and "leave the flag out" in result.stderr
+        assert not (tmp_path / "other").exists()
