@@ -39,6 +39,7 @@ demo: venv
 	$(PY) train_colorizer.py --data $(RUNS)/demo/data --out $(RUNS)/demo/colorizer --epochs 5
 	$(PY) evaluate.py --data $(RUNS)/demo/data --colorizer $(RUNS)/demo/colorizer/best.pt \
 	  --regressor $(RUNS)/demo/regressor/best.pt --out $(RUNS)/demo/report
+	$(PY) colorize.py $(UNSEEN_FACES) --side-by-side --out $(RUNS)/demo/colorized   # the shipped model
 
 test: venv
 	$(PY) -m pytest
@@ -140,6 +141,54 @@ faces-person-cosine: faces-person
 	  --epochs $(PERSON_EPOCHS)
 	$(PERSON_COLORIZER) --out $(PERSON_RUNS)/colorizers/c128-l5_cosine_augment --layers 5 --augment \
 	  --epochs $(PERSON_EPOCHS)
+
+# Faces from the wild (../shared/data/lfw_wild, LFW: research use): split by person (the file name without its
+# number), 20% of the people held out, half of them validate, half test (326 each); the U-Net 16x4 classifier
+# twice, with the paper's class rebalancing (lambda 0.5) and without it (1), LFW_EPOCHS epochs on a cosine rate,
+# in bfloat16 (--amp; this Intel CPU has AMX); about 30 minutes each on the 2-core VM
+LFW ?= ../shared/data/lfw_wild
+LFW_RUNS = $(RUNS)/lfw
+LFW_EPOCHS ?= 20
+LFW_COLORIZER = $(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(LFW_RUNS)/data --arch unet --base-channels 16 \
+  --depth 4 --head classify --lr 0.002 --lr-schedule cosine --patience 0 --augment --amp --epochs $(LFW_EPOCHS)
+.PHONY: lfw lfw-data shipped-model finetune
+lfw-data: venv
+	$(PY) prepare_data.py --source $(LFW) --out $(LFW_RUNS)/data --split-by person --person-from file-name \
+	  --held-out 0.2 --augment-factor 1
+lfw: lfw-data
+	$(LFW_COLORIZER) --out $(LFW_RUNS)/colorizers/unet16_classify
+	$(LFW_COLORIZER) --out $(LFW_RUNS)/colorizers/unet16_classify_norebalance --rebalance 1
+
+# the shipped model (models/face_colorizer.pt, card: models/README.md), chosen on the 326 validation people:
+# each lfw run's last epoch (the end of its cosine schedule) and best.pt (its lowest validation MSE at T=0.38)
+# at LFW_TEMPERATURES; the lowest seed MSE with a colorfulness gap of at most 3 ships, then is scored on the
+# 326 test people beside the baselines, the runs' best.pt, and two photos from neither set
+LFW_TEMPERATURES ?= 0.2 0.5 0.7 1
+LFW_CHECKPOINTS = $(foreach run,unet16_classify unet16_classify_norebalance,$(foreach f,best last,$(LFW_RUNS)/colorizers/$(run)/$(f).pt))
+SHIPPED_CHECKPOINT ?= $(LFW_RUNS)/colorizers/unet16_classify/last.pt
+SHIPPED_TEMPERATURE ?= 0.7
+shipped-model: venv
+	$(PY) evaluate.py --data $(LFW_RUNS)/data --colorizer $(LFW_CHECKPOINTS) --temperatures $(LFW_TEMPERATURES) \
+	  --split val --out docs/results/lfw_temperature --show 4
+	$(PY) models/export.py $(SHIPPED_CHECKPOINT) models/face_colorizer.pt --temperature $(SHIPPED_TEMPERATURE)
+	$(PY) evaluate.py --data $(LFW_RUNS)/data --colorizer models/face_colorizer.pt --runs $(LFW_RUNS)/colorizers \
+	  --photos $(UNSEEN_FACES) --out docs/results/lfw --show 4
+	$(PY) colorize.py $(word 2,$(UNSEEN_FACES)) --side-by-side --out docs/shipped_model
+
+# fine-tuning against training from scratch, the same budget (FINETUNE_EPOCHS epochs of the same U-Net on the
+# same photos): the studio faces of 35 people (525 photos, no fixed augmented copies), scored on 10 others
+FINETUNE_RUNS = $(RUNS)/finetune
+FINETUNE_EPOCHS ?= 10
+FINETUNE = $(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(FINETUNE_RUNS)/data --lr-schedule cosine --patience 0 \
+  --augment --amp --epochs $(FINETUNE_EPOCHS)
+finetune: venv
+	$(PY) prepare_data.py --source $(FACES) --out $(FINETUNE_RUNS)/data --split-by person --held-out 0.3 \
+	  --val-share 0.33 --augment-factor 1
+	$(FINETUNE) --out $(FINETUNE_RUNS)/colorizers/scratch --arch unet --base-channels 16 --depth 4 --head classify \
+	  --lr 0.002
+	$(FINETUNE) --out $(FINETUNE_RUNS)/colorizers/finetuned --init-from models/face_colorizer.pt --lr 0.0005
+	$(PY) evaluate.py --data $(FINETUNE_RUNS)/data --colorizer models/face_colorizer.pt \
+	  --runs $(FINETUNE_RUNS)/colorizers --out docs/results/finetune --show 4
 
 # the README's results tables and figures, from the runs `make faces` trained
 # (the classifiers' annealed-mean temperature on unseen people: chosen on the 5 validation people among

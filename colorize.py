@@ -15,6 +15,7 @@ Nothing is read from inside --out, and an output is replaced only by the output 
 Outputs keep the input's EXIF (orientation reset: the pixels are upright), resolution and say sRGB
 (an embedded profile), where the format holds them.
 
+    python colorize.py old_photos/ --out colorized/          # the shipped model (models/README.md)
     python colorize.py old_photos/ --checkpoint runs/colorizer/best.pt --out colorized/
 """
 import io
@@ -38,6 +39,7 @@ from common import (IMAGE_SUFFIXES, L_RANGE, MAX_IMAGE_SIZE, ArgumentParser, Bad
 
 RECORD = ".colorized.json"  # inside --out: {output: the input file it came from}, written under record_lock
 WRITTEN_SUFFIXES = IMAGE_SUFFIXES - {".pgm", ".gif"}  # formats written as the input's; others become PNG
+SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "face_colorizer.pt"  # beside the script, not the cwd
 MAX_ASPECT = 8  # the network sees at most --size x MAX_ASPECT*--size: a thin strip is shrunk to fit, not a crash
 # memory per pixel of the photo being colorized, at its peak: decoded float RGB, Lab, the upsampled colour, the
 # output and its encoding (measured by benchmarks/scale.py)
@@ -47,7 +49,9 @@ WORKING_BYTES_PER_PIXEL = 64
 def parse_args(argv=None):
     p = ArgumentParser(__doc__)
     p.add_argument("inputs", nargs="+", type=Path, metavar="INPUT", help="image files or folders (recursive)")
-    p.add_argument("--checkpoint", required=True, help="a colorizer checkpoint (best.pt of a training run)")
+    p.add_argument("--checkpoint", type=Path, default=SHIPPED_MODEL,
+                   help="a colorizer checkpoint (best.pt of a training run); default: the model shipped in models/ "
+                        "(faces from the wild: see models/README.md)")
     p.add_argument("--out", type=Path, required=True,
                    help="output folder: never read from, and only colorize's own earlier outputs are replaced; "
                         "a name taken by another input or file gets -2, -3, ...")

@@ -414,7 +414,7 @@ def read_image(path: str | Path, bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) 
     needed, free = width * height * bytes_per_pixel, memory_available()
     if needed > free:
         raise BadImage(f"too large for the memory left ({width}x{height} needs about {needed / 2 ** 30:.1f} GiB, "
-                       f"{free / 2 ** 30:.1f} GiB are free to this process): colorize it where more memory is free")
+                       f"{free / 2 ** 30:.1f} GiB are free to this process): use it where more memory is free")
     try:
         return _decode(data, header)
     except BadImage:

@@ -45,7 +45,9 @@ def parse_args(argv=None):
     m.add_argument("--head", choices=["regress", "classify"], default=None,
                    help="classify: a distribution over quantized ab bins (Zhang et al. 2016) instead of ab values "
                         "(default: regress)")
-    m.add_argument("--rebalance", type=non_negative_float, default=0.5, help="classify: class rebalancing lambda")
+    m.add_argument("--rebalance", type=non_negative_float, default=0.5,
+                   help="classify: the paper's class rebalancing lambda, from 0 (each colour weighed by the inverse "
+                        "of its frequency: the most vivid) to 1 (no rebalancing)")
     m.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE,
                    help="classify: annealed-mean temperature")
     args = p.parse_args(argv)

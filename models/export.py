@@ -1,0 +1,41 @@
+"""Ship a trained colorizer in the repository: its weights (float16, no optimizer state) and config, loadable
+as any checkpoint (colorize.py and evaluate.py take it as --checkpoint / --colorizer; colorize.py uses
+models/face_colorizer.pt when given none).
+
+    python models/export.py runs/lfw/colorizers/unet16_classify/best.pt models/face_colorizer.pt --temperature 0.5
+"""
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from common import (ArgumentParser, ClassifyingColorizer, UserError, atomic_write, exit_on_user_error,  # noqa: E402
+                    load_checkpoint, positive_float)
+
+
+def main():
+    p = ArgumentParser(__doc__)
+    p.add_argument("checkpoint", help="a colorizer checkpoint written by train_colorizer.py (best.pt)")
+    p.add_argument("out", type=Path, help="the file to write, e.g. models/face_colorizer.pt")
+    p.add_argument("--temperature", type=positive_float, default=None,
+                   help="classification checkpoints: the annealed-mean temperature to ship (chosen on validation)")
+    args = p.parse_args()
+    model, config, ckpt = load_checkpoint(args.checkpoint, task="colorizer")
+    if config.get("regressor"):
+        raise UserError(f"{args.checkpoint}: a colorizer conditioned on a regressor; ship an unconditioned one")
+    if args.temperature is not None:
+        if not isinstance(model, ClassifyingColorizer):
+            raise UserError(f"{args.checkpoint}: --temperature applies to classification checkpoints only")
+        config = {**config, "temperature": args.temperature}
+    # parameters in float16 halve the file (float32 again when loaded: the scores are measured on this file);
+    # buffers, the batch-norm statistics and the ab bins, stay as they are
+    parameters = {name for name, _ in model.named_parameters()}
+    weights = {k: v.half() if k in parameters else v for k, v in model.state_dict().items()}
+    shipped = {"model": weights, "run": {"config": config, "history": ckpt["run"]["history"]}}
+    atomic_write(args.out, lambda tmp: torch.save(shipped, tmp))
+    print(f"shipped {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) from {args.checkpoint}")
+
+
+if __name__ == "__main__":
+    exit_on_user_error(main)
