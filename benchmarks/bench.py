@@ -335,7 +335,8 @@ def main():
             print(f"training speed: {name} ...", flush=True)
             real, top, read_loss = [], [], []
             for _ in range(args.repeats):
-                real.append(train_script(name, x10, Path(tmp) / "run", args.batch_size, iters, device)[0])
+                # a run folder per model: each trainer writes only into a folder of its own (--no-resume restarts it)
+                real.append(train_script(name, x10, Path(tmp) / f"run-{name}", args.batch_size, iters, device)[0])
                 top.append(ceiling(name, x10, args.batch_size, iters, device))
                 read_loss.append(ceiling(name, x10, args.batch_size, iters, device, read_loss=True))
             t = {"real": statistics.median(real), "ceiling": statistics.median(top), "real_each": real,
