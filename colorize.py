@@ -42,7 +42,7 @@ WRITTEN_SUFFIXES = IMAGE_SUFFIXES - {".pgm", ".gif"}  # formats written as the i
 SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "face_colorizer.pt"  # beside the script, not the cwd
 MAX_ASPECT = 8  # the network sees at most --size x MAX_ASPECT*--size: a thin strip is shrunk to fit, not a crash
 # memory per pixel of the photo being colorized, at its peak: decoded float RGB, Lab, the upsampled colour, the
-# output and its encoding (measured by benchmarks/scale.py)
+# output and its encoding (about 60, from benchmarks/scale.py's figures; 64 leaves a little room)
 WORKING_BYTES_PER_PIXEL = 64
 
 
@@ -53,8 +53,8 @@ def parse_args(argv=None):
                    help="a colorizer checkpoint (best.pt of a training run); default: the model shipped in models/ "
                         "(faces from the wild: see models/README.md)")
     p.add_argument("--out", type=Path, required=True,
-                   help="output folder: never read from, and only colorize's own earlier outputs are replaced; "
-                        "a name taken by another input or file gets -2, -3, ...")
+                   help="output folder: never read from; an earlier output is replaced only by the output of the same "
+                        "input file; a name taken by another input or file gets -2, -3, ...")
     p.add_argument("--regressor", default=None,
                    help="regressor checkpoint for a conditioned colorizer (default: the one it was trained with)")
     p.add_argument("--size", type=positive_int, default=None, help="network input size (default: the training size)")
@@ -134,7 +134,7 @@ def claim_outputs(jobs, out: Path, side_by_side: bool) -> list[Path]:
             suffix = relative.suffix.lower() if relative.suffix.lower() in WRITTEN_SUFFIXES else ".png"
             base = candidate = relative.with_suffix(suffix)
             n = 2
-            while not all(free(str(name), source, record, lowered, taken, out)
+            while not all(name_is_free(str(name), source, record, lowered, taken, out)
                           for name in output_names(candidate, side_by_side)):
                 candidate, n = base.with_name(f"{base.stem}-{n}{suffix}"), n + 1
             for name in output_names(candidate, side_by_side):
@@ -145,7 +145,9 @@ def claim_outputs(jobs, out: Path, side_by_side: bool) -> list[Path]:
     return planned
 
 
-def free(name: str, source: str, record: dict, lowered: set, taken: set, out: Path) -> bool:
+def name_is_free(name: str, source: str, record: dict, lowered: set, taken: set, out: Path) -> bool:
+    """Whether this run may write output name for source: not claimed by it already, and either recorded as
+    source's own output or neither recorded nor on disk."""
     if name.lower() in taken:
         return False
     if name in record:

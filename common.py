@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import errno
-import fcntl
 import gc
 import hashlib
 import json
@@ -218,13 +217,15 @@ def writable_folder(path: Path, flag="--out") -> bool:
 
 
 OWNER_FILE = ".written-by.json"  # in an --out folder: which script writes there, so that no other does
+FOLDER_LOCK = ".lock"  # in an --out folder: held by the live run writing there
 
 
-def claim_folder(path: Path, script: str, ours: Callable[[list[str]], bool] = lambda names: False) -> bool:
-    """Make path an output folder of script, before any work: a new or empty folder is claimed (OWNER_FILE
-    written), one that script claimed before is reused; any other is refused with one line, so that no file
-    of the user's (or of another script) is ever replaced. ours(names) recognises a folder the script wrote
-    before OWNER_FILE existed. -> whether the folder was created."""
+def take_output_folder(path: Path, script: str, ours: Callable[[list[str]], bool] = lambda names: False):
+    """Make path the output folder of this run of script, before any work: a new or empty folder is claimed
+    (OWNER_FILE written), one that script claimed before is reused; any other is refused with one line, so that no
+    file of the user's (or of another script) is ever replaced. ours(names) recognises a folder the script wrote
+    before OWNER_FILE existed. Then the folder is locked (one live run at a time) and what killed runs left there
+    is removed. -> (whether the folder was created, the lock: held until closed)."""
     created = writable_folder(path)
     try:
         owner = json.loads((path / OWNER_FILE).read_text()).get("script")
@@ -238,7 +239,28 @@ def claim_folder(path: Path, script: str, ours: Callable[[list[str]], bool] = la
                         "what it wrote)")
     if owner != script:
         write_json(path / OWNER_FILE, {"script": script})
-    return created
+    lock = lock_folder(path)
+    remove_stale_temporaries(path)
+    return created, lock
+
+
+def lock_folder(out: Path):
+    """-> the open lock file of an output folder, held until closed (the kernel frees it on any exit); a live run
+    there already: one line naming it."""
+    import fcntl  # POSIX: imported here, so that the rest of the project imports anywhere
+
+    handle = open(out / FOLDER_LOCK, "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        owner = handle.read().strip() or "another process"
+        handle.close()
+        raise UserError(f"{out}: a run is writing there now ({owner}); wait for it to end, or pass another --out")
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {platform.node()}\n")
+    handle.flush()
+    return handle
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1155,8 +1177,7 @@ def nvidia_driver_says() -> str:
 # same script trains on one CPU, one GPU, or several processes (torchrun, or srun under SLURM).
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
-RUN_LOCK = ".lock"  # in a run folder: held by the live run writing there (the kernel frees it on any exit)
-RUN_FILES = {"best.pt", "last.pt", "history.json", "loss.png", RUN_LOCK}  # what a run writes in its folder
+RUN_FILES = {"best.pt", "last.pt", "history.json", "loss.png", FOLDER_LOCK}  # what a run writes in its folder
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
 # settings that may change between an interrupted run and its resumption
 _OPERATIONAL_KEYS = {"device", "num_workers", "backend", "world_size", "dry_run", "resume", "out", "data",
@@ -1229,11 +1250,8 @@ def train(config: dict, setup_task: Callable[[dict, torch.device], Task]) -> Non
     # rank 0 as torchrun or srun numbered it (there is no process group yet) claims and locks the folder
     rank0 = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) == 0
     script = f"train_{config['task']}.py"
-    created = claim_folder(out, script, ours=lambda names: "last.pt" in names and set(names) <= RUN_FILES) \
-        if rank0 else writable_folder(out)
-    lock = lock_run_folder(out) if rank0 else None  # noqa: F841  (held until this returns)
-    if rank0:
-        remove_stale_temporaries(out)
+    created, lock = take_output_folder(out, script, ours=lambda names: "last.pt" in names and set(names) <= RUN_FILES) \
+        if rank0 else (writable_folder(out), None)  # the lock is held until this returns
     try:
         with idist.Parallel(backend=_choose_backend(config["backend"], config["device"])) as parallel:
             # ignite's launcher logs at INFO, and its engines log an exception before raising it: our own lines say
@@ -1245,8 +1263,8 @@ def train(config: dict, setup_task: Callable[[dict, torch.device], Task]) -> Non
             finally:
                 _free_run_objects()
     except BaseException as exc:
-        if created and {p.name for p in out.iterdir()} <= {RUN_LOCK, OWNER_FILE}:
-            for name in (RUN_LOCK, OWNER_FILE):
+        if created and {p.name for p in out.iterdir()} <= {FOLDER_LOCK, OWNER_FILE}:
+            for name in (FOLDER_LOCK, OWNER_FILE):
                 (out / name).unlink(missing_ok=True)
             out.rmdir()  # a run that failed before writing anything leaves no empty folder
         full = no_space_error(exc, out)
@@ -1565,22 +1583,6 @@ def _free_run_objects() -> None:
     if raised is not None:
         traceback.clear_frames(raised.__traceback__)
     gc.collect()
-
-
-def lock_run_folder(out: Path):
-    """-> the open lock file of the run folder, held until closed; a live run there already: one line."""
-    handle = open(out / RUN_LOCK, "a+")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise UserError(f"{out}: a run is writing there now ({owner}); wait for it to end, or pass another --out")
-    handle.truncate(0)
-    handle.write(f"pid {os.getpid()} on {platform.node()}\n")
-    handle.flush()
-    return handle
 
 
 def plot_loss_curves(histories: dict, path: str | Path, title: str) -> None:

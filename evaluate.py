@@ -25,11 +25,10 @@ import torch
 from matplotlib.figure import Figure
 
 from common import (ArgumentParser, BadImage, ClassifyingColorizer, UserError, ab_to_lab_units, ab_to_unit_scale,
-                    atomic_write, check_prepared, claim_folder, colorize_lab01, denormalize_lab, exit_on_user_error,
-                    find_images, lab01_batches, lab01_to_rgb, load_checkpoint, load_colorizer, lock_run_folder,
-                    plot_loss_curves,
-                    positive_float, positive_int, prepare_photo, printable, read_images, remove_stale_temporaries,
-                    resolve_device, save_figure, write_json)
+                    atomic_write, check_prepared, colorize_lab01, denormalize_lab, exit_on_user_error, find_images,
+                    lab01_batches, lab01_to_rgb, load_checkpoint, load_colorizer, plot_loss_curves, positive_float,
+                    positive_int, prepare_photo, printable, read_images, resolve_device, save_figure,
+                    take_output_folder, write_json)
 
 BASELINES = ("gray", "mean colour", "mean-face map")
 # what evaluate writes into --out: a folder holding just these (from before .written-by.json) is its own
@@ -75,9 +74,8 @@ def main():
     if args.photos and not photo_files:
         raise UserError(f"--photos {' '.join(map(str, args.photos))}: no usable image files there")
     # now, not after all the work; the last check, so that a bad input leaves no folder
-    claim_folder(args.out, "evaluate.py", ours=lambda names: set(names) <= EVALUATE_FILES)
-    lock = lock_run_folder(args.out)  # noqa: F841  (held until the report is written: one evaluation at a time)
-    remove_stale_temporaries(args.out)
+    # held until the report is written: one evaluation at a time
+    _, lock = take_output_folder(args.out, "evaluate.py", ours=lambda names: set(names) <= EVALUATE_FILES)
     # baselines learn from the original training images (augmented copies excluded)
     colours = training_colours(read_images(args.data, "train")[::manifest["augment_factor"]], args.batch_size, device)
 
