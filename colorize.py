@@ -32,10 +32,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (IMAGE_SUFFIXES, L_RANGE, MAX_IMAGE_SIZE, ArgumentParser, BadImage, UserError, ab_to_lab_units,
-                    atomic_write, colorizer_input, exit_on_user_error, load_colorizer, positive_float, positive_int,
-                    printable, read_image, real_path, remove_stale_temporaries, resolve_device, srgb_profile,
-                    writable_folder, write_json)
+from common import (ARCHITECTURES, IMAGE_SUFFIXES, L_RANGE, MAX_IMAGE_SIZE, ArgumentParser, BadImage, UserError,
+                    ab01_to_ab, atomic_write, colorizer_input, exit_on_user_error, load_colorizer, positive_float,
+                    positive_int, printable, read_image, real_path, remove_stale_temporaries, resolve_device,
+                    srgb_profile, writable_folder, write_json)
 
 RECORD = ".colorized.json"  # inside --out: {output: the input file it came from}, written under record_lock
 WRITTEN_SUFFIXES = IMAGE_SUFFIXES - {".pgm", ".gif"}  # formats written as the input's; others become PNG
@@ -178,7 +178,7 @@ class Colorizer:
         # the regressor was trained on squares of the training size: it sees L resized to one
         self.regressor = None if regressor is None else \
             (lambda L: regressor(F.interpolate(L, size=(self.size, self.size), mode="area")))
-        self.multiple = 2 ** (self.config["layers"] if self.config["arch"] == "seed" else self.config["depth"])
+        self.multiple = 2 ** ARCHITECTURES[self.config["arch"]].downsamplings(self.config)
         self.device = device
 
     @torch.no_grad()
@@ -186,7 +186,7 @@ class Colorizer:
         """A batch of L in [0, 100], (N, h, w) -> ab in Lab units, (N, h, w, 2)."""
         L = torch.from_numpy(L_small / L_RANGE).float()[:, None].to(self.device)
         ab01 = self.model(colorizer_input(L, self.regressor))
-        return ab_to_lab_units(ab01).permute(0, 2, 3, 1).cpu().numpy()
+        return ab01_to_ab(ab01).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def load(path: Path, colorizer: Colorizer):

@@ -1,6 +1,7 @@
 """Shared vocabulary of the colorization project, in the order the pipeline uses it: errors and
-files, Lab colour, image files, prepared data, models, checkpoints, devices, and the one training
-loop both trainers run.
+files, Lab colour, image files, prepared data, models, checkpoints, devices and figures. The
+training loop, which only the trainers use, is training.py's (it imports this module, never the
+reverse); nothing here imports ignite or anything POSIX-only at its top.
 
 "Seed" names the study this project grew from and reproduces, the student report "Deep Image
 Colorization" (SeedRegressor, SeedColorizer, the seed's MSE); the random seed is --seed.
@@ -15,38 +16,28 @@ from __future__ import annotations
 
 import argparse
 import errno
-import gc
 import hashlib
 import json
-import logging
 import math
 import mmap
 import os
 import platform
 import re
 import shutil
-import signal
 import socket
 import stat
 import struct
 import subprocess
 import sys
 import tempfile
-import traceback
 import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
-import ignite.distributed as idist
 import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from ignite.engine import Engine, Events
-from ignite.engine.deterministic import DeterministicEngine
-from ignite.handlers import Checkpoint, CosineAnnealingScheduler, DiskSaver, EarlyStopping, ProgressBar, Timer
-from ignite.metrics import Loss
-from ignite.utils import manual_seed
 from PIL import Image
 
 # ---------------------------------------------------------------------------------------------
@@ -320,25 +311,25 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     return rgb.clamp(0, 1)
 
 
-def normalize_lab(lab: torch.Tensor) -> torch.Tensor:
+def lab_to_lab01(lab: torch.Tensor) -> torch.Tensor:
     """Lab units -> Lab01."""
     return lab * _LAB01_SCALE.to(lab.device, lab.dtype)[:, None, None] + \
         _LAB01_SHIFT.to(lab.device, lab.dtype)[:, None, None]
 
 
-def denormalize_lab(lab01: torch.Tensor) -> torch.Tensor:
-    """Lab01 -> Lab units: the inverse of normalize_lab."""
+def lab01_to_lab(lab01: torch.Tensor) -> torch.Tensor:
+    """Lab01 -> Lab units: the inverse of lab_to_lab01."""
     return (lab01 - _LAB01_SHIFT.to(lab01.device, lab01.dtype)[:, None, None]) / \
         _LAB01_SCALE.to(lab01.device, lab01.dtype)[:, None, None]
 
 
-def ab_to_lab_units(ab01):
+def ab01_to_ab(ab01):
     """a*, b* on the Lab01 scale -> in Lab units."""
     return ab01 * AB_RANGE - AB_OFFSET
 
 
-def ab_to_unit_scale(ab):
-    """a*, b* in Lab units -> on the Lab01 scale (ab_to_unit_scale(0.0): the ab of gray)."""
+def ab_to_ab01(ab):
+    """a*, b* in Lab units -> on the Lab01 scale (ab_to_ab01(0.0): the ab of gray)."""
     return (ab + AB_OFFSET) / AB_RANGE
 
 
@@ -346,7 +337,7 @@ _SRGB_TO_LINEAR_UINT8 = {}  # per device: the sRGB curve at the 256 values a sto
 
 
 def images_to_lab01(images_uint8: torch.Tensor) -> torch.Tensor:
-    """Stored images (N, H, W, 3) uint8 RGB -> (N, 3, H, W) float Lab01: normalize_lab(rgb_to_lab(...)),
+    """Stored images (N, H, W, 3) uint8 RGB -> (N, 3, H, W) float Lab01: lab_to_lab01(rgb_to_lab(...)),
     faster (prepare_data.py and --data-on-device convert every image): a table replaces the sRGB curve."""
     device = images_uint8.device
     if device not in _SRGB_TO_LINEAR_UINT8:
@@ -358,7 +349,7 @@ def images_to_lab01(images_uint8: torch.Tensor) -> torch.Tensor:
 
 
 def lab01_to_rgb(lab01: torch.Tensor) -> torch.Tensor:
-    return lab_to_rgb(denormalize_lab(lab01))
+    return lab_to_rgb(lab01_to_lab(lab01))
 
 
 def lab01_batches(images: np.ndarray, batch_size=32, device="cpu"):
@@ -745,25 +736,32 @@ def release_pages(mapped: np.memmap) -> None:
     mapped.madvise(mmap.MADV_DONTNEED)
 
 
-def read_images(data_dir: str | Path, split: str) -> np.ndarray:
+def open_rgb_split(data_dir: str | Path, split: str) -> np.ndarray:
     """The uint8 RGB images of a split (N, H, W, 3), memory-mapped."""
     return open_array(split_file(data_dir, split, lab=False))
 
 
-class FaceLabDataset(torch.utils.data.Dataset):
-    """One split of the prepared data, as the networks see it: float16 Lab01 (3, H, W) items,
-    mapped into memory from {split}_lab.npy (converted once by prepare_data.py)."""
+class MappedDataset(torch.utils.data.Dataset):
+    """A dataset over a .npy file, memory-mapped on first use in each process: pickled into DataLoader workers,
+    it carries the path, and each worker maps the file itself."""
 
-    def __init__(self, data_dir: str | Path, split: str):
-        self.path = split_file(data_dir, split, lab=True)
-        self._array = None  # opened lazily, so that DataLoader workers each map the file themselves
-        self._len = int(open_array(self.path).shape[0])
+    def __init__(self, path: Path):
+        self.path, self._array = path, None
 
     @property
     def array(self) -> np.ndarray:
         if self._array is None:
             self._array = np.load(self.path, mmap_mode="r")
         return self._array
+
+
+class LabSplit(MappedDataset):
+    """One split of the prepared data, as the networks see it: float16 Lab01 (3, H, W) items,
+    mapped into memory from {split}_lab.npy (converted once by prepare_data.py)."""
+
+    def __init__(self, data_dir: str | Path, split: str):
+        super().__init__(split_file(data_dir, split, lab=True))
+        self._len = int(open_array(self.path).shape[0])
 
     def __len__(self) -> int:
         return self._len
@@ -779,57 +777,22 @@ class FaceLabDataset(torch.utils.data.Dataset):
         return torch.from_numpy(batch)
 
 
-class DeviceImages(torch.utils.data.TensorDataset):
-    """--data-on-device: a whole split's uint8 RGB images held on the device (a quarter of the
-    memory of float32 Lab); batches are gathered there and converted there (images_to_lab01)."""
-
-    def __init__(self, data_dir: str | Path, split: str, device: torch.device):
-        super().__init__(torch.from_numpy(np.array(read_images(data_dir, split))).to(device))
-
-    def __getitems__(self, indices: list[int]) -> torch.Tensor:
-        # non_blocking: a plain copy of the indices would wait for every queued GPU step first
-        return self.tensors[0][torch.as_tensor(indices).to(self.tensors[0].device, non_blocking=True)]
-
-
-def batch_as_is(batch: torch.Tensor) -> torch.Tensor:
-    """collate_fn: the datasets' __getitems__ return whole batches, already stacked."""
+def as_is(batch):
+    """collate_fn: what the dataset hands over, unchanged (already a whole batch, or a worker's answer)."""
     return batch
 
 
-class StepSampler(torch.utils.data.Sampler):
-    """One process's sample indices for an epoch of `steps` batches (default: one pass over the set). The
-    run's batch j is slice j mod k of shuffle j // k (k whole batches per pass; shuffle p seeded by (seed, p)),
-    and an epoch starts at the run's iteration count when its batches are drawn: a run resumed mid-epoch, with
-    or without --epoch-length, replays exactly the batches of an uninterrupted one, whoever draws them."""
-
-    def __init__(self, n: int, global_batch: int, world: int, rank: int, seed: int, steps: int | None, iteration):
-        self.n, self.global_batch, self.world, self.rank, self.seed = n, global_batch, world, rank, seed
-        self.per_pass = n // global_batch
-        self.steps = steps or self.per_pass
-        self.iteration = iteration  # -> the number of batches the run has trained so far
-
-    def __len__(self) -> int:
-        return self.steps * (self.global_batch // self.world)
-
-    def __iter__(self):
-        done = self.iteration()
-        first = done - done % self.steps  # the run's batch number where this epoch began
-        shuffle, current = None, None
-        for j in range(first, first + self.steps):
-            p, k = divmod(j, self.per_pass)
-            if p != current:
-                generator = torch.Generator().manual_seed(self.seed * 1_000_003 + p)
-                shuffle, current = torch.randperm(self.n, generator=generator), p
-            yield from shuffle[k * self.global_batch:(k + 1) * self.global_batch][self.rank::self.world].tolist()
-
-
-def training_augmentation(size: int):
-    """--augment: batch -> each image randomly flipped and crop-resized back to size (its own draw)."""
+def random_variant(size: int, upright: bool):
+    """A torchvision transform: image (3, H, W) -> a random variant at size x size, maybe mirrored, cropped and
+    resized back. upright=False (prepare_data.py's fixed copies, as the seed made them) also turns it upside
+    down and rotates it up to 20 degrees, and crops down to half its area (upright: to 70%)."""
     from torchvision.transforms import v2
 
-    transform = v2.Compose([v2.RandomHorizontalFlip(),
-                            v2.RandomResizedCrop(size, scale=(0.7, 1.0), ratio=(0.9, 1.1), antialias=True)])
-    return lambda batch: torch.stack([transform(image) for image in batch])
+    turns = [] if upright else [v2.RandomVerticalFlip(), v2.RandomRotation(20)]
+    # cropping after the rotation removes most of its black corners
+    return v2.Compose([v2.RandomHorizontalFlip(), *turns,
+                       v2.RandomResizedCrop(size, scale=(0.7 if upright else 0.5, 1.0), ratio=(0.9, 1.1),
+                                            antialias=True)])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -945,7 +908,7 @@ class ClassifyingColorizer(nn.Module):
     def __init__(self, body: nn.Module, temperature: float = DEFAULT_TEMPERATURE):
         super().__init__()
         self.body, self.temperature = body, temperature
-        self.register_buffer("bins01", ab_to_unit_scale(ab_bins()))
+        self.register_buffer("bins01", ab_to_ab01(ab_bins()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         logits = self.body(x)
@@ -956,20 +919,34 @@ class ClassifyingColorizer(nn.Module):
         return F.interpolate(ab01, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
+class Architecture(NamedTuple):
+    """A colorizer body, as a run's config names it (--arch)."""
+    build: Callable          # (config, **head settings) -> the network
+    name: Callable           # (config, text after the kind) -> its name in reports
+    downsamplings: Callable  # config -> how often it halves its input (a photo's sides: multiples of 2 ** that)
+
+
+ARCHITECTURES = {
+    "seed": Architecture(lambda c, **head: SeedColorizer(c["max_channels"], c["layers"], **head),
+                         lambda c, extra: f"seed{extra}, {c['max_channels']} ch, {c['layers']} layers",
+                         lambda c: c["layers"]),
+    "unet": Architecture(lambda c, **head: UNetColorizer(c["base_channels"], c["depth"], **head),
+                         lambda c, extra: f"U-Net {c['base_channels']}x{c['depth']}{extra}",
+                         lambda c: c["depth"]),
+}
+
+
 def build_model(config: dict) -> nn.Module:
     """The network a run's config describes (the same function rebuilds it from a checkpoint)."""
     if config["task"] == "regressor":
         return SeedRegressor()
+    if config["arch"] not in ARCHITECTURES:
+        raise UserError(f"unknown architecture '{config['arch']}': use {' or '.join(ARCHITECTURES)}")
     in_channels = 3 if config.get("regressor") else 1  # L, plus the regressor's mean a and b as planes
     classify = config.get("head") == "classify"
     head = dict(activation="none", out_channels=len(ab_bins()), out_stride=CLASSIFY_STRIDE) if classify else \
         dict(activation=config["activation"])
-    if config["arch"] == "seed":
-        body = SeedColorizer(config["max_channels"], config["layers"], in_channels=in_channels, **head)
-    elif config["arch"] == "unet":
-        body = UNetColorizer(config["base_channels"], config["depth"], in_channels=in_channels, **head)
-    else:
-        raise UserError(f"unknown architecture '{config['arch']}': use seed or unet")
+    body = ARCHITECTURES[config["arch"]].build(config, in_channels=in_channels, **head)
     return ClassifyingColorizer(body, config.get("temperature", DEFAULT_TEMPERATURE)) if classify else body
 
 
@@ -988,46 +965,8 @@ def colorize_lab01(model: nn.Module, lab01: torch.Tensor, regressor: Callable | 
 
 
 # ---------------------------------------------------------------------------------------------
-# Checkpoints: ignite's Checkpoint writes {model, optimizer, trainer, ..., run}; "run" holds the full
+# Checkpoints: training.py's (ignite's Checkpoint) hold {model, optimizer, trainer, ..., run}; "run" holds the full
 # config and the loss history, so a file explains itself and is loadable with weights_only=True.
-
-
-class RunRecord:
-    """Config and per-epoch history of a run, saved inside every checkpoint, with the sum and count of
-    the current epoch's training losses (kept across a resume mid-epoch), and the weights of the regressor a
-    conditioned colorizer learns from: the checkpoint carries it, and nothing else decides which one it uses."""
-
-    def __init__(self, config: dict, regressor: nn.Module | None = None):
-        self.config = dict(config)
-        self.regressor = regressor
-        self.history = {"epoch": [], "train_loss": [], "val_loss": [], "val_mse": [], "train_images_per_s": []}
-        # the sum stays a tensor on the device while training: no step waits for the GPU to read a loss back
-        self.loss_sum, self.loss_count = 0.0, 0
-
-    def add_loss(self, loss: torch.Tensor) -> None:
-        self.loss_sum, self.loss_count = self.loss_sum + loss, self.loss_count + 1
-
-    def clear_losses(self) -> None:
-        self.loss_sum, self.loss_count = 0.0, 0
-
-    def add_epoch(self, epoch: int, metrics: dict, images_per_s: float) -> None:
-        """Append an epoch: its mean training loss over all processes, the validation metrics, the speed."""
-        totals = idist.all_reduce(torch.tensor([float(self.loss_sum), self.loss_count], dtype=torch.float64))
-        row = dict(epoch=epoch, train_loss=float(totals[0] / totals[1]), val_loss=metrics["val_loss"],
-                   val_mse=metrics["val_mse"], train_images_per_s=images_per_s)
-        for key, value in row.items():
-            self.history[key].append(value)
-
-    def state_dict(self) -> dict:
-        state = {"config": self.config, "history": self.history, "epoch_loss": [float(self.loss_sum), self.loss_count]}
-        if self.regressor is not None:
-            state["regressor"] = self.regressor.state_dict()
-        return state
-
-    def load_state_dict(self, state: dict) -> None:
-        self.history, (self.loss_sum, self.loss_count) = state["history"], state["epoch_loss"]
-        if self.regressor is not None and "regressor" in state:  # resumed with the regressor it began with
-            self.regressor.load_state_dict(state["regressor"])
 
 
 # last.pt also holds ignite's saved random states, NumPy's among them: allow just those types
@@ -1173,416 +1112,7 @@ def nvidia_driver_says() -> str:
 
 
 # ---------------------------------------------------------------------------------------------
-# Training: the one loop both trainers share. train() runs training() under idist.Parallel, so the
-# same script trains on one CPU, one GPU, or several processes (torchrun, or srun under SLURM).
-
-RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
-RUN_FILES = {"best.pt", "last.pt", "history.json", "loss.png", FOLDER_LOCK}  # what a run writes in its folder
-LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
-# settings that may change between an interrupted run and its resumption
-_OPERATIONAL_KEYS = {"device", "num_workers", "backend", "world_size", "dry_run", "resume", "out", "data",
-                     "epochs", "patience", "epoch_length", "data_on_device", "amp", "channels_last", "compile"}
-# settings newer than some checkpoints: their default
-_ADDED_KEYS = {"augment": False, "lr_schedule": "constant", "init_from": None}
-
-
-def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int, lr: float,
-                      weight_decay: float, patience: int) -> None:
-    g = parser.add_argument_group("training")
-    g.add_argument("--data", default="data/prepared", help="folder written by prepare_data.py")
-    g.add_argument("--out", default=out, help="run folder: checkpoints, history, loss plot")
-    g.add_argument("--epochs", type=positive_int, default=epochs)
-    g.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
-                   help="global batch size, split across processes")
-    g.add_argument("--lr", type=positive_float, default=lr)
-    g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
-                   help="cosine: the learning rate falls from --lr to 0 along a half cosine over the --epochs")
-    g.add_argument("--weight-decay", type=non_negative_float, default=weight_decay)
-    g.add_argument("--patience", type=non_negative_int, default=patience,
-                   help="early stopping on validation MSE after this many epochs without progress (0: off)")
-    g.add_argument("--loss", choices=sorted(LOSSES), default="mse")
-    g.add_argument("--seed", type=int, default=0, help="random seed: weights, batch order, augmentation")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    g.add_argument("--num-workers", type=non_negative_int, default=None,
-                   help="DataLoader workers; default 0 on CPU (a batch is one read of converted arrays, and "
-                        "workers would take cores from the model), 4 on GPU (pinned memory, non-blocking copies)")
-    g.add_argument("--backend", choices=["auto", "none", "gloo", "nccl"], default="auto",
-                   help="torch.distributed backend; auto: none for one process; the processes torchrun or srun "
-                        "starts form one run, with nccl on GPUs, gloo on CPUs")
-    g.add_argument("--no-resume", dest="resume", action="store_false",
-                   help="start afresh even if the run folder holds last.pt")
-    g.add_argument("--epoch-length", type=positive_int, default=None,
-                   help="batches per epoch (default: the whole set)")
-    g.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the setup")
-    g.add_argument("--augment", action="store_true",
-                   help="a fresh random flip and resized crop of every training image at every step, on top of "
-                        "the fixed copies prepare_data.py made")
-    f = parser.add_argument_group("speed (results do not depend on these, beyond rounding)")
-    f.add_argument("--data-on-device", action="store_true",
-                   help="hold the whole prepared set on the device as uint8 and convert batches there (GPU)")
-    f.add_argument("--amp", action="store_true", help="mixed precision: bfloat16 autocast in training steps")
-    f.add_argument("--channels-last", action="store_true", help="channels-last memory format for model and batches")
-    f.add_argument("--compile", action="store_true", help="torch.compile the model (needs a C++ compiler on CPU)")
-
-
-class Task(NamedTuple):
-    """What a trainer script trains: its answer to train()."""
-    model: nn.Module
-    predict: Callable     # (network, Lab01 batch) -> (output, target)
-    train_loss: Callable  # (output, target) -> loss, in training mode
-    val_loss: Callable    # the same in eval mode, on the validation set (its MSE is taken too)
-    loss_name: str        # train_loss's name in the epoch lines
-    regressor: nn.Module | None = None  # the frozen regressor a conditioned colorizer learns from: checkpoints carry it
-
-
-def train(config: dict, setup_task: Callable[[dict, torch.device], Task]) -> None:
-    """Train the Task that setup_task(config, device) describes into the run folder config["out"]:
-    after the checks that need no GPU, one training() per process."""
-    config["device"] = resolve_device(config["device"]).type  # a GPU job without CUDA stops here
-    manifest = check_prepared(config["data"])
-    config["image_size"] = manifest["size"]  # what the network was trained on
-    config["data_id"] = dataset_id(manifest)  # a run resumes on this prepared set only
-    n_train = manifest["counts"]["train_augmented"]
-    if n_train < config["batch_size"]:
-        raise UserError(f"{config['data']}: {n_train} training images, fewer than one batch of "
-                        f"{config['batch_size']}; pass a smaller --batch-size or prepare more images")
-    out = Path(config["out"])
-    # rank 0 as torchrun or srun numbered it (there is no process group yet) claims and locks the folder
-    rank0 = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) == 0
-    script = f"train_{config['task']}.py"
-    created, lock = take_output_folder(out, script, ours=lambda names: "last.pt" in names and set(names) <= RUN_FILES) \
-        if rank0 else (writable_folder(out), None)  # the lock is held until this returns
-    try:
-        with idist.Parallel(backend=_choose_backend(config["backend"], config["device"])) as parallel:
-            # ignite's launcher logs at INFO, and its engines log an exception before raising it: our own lines say
-            # what a user needs (a UserError from a handler: one line)
-            logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
-            logging.getLogger("ignite.engine").setLevel(logging.CRITICAL)
-            try:
-                parallel.run(training, config, setup_task)
-            finally:
-                _free_run_objects()
-    except BaseException as exc:
-        if created and {p.name for p in out.iterdir()} <= {FOLDER_LOCK, OWNER_FILE}:
-            for name in (FOLDER_LOCK, OWNER_FILE):
-                (out / name).unlink(missing_ok=True)
-            out.rmdir()  # a run that failed before writing anything leaves no empty folder
-        full = no_space_error(exc, out)
-        if full is not None:
-            raise full from None
-        raise
-
-
-def training(local_rank: int, config: dict, setup_task) -> None:
-    """One process's run, stage by stage: data, model and optimizer, engines, checkpoints, resume, epochs."""
-    rank0, world = idist.get_rank() == 0, idist.get_world_size()
-    if config["batch_size"] < world:
-        raise UserError(f"--batch-size {config['batch_size']}: smaller than the {world} processes; "
-                        f"pass at least {world}")
-    config["world_size"] = world
-    # one process: train() resolved --device already (and stopped a GPU job without CUDA)
-    device = idist.device() if world > 1 else torch.device(config["device"])
-    manual_seed(config["seed"])
-    task = setup_task(config, device)
-    memory_format = torch.channels_last if config["channels_last"] else torch.contiguous_format
-    model, network, optimizer = initialize(config, task.model, device, memory_format)
-    record = RunRecord(config, task.regressor)
-    prepare_batch = batch_converter(device, memory_format)
-    trainer = create_trainer(config, training_step(network, task.predict, task.train_loss, optimizer, config["amp"]),
-                             prepare_batch, record)
-    train_loader, val_loader = data_loaders(config, trainer, device)
-    if rank0:
-        print(f"training on {device.type} in {world} process{'es' if world > 1 else ''}: "
-              f"{len(train_loader.dataset)} training images, {len(val_loader.dataset)} validation", flush=True)
-    evaluator = create_evaluator(network, task, prepare_batch, trainer, val_loader, record, config["batch_size"])
-    resumable = {"model": model, "optimizer": optimizer, "trainer": trainer, "run": record}
-    schedule = attach_lr_schedule(config, trainer, optimizer, len(train_loader))
-    last, stopper = attach_checkpoints(config, trainer, evaluator, resumable, schedule)
-    if rank0:
-        trainer.add_event_handler(Events.EPOCH_COMPLETED, report_epoch, config, record, task.loss_name)
-    stop = StopOnSignal(last)
-    trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)
-
-    if not resume(config, resumable, trainer, stopper):
-        return
-    trainer.run(train_loader, max_epochs=1 if config["dry_run"] else config["epochs"])
-    idist.barrier()  # leave together: a rank that tears down gloo while another still talks to it aborts
-    out = Path(config["out"])
-    if stop.stopped_by is not None:
-        if rank0:
-            print(f"interrupted (signal {stop.stopped_by}): saved {out / 'last.pt'}; run the same command to resume",
-                  flush=True)
-        sys.exit(RESUMABLE_EXIT)
-    if rank0:
-        print(f"done: best checkpoint {out / 'best.pt'} (val MSE {min(record.history['val_mse']):.3e})")
-
-
-def initialize(config: dict, model: nn.Module, device: torch.device, memory_format: torch.memory_format):
-    """-> (the model on the device, shared among the processes; the network the steps run: the model,
-    or its compiled form with --compile; Adam)."""
-    model = model.to(device, memory_format=memory_format)
-    if idist.get_world_size() > 1:  # auto_model alone would also move a --device cpu model onto a GPU
-        model = idist.auto_model(model)
-    optimizer = idist.auto_optim(torch.optim.Adam(model.parameters(), lr=config["lr"],
-                                                  weight_decay=config["weight_decay"]))
-    return model, torch.compile(model) if config["compile"] else model, optimizer
-
-
-def batch_converter(device: torch.device, memory_format: torch.memory_format) -> Callable:
-    """-> convert(loader batch) -> float32 Lab01 on the device, in the memory format the model has:
-    stored Lab is only cast, images held on the device (--data-on-device) converted there."""
-
-    def convert(batch: torch.Tensor) -> torch.Tensor:
-        batch = batch.to(device, non_blocking=True)
-        lab01 = images_to_lab01(batch) if batch.dtype == torch.uint8 else batch.float()
-        return lab01.contiguous(memory_format=memory_format)
-    return convert
-
-
-def training_step(network: nn.Module, predict, loss_fn, optimizer, amp: bool):
-    """-> step(Lab01 batch on the network's device) -> loss: the optimisation step of every training script
-    (and the benchmark's ceiling). amp: network and loss under bfloat16 autocast (no gradient scaler needed).
-    The loss stays a tensor: reading its value (.item()) would make the host wait for the GPU every step."""
-    device_type = next(network.parameters()).device.type
-
-    def step(lab01: torch.Tensor) -> torch.Tensor:
-        network.train()
-        with torch.autocast(device_type, dtype=torch.bfloat16, enabled=amp):
-            pred, target = predict(network, lab01)
-            loss = loss_fn(pred.float(), target)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return loss.detach()
-
-    return step
-
-
-def stop_if_not_finite(engine, record: RunRecord, config: dict) -> None:
-    """A loss that is NaN or infinite stops the run with one line; last.pt and best.pt stay the last good ones."""
-    bad = torch.tensor(float(not math.isfinite(float(record.loss_sum))))
-    if idist.get_world_size() > 1:
-        bad = idist.all_reduce(bad)
-    if bad > 0:
-        step = (engine.state.iteration - 1) % engine.state.epoch_length + 1
-        raise UserError(f"the training loss is not a finite number (NaN or inf) at epoch {engine.state.epoch}, by "
-                        f"batch {step} of {engine.state.epoch_length}: nothing of it was saved ({config['out']} keeps "
-                        "the last good checkpoints); check the prepared data, or train with a lower --lr")
-
-
-def create_trainer(config: dict, step: Callable, prepare_batch: Callable, record: RunRecord):
-    """The engine of the training steps: step on every prepared (and with --augment, augmented) batch,
-    its loss added to the record's epoch sum."""
-    augment = training_augmentation(config["image_size"]) if config["augment"] else (lambda lab01: lab01)
-
-    def train_step(engine, batch):
-        loss = step(augment(prepare_batch(batch)))
-        record.add_loss(loss)
-        return loss
-
-    # DeterministicEngine reseeds every epoch and skips the batches done, so a run resumed from a
-    # mid-epoch checkpoint follows exactly the batches of an uninterrupted one
-    trainer = DeterministicEngine(train_step)
-
-    @trainer.on(Events.EPOCH_STARTED)
-    def clear_epoch_losses(engine):
-        if engine.state.iteration % engine.state.epoch_length == 0:  # not when resuming mid-epoch
-            record.clear_losses()
-
-    # a non-finite loss stops the run before anything is saved from it: checked after every step on one CPU,
-    # every 50 steps where reading the loss makes a GPU, or the other processes, wait (and before each epoch's
-    # checkpoints, whose handlers come later)
-    every = 1 if idist.get_world_size() == 1 and config["device"] == "cpu" else 50
-    trainer.add_event_handler(Events.ITERATION_COMPLETED(every=every) | Events.EPOCH_COMPLETED, stop_if_not_finite,
-                              record, config)
-
-    if idist.get_rank() == 0 and sys.stderr.isatty():  # batch logs (SLURM, CI) get the per-epoch lines only
-        ProgressBar(persist=False).attach(trainer, output_transform=lambda loss: {"loss": float(loss)})
-    return trainer
-
-
-def data_loaders(config: dict, trainer, device: torch.device):
-    """-> (training loader, validation loader): this process's share of the run's batches (StepSampler) and
-    of the validation set, mapped from the Lab arrays or held on the device (--data-on-device)."""
-    world, rank = idist.get_world_size(), idist.get_rank()
-    dataset = (lambda split: DeviceImages(config["data"], split, device)) if config["data_on_device"] else \
-        (lambda split: FaceLabDataset(config["data"], split))
-    train_set, val_set = dataset("train"), dataset("val")
-    workers = 0 if config["data_on_device"] else config["num_workers"]
-    if workers is None:
-        workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
-    loader_args = dict(collate_fn=batch_as_is, num_workers=workers, persistent_workers=workers > 0,
-                       pin_memory=device.type == "cuda" and not config["data_on_device"])
-    sampler = StepSampler(len(train_set), config["batch_size"] // world * world, world, rank, config["seed"],
-                          2 if config["dry_run"] else config["epoch_length"], lambda: trainer.state.iteration)
-    train_loader = torch.utils.data.DataLoader(train_set, batch_size=config["batch_size"] // world,
-                                               sampler=sampler, drop_last=True, **loader_args)
-    # each process scores its share; ignite's metrics gather them
-    val_sampler = torch.utils.data.DistributedSampler(val_set, world, rank, shuffle=False) if world > 1 else None
-    val_loader = torch.utils.data.DataLoader(val_set, batch_size=max(1, config["batch_size"] // world),
-                                             sampler=val_sampler, **loader_args)
-    return train_loader, val_loader
-
-
-def create_evaluator(network: nn.Module, task: Task, prepare_batch: Callable, trainer, val_loader, record: RunRecord,
-                     batch_size: int):
-    """The engine that scores the validation set in eval mode (the task's val_loss and the MSE) after
-    every training epoch, adding the epoch's numbers to the record."""
-
-    @torch.no_grad()
-    def eval_step(engine, batch):
-        network.eval()
-        return task.predict(network, prepare_batch(batch))  # full precision: validation scores are exact
-
-    evaluator = Engine(eval_step)
-    Loss(task.val_loss).attach(evaluator, "val_loss")
-    # ignite's MeanSquaredError averages per image; the seed's MSE is per element, as F.mse_loss
-    Loss(F.mse_loss).attach(evaluator, "val_mse")
-
-    @evaluator.on(Events.COMPLETED)  # first: before best.pt and early stopping read the score
-    def refuse_non_finite_scores(engine):
-        if not all(math.isfinite(v) for v in engine.state.metrics.values()):
-            raise UserError(f"the validation scores are not finite numbers ({engine.state.metrics}) after epoch "
-                            f"{trainer.state.epoch}: nothing of it was saved; check the prepared data, or train "
-                            "with a lower --lr")
-    # seconds per batch since the epoch began (or resumed), paused before validating: training alone
-    timer = Timer(average=True).attach(trainer, start=Events.EPOCH_STARTED, pause=Events.EPOCH_COMPLETED,
-                                       step=Events.ITERATION_COMPLETED)
-
-    @trainer.on(Events.EPOCH_COMPLETED)
-    def validate(engine):
-        record.add_epoch(engine.state.epoch, evaluator.run(val_loader).metrics, batch_size / timer.value())
-
-    return evaluator
-
-
-def attach_lr_schedule(config: dict, trainer, optimizer, epoch_length: int):
-    """--lr-schedule cosine: a half cycle from --lr to 0 over the whole run, stepped every iteration;
-    -> the scheduler (its position is saved in last.pt), or None for a constant rate."""
-    if config["lr_schedule"] != "cosine":
-        return None
-    schedule = CosineAnnealingScheduler(optimizer, "lr", config["lr"], 0.0, cycle_size=config["epochs"] * epoch_length)
-    trainer.add_event_handler(Events.ITERATION_STARTED, schedule)
-    return schedule
-
-
-def attach_checkpoints(config: dict, trainer, evaluator, resumable: dict, schedule):
-    """best.pt (model, record) at each best validation MSE, early stopping on it (--patience), and last.pt
-    after every epoch: all a resumption needs. -> (the last.pt handler, the early stopper or None)."""
-
-    def score(engine):
-        return -engine.state.metrics["val_mse"]
-
-    saver = RunSaver(config["out"], require_empty=False, create_dir=True)
-    best = Checkpoint({"model": resumable["model"], "run": resumable["run"]}, saver, filename_pattern="best.pt",
-                      n_saved=1, score_function=score, score_name="neg_val_mse")
-    evaluator.add_event_handler(Events.COMPLETED, best)
-    resumable["best"] = best
-    if schedule is not None:
-        resumable["lr_schedule"] = schedule
-    stopper = None
-    if config["patience"] > 0:
-        stopper = EarlyStopping(config["patience"], score, trainer)
-        evaluator.add_event_handler(Events.COMPLETED, stopper)
-        resumable["early_stopping"] = stopper
-    last = Checkpoint(resumable, saver, filename_pattern="last.pt", n_saved=1)
-    trainer.add_event_handler(Events.EPOCH_COMPLETED, last)
-    return last, stopper
-
-
-class RunSaver(DiskSaver):
-    """ignite's DiskSaver writing through atomic_write: a temporary file renamed into place, named so that a
-    later run removes one that a killed run left, and a full disk reported as one line."""
-
-    def _save_func(self, checkpoint, path: Path, func: Callable) -> None:
-        atomic_write(path, lambda tmp: func(checkpoint, tmp, **self.kwargs))
-
-
-def report_epoch(engine, config: dict, record: RunRecord, loss_name: str) -> None:
-    """After every epoch, on rank 0: history.json, loss.png and one line."""
-    out, h = Path(config["out"]), record.history
-    write_json(out / "history.json", h)
-    plot_loss_curves({out.name: h}, out / "loss.png", title=f"{config['task']} ({out.name})")
-    print(f"epoch {engine.state.epoch:3d}/{engine.state.max_epochs}  {loss_name} loss: train "
-          f"{h['train_loss'][-1]:.3e}, validation {h['val_loss'][-1]:.3e}  validation MSE "
-          f"{h['val_mse'][-1]:.3e}  ({h['train_images_per_s'][-1]:.0f} training images/s)", flush=True)
-
-
-class StopOnSignal:
-    """SLURM sends USR1 before the time limit and TERM on preemption; Ctrl-C sends INT (twice: stop at once).
-    After that iteration, every process saves last.pt and stops; stopped_by names the signal."""
-
-    def __init__(self, save: Callable):
-        self.save, self.stopped_by, self.received = save, None, []
-        received = self.received
-
-        def receive(signum, frame):  # holds the list alone: the signal table must not keep the run alive
-            if signum == signal.SIGINT and signal.SIGINT in received:
-                raise KeyboardInterrupt
-            received.append(signum)
-
-        for sig in (signal.SIGUSR1, signal.SIGTERM, signal.SIGINT):
-            signal.signal(sig, receive)
-
-    def __call__(self, engine):
-        count = idist.all_reduce(len(self.received)) if idist.get_world_size() > 1 else len(self.received)
-        if count > 0:
-            self.stopped_by = self.received[0] if self.received else "on another process"
-            self.save(engine)
-            engine.terminate()
-
-
-def resume(config: dict, resumable: dict, trainer, stopper) -> bool:
-    """Load the run folder's last.pt into the run's objects (unless --no-resume); -> whether epochs remain."""
-    rank0, last_path = idist.get_rank() == 0, Path(config["out"]) / "last.pt"
-    if not (config["resume"] and last_path.is_file()):
-        return True
-    try:
-        state = torch_load(last_path)
-        _check_same_run(state["run"]["config"], config, last_path)
-        Checkpoint.load_objects(resumable, state)
-    except UserError:
-        raise
-    except Exception as exc:  # unpickling, missing keys, weights of another shape
-        raise UserError(f"{last_path}: cannot resume from it ({type(exc).__name__}); pass another --out, "
-                        "or --no-resume to start afresh there") from None
-    if trainer.state.iteration and rank0:
-        print(f"resuming {last_path} at epoch {trainer.state.epoch}, iteration {trainer.state.iteration}")
-    done = "stopped early" if stopper is not None and stopper.counter >= config["patience"] else \
-        f"trained {trainer.state.epoch} epochs" if trainer.state.epoch >= config["epochs"] else None
-    if done and rank0:
-        print(f"{last_path}: this run already {done}; nothing to do (--no-resume to start afresh)")
-    return done is None
-
-
-def _check_same_run(saved: dict, config: dict, path: Path) -> None:
-    saved = {**_ADDED_KEYS, **saved}
-    changed = sorted(k for k in set(saved) | set(config)
-                     if k not in _OPERATIONAL_KEYS and saved.get(k) != config.get(k))
-    if config["lr_schedule"] == "cosine" and saved.get("epochs") != config["epochs"]:
-        changed.append("epochs, which the cosine schedule spans")
-    if changed:
-        what = "was trained on other prepared data" if "data_id" in changed else \
-            f"used other settings ({', '.join(changed)})"
-        raise UserError(f"{path}: the run there {what}; pass another --out, or --no-resume to overwrite it")
-
-
-def _choose_backend(name: str, device_type: str) -> str | None:
-    if name != "auto":
-        return None if name == "none" else name
-    # torchrun says WORLD_SIZE; srun says SLURM_STEP_NUM_TASKS (not set in the batch script itself)
-    several = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 1) > 1
-    return ("nccl" if device_type == "cuda" else "gloo") if several else None
-
-
-def _free_run_objects() -> None:
-    """Free the run's objects while its process group lives: engines and handlers form reference cycles that
-    hold the DDP model, and so the group; freed at exit, after Parallel destroyed it, gloo aborts the process
-    ("terminate called without an active exception"). A run that raised keeps them in its traceback: clear it."""
-    raised = sys.exc_info()[1]
-    if raised is not None:
-        traceback.clear_frames(raised.__traceback__)
-    gc.collect()
+# Figures
 
 
 def plot_loss_curves(histories: dict, path: str | Path, title: str) -> None:

@@ -24,17 +24,17 @@ import numpy as np
 import torch
 from matplotlib.figure import Figure
 
-from common import (ArgumentParser, BadImage, ClassifyingColorizer, UserError, ab_to_lab_units, ab_to_unit_scale,
-                    atomic_write, check_prepared, colorize_lab01, denormalize_lab, exit_on_user_error, find_images,
-                    lab01_batches, lab01_to_rgb, load_checkpoint, load_colorizer, plot_loss_curves, positive_float,
-                    positive_int, prepare_photo, printable, read_images, resolve_device, save_figure,
+from common import (ARCHITECTURES, ArgumentParser, BadImage, ClassifyingColorizer, UserError, ab01_to_ab, ab_to_ab01,
+                    atomic_write, check_prepared, colorize_lab01, exit_on_user_error, find_images, lab01_batches,
+                    lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, open_rgb_split, plot_loss_curves,
+                    positive_float, positive_int, prepare_photo, printable, resolve_device, save_figure,
                     take_output_folder, write_json)
 
 BASELINES = ("gray", "mean colour", "mean-face map")
 # what evaluate writes into --out: a folder holding just these (from before .written-by.json) is its own
 EVALUATE_FILES = {".lock", "report.md", "metrics.json", "loss_curves.png", "grid.png", "lab_channels.png",
                   "best_worst.png", "photos.png"}
-GRAY_AB01 = ab_to_unit_scale(0.0)  # a* = b* = 0
+GRAY_AB01 = ab_to_ab01(0.0)  # a* = b* = 0
 
 
 def parse_args(argv=None):
@@ -77,7 +77,8 @@ def main():
     # held until the report is written: one evaluation at a time
     _, lock = take_output_folder(args.out, "evaluate.py", ours=lambda names: set(names) <= EVALUATE_FILES)
     # baselines learn from the original training images (augmented copies excluded)
-    colours = training_colours(read_images(args.data, "train")[::manifest["augment_factor"]], args.batch_size, device)
+    originals = open_rgb_split(args.data, "train")[::manifest["augment_factor"]]
+    colours = training_colours(originals, args.batch_size, device)
 
     report, results, figures = split_section(args, manifest, colours, runs, device)
     if photo_files:
@@ -154,7 +155,7 @@ def training_colours(images: np.ndarray, batch_size: int, device) -> TrainingCol
 def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
     """The table on the prepared split, its figures and how each colorizer was trained -> (report lines,
     results for metrics.json, figure names)."""
-    images = read_images(args.data, args.split)  # memory-mapped: scored batch by batch
+    images = open_rgb_split(args.data, args.split)  # memory-mapped: scored batch by batch
     # from the uint8 images, exactly: the stored float16 Lab would add rounding to the scores
     scores = score_batches(lab01_batches(images, args.batch_size, device), colours, runs.models, args.show)
     plot_grid(scores.shown, args.out / "grid.png")
@@ -174,7 +175,9 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
         extremes = sorted({int(i) for i in order[:3]} | {int(i) for i in order[-3:]}, key=list(order).index)
         truth = lab01_from_uint8(images[extremes], device)
         model, regressor = runs.models[best]
-        plot_grid({"truth": truth, best.split(":")[0]: colorize(model, truth, regressor)}, args.out / "best_worst.png")
+        with torch.no_grad():
+            plot_grid({"truth": truth, best.split(":")[0]: colorize_lab01(model, truth, regressor)},
+                      args.out / "best_worst.png")
         figures += ["lab_channels.png", "best_worst.png"]
         mse = scores.per_image[best]["mse"]
         noise = noise_of_split(scores.per_image, best, manifest["files"][args.split])
@@ -246,18 +249,18 @@ def regressor_section(args, colours: TrainingColours, device, runs: Runs, report
     regressor, _, ckpt = load_checkpoint(args.regressor, task="regressor", device=device)
     pred_ab, true_ab = [], []
     with torch.no_grad():
-        for lab01 in lab01_batches(read_images(args.data, args.split), args.batch_size, device):
+        for lab01 in lab01_batches(open_rgb_split(args.data, args.split), args.batch_size, device):
             pred_ab.append(regressor(lab01[:, :1]))
             true_ab.append(lab01[:, 1:].mean(dim=(2, 3)))
     pred_ab, true_ab = torch.cat(pred_ab), torch.cat(true_ab)
     per_image = ((pred_ab - true_ab) ** 2).mean(dim=1)
     mse = float(per_image.mean())
-    pa, ta = ab_to_lab_units(pred_ab).tolist(), ab_to_lab_units(true_ab).tolist()
+    pa, ta = ab01_to_ab(pred_ab).tolist(), ab01_to_ab(true_ab).tolist()
     rows = [[i, f"{ta[i][0]:.2f}", f"{pa[i][0]:.2f}", f"{ta[i][1]:.2f}", f"{pa[i][1]:.2f}"]
             for i in range(min(10, len(ta)))]
     constant_per_image = ((colours.mean_ab - true_ab) ** 2).mean(dim=1)
     constant_mse = float(constant_per_image.mean())
-    train_mean = ab_to_lab_units(colours.mean_ab)
+    train_mean = ab01_to_ab(colours.mean_ab)
     mse_low, mse_high = bootstrap_interval(per_image)
     gain_low, gain_high = bootstrap_interval(constant_per_image - per_image)
     report += ["## Regressor: mean a*, b* of each test image (Lab units)", "",
@@ -287,7 +290,8 @@ def score_batches(batches, colours: TrainingColours, colorizers: dict, show: int
     for lab01 in batches:
         predictions = baselines(colours, lab01)
         for name, (model, regressor) in colorizers.items():
-            predictions[name] = colorize(model, lab01, regressor)
+            with torch.no_grad():
+                predictions[name] = colorize_lab01(model, lab01, regressor)
         truth_colorfulness += colorfulness(lab01_to_rgb(lab01)).tolist()
         for name, pred in predictions.items():
             for metric, values in score(pred, lab01).items():
@@ -306,11 +310,6 @@ def baselines(colours: TrainingColours, lab01: torch.Tensor) -> dict:
     return {name: torch.cat([L, ab], dim=1) for name, ab in zip(BASELINES, (gray_ab, mean_ab, map_ab))}
 
 
-@torch.no_grad()
-def colorize(model, lab01, regressor):
-    return colorize_lab01(model, lab01, regressor)
-
-
 def score(pred_lab01: torch.Tensor, true_lab01: torch.Tensor) -> dict:
     """Per-image numbers for one method: seed MSE, PSNR, SSIM, CIEDE2000, colorfulness."""
     from ignite.metrics import PSNR, SSIM
@@ -324,8 +323,8 @@ def score(pred_lab01: torch.Tensor, true_lab01: torch.Tensor) -> dict:
             metric.reset()
             metric.update((p[None], t[None]))
             per_image[key].append(float(metric.compute()))
-    pred_lab = denormalize_lab(pred_lab01).permute(0, 2, 3, 1).cpu().numpy()
-    true_lab = denormalize_lab(true_lab01).permute(0, 2, 3, 1).cpu().numpy()
+    pred_lab = lab01_to_lab(pred_lab01).permute(0, 2, 3, 1).cpu().numpy()
+    true_lab = lab01_to_lab(true_lab01).permute(0, 2, 3, 1).cpu().numpy()
     per_image["ciede2000"] = deltaE_ciede2000(true_lab, pred_lab, channel_axis=-1).mean(axis=(1, 2)).tolist()
     per_image["colorfulness"] = colorfulness(pred_rgb).tolist()
     return per_image
@@ -379,11 +378,7 @@ def results_table(summary: dict, kinds: dict) -> str:
 
 def describe(config: dict) -> str:
     classify = config.get("head") == "classify"
-    activation = "" if classify else f", {config['activation']}"
-    if config["arch"] == "seed":
-        text = f"seed{activation}, {config['max_channels']} ch, {config['layers']} layers"
-    else:
-        text = f"U-Net {config['base_channels']}x{config['depth']}{activation}"
+    text = ARCHITECTURES[config["arch"]].name(config, "" if classify else f", {config['activation']}")
     text += " + regressor" if config.get("regressor") else ""
     if classify:
         return text + f", classify (T={config['temperature']})"

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torchvision.transforms import v2
 from tqdm import tqdm
 
 from common import (DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, LAB_SUFFIX, MANIFEST, MAX_IMAGE_SIZE, PREPARED_FORMAT, SPLITS,
-                    ArgumentParser, BadImage, UserError, center_square, exit_on_user_error, find_images, fraction,
-                    lab01_batches, no_space_error, non_negative_int, positive_int, prepare_photo, printable, read_image,
-                    real_path, release_pages, remove_stale_temporaries, temp_prefix, to_uint8, write_json)
+                    ArgumentParser, BadImage, MappedDataset, UserError, as_is, center_square, exit_on_user_error,
+                    find_images, fraction, lab01_batches, no_space_error, non_negative_int, positive_int, prepare_photo,
+                    printable, random_variant, read_image, real_path, release_pages, remove_stale_temporaries,
+                    temp_prefix, to_uint8, write_json)
 
 DEFAULT_SOURCE = Path("data/face_images")
 # colour photos shipped inside installed packages: (package, file inside its data folder)
@@ -103,11 +103,6 @@ class SourcePhotos(torch.utils.data.Dataset):
             return prepare_photo(self.paths[i], self.size), None, person_of(self.paths[i], self.person_from)
         except (BadImage, OSError) as exc:
             return None, str(exc), None
-
-
-def as_is(item):
-    """collate_fn: a worker's answer, unchanged (no batching, no conversion to tensors)."""
-    return item
 
 
 def new_array_file(path: Path, dtype, shape: tuple) -> np.memmap:
@@ -194,40 +189,27 @@ def split_indices(records, held_out: float, val_share: float, by: str, rng: np.r
     return [int(i) for i in order[n_held:]], [int(i) for i in order[:n_val]], [int(i) for i in order[n_val:n_held]]
 
 
-class PreparedRows(torch.utils.data.Dataset):
+class PreparedRows(MappedDataset):
     """The rows of one split as written: row r is original r // factor (row indices[r // factor] of the
     sources array) when r % factor == 0, else one of its random variants (flips, rotation, resized crop)."""
 
     def __init__(self, sources: Path, indices: list[int], factor: int, size: int, seed: int):
-        self.sources, self.indices, self._images = sources, indices, None  # mapped in each worker
-        self.factor, self.seed = factor, seed
-        self.transform = v2.Compose([
-            v2.RandomHorizontalFlip(),
-            v2.RandomVerticalFlip(),
-            v2.RandomRotation(20),
-            # cropping after the rotation removes most of its black corners
-            v2.RandomResizedCrop(size, scale=(0.5, 1.0), ratio=(0.9, 1.1), antialias=True),
-        ])
+        super().__init__(sources)
+        self.indices, self.factor, self.seed = indices, factor, seed
+        self.transform = random_variant(size, upright=False)
 
     def __len__(self):
         return len(self.indices) * self.factor
 
-    @property
-    def images(self) -> np.ndarray:
-        """The sources array, mapped on first use in each worker process."""
-        if self._images is None:
-            self._images = np.load(self.sources, mmap_mode="r")
-        return self._images
-
     def __getitems__(self, rows: list[int]) -> list[torch.Tensor]:
         """A batch of rows (the DataLoader asks for a batch at once): the map's pages released once per batch."""
         batch = [self[row] for row in rows]
-        release_pages(self.images)
+        release_pages(self.array)
         return batch
 
     def __getitem__(self, row):
         original, copy = divmod(row, self.factor)
-        image = torch.from_numpy(np.array(self.images[self.indices[original]])).permute(2, 0, 1)
+        image = torch.from_numpy(np.array(self.array[self.indices[original]])).permute(2, 0, 1)
         if copy:
             # seeded per variant: the same bytes whichever worker process makes it
             # (the CPU generator alone: torch.manual_seed also seeds every accelerator, 70x slower)

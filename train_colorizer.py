@@ -7,7 +7,7 @@ activation, max channels, layers per side) and better models (--arch unet, --reg
 condition on a trained regressor's mean colour, --head classify for colour as classification
 after Zhang, Isola and Efros 2016).
 
-An epoch (common.train): every training batch once through predict, the loss and an Adam step;
+An epoch (training.py): every training batch once through predict, the loss and an Adam step;
 then the validation loss and MSE, best.pt when the MSE is the best yet, last.pt, history.json and
 loss.png in --out.
 """
@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS, LOSSES, ArgumentParser, FaceLabDataset,
-                    Task, ab_bins, ab_to_lab_units, add_training_args, atomic_write, build_model, colorize_lab01,
-                    colorizer_input, denormalize_lab, exit_on_user_error, load_checkpoint, load_colorizer,
-                    non_negative_float, positive_float, positive_int, read_manifest, real_path, train)
+from common import (CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS, ArgumentParser, LabSplit, ab01_to_ab,
+                    ab_bins, atomic_write, build_model, colorize_lab01, colorizer_input, exit_on_user_error,
+                    lab01_to_lab, load_checkpoint, load_colorizer, non_negative_float, positive_float, positive_int,
+                    read_manifest, real_path)
+from training import LOSSES, TrainingSetup, add_training_args, train
 
 
 def parse_args(argv=None):
@@ -71,7 +72,7 @@ MODEL_DEFAULTS = {"arch": "seed", "activation": "sigmoid", "max_channels": 128, 
                   "depth": 4, "head": "regress"}
 
 
-def setup_colorizer(config, device) -> Task:
+def setup_colorizer(config, device) -> TrainingSetup:
     if config["init_from"]:  # its weights, and the regressor it carries
         model, regressor, _, _ = load_colorizer(config["init_from"], device)
         if config["head"] == "classify":
@@ -84,8 +85,9 @@ def setup_colorizer(config, device) -> Task:
         regressor.requires_grad_(False)
     if config["head"] == "regress":
         loss = LOSSES[config["loss"]]
-        return Task(model, lambda m, lab01: (colorize_lab01(m, lab01, regressor), lab01), loss, loss, config["loss"],
-                    regressor)
+        def predict(network, lab01):
+            return colorize_lab01(network, lab01, regressor), lab01
+        return TrainingSetup(model, predict, loss, loss, config["loss"], regressor)
 
     bins = ab_bins().to(device)
     weights = rebalancing_weights(load_ab_prior(config["data"], bins.cpu()), config["rebalance"]).to(device)
@@ -100,7 +102,7 @@ def setup_colorizer(config, device) -> Task:
         distribution, pixel_weights = target
         return -(pixel_weights * (distribution * F.log_softmax(logits, dim=1)).sum(dim=1)).mean()
 
-    return Task(model, predict, rebalanced_cross_entropy, F.mse_loss, "cross-entropy", regressor)
+    return TrainingSetup(model, predict, rebalanced_cross_entropy, F.mse_loss, "cross-entropy", regressor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -120,7 +122,7 @@ def soft_encode(ab01: torch.Tensor, bins: torch.Tensor, k=5, sigma=5.0):
     """ab in [0, 1] at full resolution -> (target distribution over the bins at 1/CLASSIFY_STRIDE
     resolution, (N, Q, h, w): the k nearest bins weighted by a Gaussian of sigma Lab units;
     index of the nearest bin, (N, h, w))."""
-    ab = ab_to_lab_units(F.avg_pool2d(ab01, CLASSIFY_STRIDE))
+    ab = ab01_to_ab(F.avg_pool2d(ab01, CLASSIFY_STRIDE))
     dist, idx = nearest_bins(ab, bins, k)
     weights = torch.softmax(-dist ** 2 / (2 * sigma ** 2), dim=-1)
     target = torch.zeros(*idx.shape[:3], len(bins), device=ab.device).scatter_(-1, idx, weights)
@@ -132,7 +134,7 @@ def ab_prior(lab01: np.ndarray, bins: torch.Tensor, sigma=5.0, batch=16) -> torc
     with a Gaussian of sigma (Lab units) across bins: the p-tilde of the paper's class rebalancing."""
     counts = torch.zeros(len(bins), dtype=torch.float64)
     for i in range(0, len(lab01), batch):
-        ab = denormalize_lab(torch.from_numpy(np.array(lab01[i:i + batch])).float())[:, 1:]
+        ab = lab01_to_lab(torch.from_numpy(np.array(lab01[i:i + batch])).float())[:, 1:]
         counts += torch.bincount(nearest_bins(ab, bins, 1)[1].flatten(), minlength=len(bins)).double()
     p = counts / counts.sum()
     kernel = torch.exp(-torch.cdist(bins.double(), bins.double()) ** 2 / (2 * sigma ** 2))
@@ -145,7 +147,7 @@ def load_ab_prior(data_dir, bins):
     path = Path(data_dir) / "ab_prior.npy"
     if not path.is_file():
         factor = read_manifest(data_dir)["augment_factor"]  # the originals only, not their augmented copies
-        prior = ab_prior(FaceLabDataset(data_dir, "train").array[::factor], bins).numpy()
+        prior = ab_prior(LabSplit(data_dir, "train").array[::factor], bins).numpy()
 
         def save(tmp):
             with open(tmp, "wb") as f:

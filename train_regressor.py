@@ -3,11 +3,12 @@
 Defaults are the seed's: Adam lr 1e-4, weight decay 1e-5, 200 epochs. The best checkpoint by
 validation MSE is RUN/best.pt; RUN/last.pt resumes an interrupted run (rerun the same command).
 
-An epoch (common.train): every training batch once through predict, the loss and an Adam step;
+An epoch (training.py): every training batch once through predict, the loss and an Adam step;
 then the validation loss and MSE, best.pt when the MSE is the best yet, last.pt, history.json and
 loss.png in --out.
 """
-from common import LOSSES, ArgumentParser, SeedRegressor, Task, add_training_args, exit_on_user_error, train
+from common import ArgumentParser, SeedRegressor, exit_on_user_error
+from training import LOSSES, TrainingSetup, add_training_args, train
 
 
 def parse_args(argv=None):
@@ -16,19 +17,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def setup_regressor(config, device) -> Task:
+def setup_regressor(config, device) -> TrainingSetup:
     def predict(model, lab01):
         # prediction and target: the mean (a, b) of each image, on the [0, 1] scale
         return model(lab01[:, :1]), lab01[:, 1:].mean(dim=(2, 3))
 
     loss = LOSSES[config["loss"]]
-    return Task(SeedRegressor(), predict, loss, loss, config["loss"])
+    return TrainingSetup(SeedRegressor(), predict, loss, loss, config["loss"])
 
 
 def main():
-    config = vars(parse_args())
-    config["task"] = "regressor"
-    train(config, setup_regressor)
+    train({**vars(parse_args()), "task": "regressor"}, setup_regressor)
 
 
 if __name__ == "__main__":

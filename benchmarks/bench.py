@@ -35,8 +35,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (FaceLabDataset, RunRecord, SeedColorizer, atomic_write, exit_on_user_error, read_image,  # noqa: E402
-                    read_images, resolve_device, training_step, writable_folder, write_json)
+from common import (LabSplit, SeedColorizer, atomic_write, exit_on_user_error, read_image,  # noqa: E402
+                    open_rgb_split, resolve_device, writable_folder, write_json)
+from training import RunRecord, training_step  # noqa: E402
 
 # the training scripts' speed flags on a GPU (the ceiling steps with the same autocast and memory format)
 GPU_FLAGS = ["--data-on-device", "--amp", "--channels-last"]
@@ -85,7 +86,7 @@ def ceiling(name, data_dir, batch_size, iters, device, read_loss=False):
     """Steps only, on one batch already in memory. read_loss: read every step's loss back to the host
     (loss.item()), as a loop that prints or sums Python floats does: what that synchronisation costs."""
     torch.manual_seed(0)
-    lab01 = torch.from_numpy(np.array(FaceLabDataset(data_dir, "train").array[:batch_size])).float().to(device)
+    lab01 = torch.from_numpy(np.array(LabSplit(data_dir, "train").array[:batch_size])).float().to(device)
     step = step_fn(name, data_dir, device)
     timed_step = (lambda batch: step(batch).item()) if read_loss else step
     return images_per_s(timed_step, lambda: lab01, batch_size, iters, device)
@@ -182,7 +183,7 @@ def colorize_speed(data_dir, tmp, n_images):
     import colorize
 
     ckpt = seed_checkpoint(tmp)
-    faces = np.array(read_images(data_dir, "train")[::10][:n_images])
+    faces = np.array(open_rgb_split(data_dir, "train")[::10][:n_images])
     folder = Path(tmp) / "in"
     folder.mkdir()
     for i, face in enumerate(faces):
@@ -356,7 +357,7 @@ def main():
             _, rss, anon = train_script("seed colorizer", data, Path(tmp) / f"mem{label}", args.batch_size,
                                         mem["iters"], torch.device("cpu"))
             mem.update({f"{label}_rss_mib": rss, f"{label}_anon_mib": anon,
-                        f"{label}_images": len(FaceLabDataset(data, "train"))})
+                        f"{label}_images": len(LabSplit(data, "train"))})
         results["memory"] = mem
         print("colorize ...", flush=True)
         results["colorize"] = colorize_speed(x10, tmp, 64 if args.quick else 512)

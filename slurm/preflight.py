@@ -22,8 +22,9 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import (FAKE_GPUS_VARIABLE, RunRecord, UserError, build_model, gpus_granted,  # noqa: E402
+from common import (FAKE_GPUS_VARIABLE, UserError, build_model, gpus_granted,  # noqa: E402
                     nvidia_driver_says, resolve_device)
+from training import RunRecord  # noqa: E402
 
 MODELS = {  # the four models the benchmark measures, as their configs
     "seed colorizer": {"task": "colorizer", "arch": "seed", "max_channels": 128, "layers": 3, "activation": "sigmoid"},

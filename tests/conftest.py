@@ -150,7 +150,8 @@ def interrupt_and_resume(args, root, sig):
     """The training command args (without --out) run straight into root/straight, and into
     root/interrupted with sig sent once its first epoch is recorded, then again there to resume.
     -> (straight folder, interrupted folder, iteration it stopped at, the resumed CompletedProcess)."""
-    from common import RESUMABLE_EXIT, torch_load
+    from common import torch_load
+    from training import RESUMABLE_EXIT
 
     subprocess.run([sys.executable, *map(str, args), "--out", str(root / "straight")], check=True,
                    capture_output=True, timeout=600)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from skimage import color, data
 
-from common import (denormalize_lab, images_to_lab01, lab01_batches, lab01_to_rgb, lab_to_rgb, normalize_lab,
+from common import (lab01_to_lab, images_to_lab01, lab01_batches, lab01_to_rgb, lab_to_rgb, lab_to_lab01,
                     read_image, rgb_to_lab)
 
 
@@ -50,8 +50,8 @@ def test_real_faces_agree_with_skimage(faces_dir):
 
 def test_normalization_convention():
     lab = torch.tensor([100.0, -128.0, 127.0]).view(3, 1, 1)
-    np.testing.assert_allclose(normalize_lab(lab).flatten(), [1.0, 0.0, 1.0], atol=1e-7)
-    np.testing.assert_allclose(denormalize_lab(normalize_lab(lab)), lab, atol=1e-5)
+    np.testing.assert_allclose(lab_to_lab01(lab).flatten(), [1.0, 0.0, 1.0], atol=1e-7)
+    np.testing.assert_allclose(lab01_to_lab(lab_to_lab01(lab)), lab, atol=1e-5)
 
 
 def test_stored_batches_convert_like_skimage():

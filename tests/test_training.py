@@ -14,7 +14,8 @@ import pytest
 import torch
 from skimage import data
 
-from common import RESUMABLE_EXIT, ab_bins, load_checkpoint, torch_load, training_augmentation
+from common import ab_bins, load_checkpoint, torch_load
+from training import RESUMABLE_EXIT, augmentation
 from conftest import ROOT, interrupt_and_resume, run_script, synthetic_photo, torchrun_training
 
 
@@ -300,11 +301,11 @@ def test_speed_flags_change_how_not_what(prepared, tmp_path):
     assert augmented["val_mse"] != history["plain"]["val_mse"]
 
 
-def test_training_augmentation_draws_per_image():
+def test_augmentation_draws_per_image():
     torch.manual_seed(0)
     ramp = torch.linspace(0, 1, 32).expand(3, 32, 32)  # left to right: a flip reverses it
     batch = ramp.expand(64, 3, 32, 32).contiguous()
-    out = training_augmentation(32)(batch)
+    out = augmentation(32)(batch)
     assert out.shape == batch.shape and 0 <= out.min() and out.max() <= 1
     flipped = out[:, 0, 16, 0] > out[:, 0, 16, -1]
     assert 10 < int(flipped.sum()) < 54  # about half, each image its own draw
