@@ -777,6 +777,32 @@ class LabSplit(MappedDataset):
         return torch.from_numpy(batch)
 
 
+def training_statistic(data_dir: str | Path, name: str, shape: tuple, compute: Callable[[], np.ndarray],
+                       what: str) -> np.ndarray:
+    """A statistic of a prepared set's training images (what: its description, for the line that says it was
+    computed), computed once and kept beside the data as NAME.npy; on a read-only prepared set (a shared one),
+    computed again by every run. The folder is replaced whole when it is prepared again: never stale."""
+    path = Path(data_dir) / f"{name}.npy"
+    try:
+        kept = np.load(path) if path.is_file() else None
+        if kept is not None and kept.shape == shape:
+            return kept
+    except (OSError, ValueError):  # damaged: computed and written again
+        pass
+    value = compute()
+
+    def save(tmp):
+        with open(tmp, "wb") as f:
+            np.save(f, value)
+
+    try:
+        atomic_write(path, save)
+        print(f"computed {what}: {path}")
+    except OSError as exc:
+        print(f"computed {what} (not saved: {data_dir} is {exc.strerror or 'not writable'})")
+    return value
+
+
 def as_is(batch):
     """collate_fn: what the dataset hands over, unchanged (already a whole batch, or a worker's answer)."""
     return batch

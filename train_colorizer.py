@@ -11,16 +11,15 @@ An epoch (training.py): every training batch once through predict, the loss and 
 then the validation loss and MSE, best.pt when the MSE is the best yet, last.pt, history.json and
 loss.png in --out.
 """
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from common import (CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS, ArgumentParser, LabSplit, ab01_to_ab,
-                    ab_bins, atomic_write, build_model, colorize_lab01, colorizer_input, exit_on_user_error,
-                    lab01_to_lab, load_checkpoint, load_colorizer, non_negative_float, positive_float, positive_int,
-                    read_manifest, real_path)
+                    ab_bins, build_model, colorize_lab01, colorizer_input, exit_on_user_error, lab01_to_lab,
+                    load_checkpoint, load_colorizer, non_negative_float, positive_float, positive_int, read_manifest,
+                    real_path, training_statistic)
 from training import LOSSES, TrainingSetup, add_training_args, train
 
 
@@ -143,24 +142,12 @@ def ab_prior(lab01: np.ndarray, bins: torch.Tensor, sigma=5.0, batch=16) -> torc
 
 
 def load_ab_prior(data_dir, bins):
-    """The training set's smoothed ab distribution over the bins: computed once, saved beside the data."""
-    path = Path(data_dir) / "ab_prior.npy"
-    if not path.is_file():
-        factor = read_manifest(data_dir)["augment_factor"]  # the originals only, not their augmented copies
-        prior = ab_prior(LabSplit(data_dir, "train").array[::factor], bins).numpy()
-
-        def save(tmp):
-            with open(tmp, "wb") as f:
-                np.save(f, prior)
-
-        try:
-            atomic_write(path, save)
-            print(f"computed the ab prior of the training images over {len(bins)} bins: {path}")
-        except OSError as exc:  # a read-only prepared set (a shared one): computed again by every run
-            print(f"computed the ab prior of the training images over {len(bins)} bins (not saved: {data_dir} is "
-                  f"{exc.strerror or 'not writable'})")
-        return torch.from_numpy(prior)
-    return torch.from_numpy(np.load(path))
+    """The training set's smoothed ab distribution over the bins: computed once, kept beside the data."""
+    factor = read_manifest(data_dir)["augment_factor"]  # the originals only, not their augmented copies
+    prior = training_statistic(data_dir, "ab_prior", (len(bins),),
+                               lambda: ab_prior(LabSplit(data_dir, "train").array[::factor], bins).numpy(),
+                               f"the ab prior of the training images over {len(bins)} bins")
+    return torch.from_numpy(prior)
 
 
 def rebalancing_weights(prior: torch.Tensor, lam=0.5) -> torch.Tensor:
