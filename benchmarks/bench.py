@@ -4,12 +4,18 @@
 
 1. training images/s through the real script (train_*.py in a subprocess) vs the pure compute
    ceiling (same model, batch and step on Lab tensors already in memory): the ratio, as the
-   median of --repeats paired measurements (this kind of VM is noisy);
+   median of --repeats paired measurements (this kind of VM is noisy); the same in bfloat16 (--amp)
+   where the device has it, and the bf16/fp32 ratio; the machine's roof (the FLOP/s of a large
+   matrix product, float32 and bfloat16, measured here) over each model's FLOPs per training image
+   (counted by torch's FlopCounterMode): the images/s the machine would allow, and the fraction the
+   real script reaches;
 2. the same vs a naive loader that decodes each file and converts it with scikit-image in
    __getitem__ (the seed's approach): the ratio;
 3. peak resident memory of a training run on the faces augmented x10 and x100: the ratio;
 4. prepare_data.py throughput on the 750 faces (median of --repeats), and its peak memory at x10 and x100;
-5. colorize.py: images/s at 128x128 in batches, and seconds for one 12-megapixel photo.
+5. evaluate.py (as a user runs it: the test split and every training original as --photos, one
+   U-Net 8x4 classifier) and colorize.py (in process: 128x128 files in batches, one 12-megapixel
+   photo): images/s against their ceiling, the model's forward pass alone on the same images.
 (How memory grows with the number and size of photos: benchmarks/scale.py.)
 Writes bench.json and bench.md into --out. Uses the faces from --faces / $FACES_DIR (default
 ../shared/data/face_images); without them, the demo photos (numbers then not comparable).
@@ -35,9 +41,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (LabSplit, SeedColorizer, atomic_write, exit_on_user_error, read_image,  # noqa: E402
+from common import (LabSplit, atomic_write, exit_on_user_error, read_image,  # noqa: E402
                     open_rgb_split, resolve_device, writable_folder, write_json)
-from training import RunRecord, training_step  # noqa: E402
+from training import training_step  # noqa: E402
 
 # the training scripts' speed flags on a GPU (the ceiling steps with the same autocast and memory format)
 GPU_FLAGS = ["--data-on-device", "--amp", "--channels-last"]
@@ -51,9 +57,10 @@ MODELS = {  # name: (training script, its flags)
 }
 
 
-def step_fn(name, data_dir, device):
-    """The training scripts' own step (common.training_step) on the model, prediction and loss from
-    the script's setup function, with the speed settings the scripts use on this device."""
+def step_fn(name, data_dir, device, amp=False):
+    """The training scripts' own step (training.training_step) on the model, prediction and loss from
+    the script's setup function, with the memory format the scripts use on this device; amp: bfloat16
+    autocast, as --amp."""
     import train_colorizer
     import train_regressor
 
@@ -65,7 +72,7 @@ def step_fn(name, data_dir, device):
     cuda = device.type == "cuda"
     memory_format = torch.channels_last if cuda else torch.contiguous_format
     model = task.model.to(device, memory_format=memory_format)
-    step = training_step(model, task.predict, task.train_loss, torch.optim.Adam(model.parameters(), lr=1e-4), amp=cuda)
+    step = training_step(model, task.predict, task.train_loss, torch.optim.Adam(model.parameters(), lr=1e-4), amp=amp)
     return lambda lab01: step(lab01.to(device, non_blocking=True).contiguous(memory_format=memory_format))
 
 
@@ -82,14 +89,50 @@ def images_per_s(step, next_batch, batch_size, iters, device, warmup=2):
     return iters * batch_size / (time.perf_counter() - start)
 
 
-def ceiling(name, data_dir, batch_size, iters, device, read_loss=False):
+def one_batch(data_dir, batch_size, device):
+    return torch.from_numpy(np.array(LabSplit(data_dir, "train").array[:batch_size])).float().to(device)
+
+
+def ceiling(name, data_dir, batch_size, iters, device, read_loss=False, amp=False):
     """Steps only, on one batch already in memory. read_loss: read every step's loss back to the host
     (loss.item()), as a loop that prints or sums Python floats does: what that synchronisation costs."""
     torch.manual_seed(0)
-    lab01 = torch.from_numpy(np.array(LabSplit(data_dir, "train").array[:batch_size])).float().to(device)
-    step = step_fn(name, data_dir, device)
+    lab01 = one_batch(data_dir, batch_size, device)
+    step = step_fn(name, data_dir, device, amp)
     timed_step = (lambda batch: step(batch).item()) if read_loss else step
     return images_per_s(timed_step, lambda: lab01, batch_size, iters, device)
+
+
+def flops_per_image(name, data_dir, batch_size, device):
+    """The FLOPs of one training step (forward, backward) per image, as torch's FlopCounterMode counts them
+    (matrix products and convolutions: what the roof's matrix product measures)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    step, lab01 = step_fn(name, data_dir, device), one_batch(data_dir, batch_size, device)
+    with FlopCounterMode(display=False) as counter:
+        step(lab01)
+    return counter.get_total_flops() / batch_size
+
+
+def matmul_roof(device, dtype, size=2048, repeats=5):
+    """This machine's roof: GFLOP/s of a size x size matrix product in dtype (all threads; the best of
+    repeats), the operation the models' convolutions become."""
+    a, b = (torch.randn(size, size, device=device).to(dtype) for _ in range(2))
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    best = float("inf")
+    for _ in range(repeats + 1):  # the first: warm-up
+        synchronize()
+        start = time.perf_counter()
+        torch.mm(a, b)
+        synchronize()
+        best = min(best, time.perf_counter() - start)
+    return 2 * size ** 3 / best / 1e9
+
+
+def bf16_supported(device) -> bool:
+    from training import amp_supported
+
+    return amp_supported(device.type)
 
 
 class NaiveFileDataset(torch.utils.data.Dataset):
@@ -147,11 +190,13 @@ def run_measured(cmd):
     return output, usage.ru_maxrss / 1024, peak_anon[0] / 1024
 
 
-def train_script(name, data_dir, out, batch_size, iters, device):
+def train_script(name, data_dir, out, batch_size, iters, device, amp=False):
     """Images/s of the real training script's second epoch, and its peak memory."""
     script, flags = MODELS[name]
     if device.type == "cuda":
         flags = [*flags, *GPU_FLAGS]
+    elif amp:
+        flags = [*flags, "--amp"]
     cmd = [sys.executable, script, "--data", data_dir, "--out", out, "--epochs", "2", "--epoch-length", str(iters),
            "--batch-size", str(batch_size), "--patience", "0", "--device", device.type, "--no-resume", *flags]
     _, rss, anon = run_measured(cmd)
@@ -176,47 +221,82 @@ def prepare(source, out, factor, repeats=1):
             "written_images_per_s": written / wall, "anon_mib": anon, "script_says": output.strip().splitlines()[-1]}
 
 
-def colorize_speed(data_dir, tmp, n_images):
-    """colorize.py's own functions, in process: 128x128 files in batches, and one 12-MP photo."""
+def face_files(data_dir, folder, n_images):
+    """n_images training faces of a prepared set written as JPEG files into folder (the photos a user brings),
+    and one 12-megapixel photo beside them; -> (the faces' paths, the photo's path)."""
     import cv2
 
-    import colorize
-
-    ckpt = seed_checkpoint(tmp)
     faces = np.array(open_rgb_split(data_dir, "train")[::10][:n_images])
-    folder = Path(tmp) / "in"
     folder.mkdir()
     for i, face in enumerate(faces):
         cv2.imwrite(str(folder / f"{i:04d}.jpg"), face[..., ::-1])
-    photo = cv2.resize(faces[0], (4000, 3000), interpolation=cv2.INTER_CUBIC)[..., ::-1]
-    cv2.imwrite(str(Path(tmp) / "photo12mp.jpg"), photo)
-    colorizer = colorize.Colorizer(ckpt, None, None, torch.device("cpu"))
+    photo = folder.parent / "photo12mp.jpg"
+    cv2.imwrite(str(photo), cv2.resize(faces[0], (4000, 3000), interpolation=cv2.INTER_CUBIC)[..., ::-1])
+    return sorted(folder.glob("*.jpg")), photo
+
+
+def colorize_speed(files, photo, out, device):
+    """colorize.py's own functions, in process, with the shipped model: 128x128 files in batches, and one
+    12-MP photo; each beside its ceiling, the model's forward pass alone on the same network inputs."""
+    import colorize
+
+    colorizer = colorize.Colorizer(colorize.SHIPPED_MODEL, None, None, device)
+    out.mkdir()
 
     def run(paths, batch_size):
-        items = [(p, Path(tmp) / "out" / p.name, colorize.load(p, colorizer)) for p in paths]
+        items = [(p, out / p.name, colorize.load(p, colorizer)) for p in paths]
         for i in range(0, len(items), batch_size):
             chunk = items[i:i + batch_size]
             ab = colorizer.predict_ab(np.stack([it[2]["L_small"] for it in chunk]))
             for (_, target, item), ab_small in zip(chunk, ab):
                 colorize.finish(item, ab_small, target, False)
 
-    files = sorted(folder.glob("*.jpg"))
     run(files[:64], 64)  # warm-up
     start = time.perf_counter()
     run(files, 64)
     per_s = len(files) / (time.perf_counter() - start)
     start = time.perf_counter()
-    run([Path(tmp) / "photo12mp.jpg"], 1)
-    return {"images_per_s_128": per_s, "n_images": len(files), "seconds_12mp": time.perf_counter() - start}
+    run([photo], 1)
+    seconds_12mp = time.perf_counter() - start
+    shape_12mp = colorize.network_shape(3000, 4000, colorizer.size, colorizer.multiple)
+    return {"images_per_s_128": per_s, "n_images": len(files), "seconds_12mp": seconds_12mp,
+            "ceiling_images_per_s_128": forward_per_s(colorizer.model, (min(64, len(files)), 1, 128, 128), len(files),
+                                                      device),
+            "ceiling_seconds_12mp": 1 / forward_per_s(colorizer.model, (1, 1, *shape_12mp), 1, device),
+            "network_shape_12mp": list(shape_12mp)}
 
 
-def seed_checkpoint(tmp) -> Path:
-    """An untrained seed colorizer saved as the training scripts save one (speed and memory need no training)."""
-    config = {"task": "colorizer", "arch": "seed", "max_channels": 128, "layers": 3, "activation": "sigmoid",
-              "regressor": None, "loss": "mse", "image_size": 128}
-    ckpt = Path(tmp) / "seed.pt"
-    torch.save({"model": SeedColorizer().state_dict(), "run": RunRecord(config).state_dict()}, ckpt)
-    return ckpt
+def forward_per_s(model, shape, n_images, device):
+    """Images/s of model's forward pass alone (no gradients) on n_images inputs of shape (batch, 1, H, W)."""
+    x = torch.rand(shape, device=device)
+    batches = max(1, n_images // shape[0])
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else lambda: None
+    with torch.no_grad():
+        model(x)  # warm-up
+        synchronize()
+        start = time.perf_counter()
+        for _ in range(batches):
+            model(x)
+        synchronize()
+    return batches * shape[0] / (time.perf_counter() - start)
+
+
+def evaluate_speed(data_dir, photos, out, device):
+    """evaluate.py as a user runs it (interpreter start included) with the shipped model on the test split
+    and the files in photos as --photos: scored images/s, beside the model's forward pass alone on as many."""
+    import colorize
+    from common import load_colorizer
+
+    start = time.perf_counter()
+    run_measured([sys.executable, "evaluate.py", "--data", data_dir, "--colorizer", colorize.SHIPPED_MODEL,
+                  "--photos", photos, "--out", out, "--device", device.type])
+    seconds = time.perf_counter() - start
+    metrics = json.loads((out / "metrics.json").read_text())
+    split, photos = metrics["n_images"], len(metrics["photos"]["files"])
+    model = load_colorizer(colorize.SHIPPED_MODEL, device)[0]
+    return {"split_images": split, "photos": photos, "seconds": seconds, "images_per_s": (split + photos) / seconds,
+            "ceiling_images_per_s": forward_per_s(model, (min(128, split + photos), 1, 128, 128), split + photos,
+                                                  device)}
 
 
 def nvidia_driver():
@@ -260,10 +340,11 @@ def markdown(r):
                     f"| {1 - t['ceiling_read_loss'] / t['ceiling']:.0%} | {t['naive']:.0f} "
                     f"| {t['real'] / t['naive']:.1f} |")
     head = [f"{describe_machine(r['machine'])} Data: {r['data']}. Batch size {r['batch_size']}. Training device: "
-            f"{r['device']}; medians of {r['repeats']} paired repeats (real script, then ceiling).", "", *rows]
+            f"{r['device']}; medians of {r['repeats']} paired repeats (real script, then ceiling).", "", *rows, "",
+            *roof_table(r)]
     if "memory" not in r:  # --training-only
         return "\n".join(head)
-    m, p, c = r["memory"], r["prepare"], r["colorize"]
+    m, p, c, e = r["memory"], r["prepare"], r["colorize"], r["evaluate"]
     return "\n".join([
         *head, "",
         f"Peak memory of a seed-colorizer training run ({m['iters']} batches per epoch, 2 epochs): "
@@ -275,9 +356,39 @@ def markdown(r):
         f"{p['source_images_per_s']:.0f} source images/s, {p['written_images_per_s']:.0f} written images/s. "
         f"Its peak anonymous memory: x10 {p['anon_mib']:.0f} MiB, x100 {r['prepare_x100']['anon_mib']:.0f} MiB "
         f"({r['prepare_x100']['written_images_per_s']:.0f} written images/s).", "",
-        f"colorize.py (seed colorizer, in process): {c['images_per_s_128']:.0f} images/s at 128x128 in batches of 64 "
-        f"({c['n_images']} JPEG files read, colorized and written); one 12-megapixel photo: {c['seconds_12mp']:.2f} s.",
+        f"evaluate.py (the shipped model and the three baselines on {e['split_images']} test images and "
+        f"{e['photos']} --photos; wall time with interpreter start): {e['images_per_s']:.0f} images/s; its ceiling, the model's "
+        f"forward pass alone on as many images: {e['ceiling_images_per_s']:.0f} images/s "
+        f"(ratio **{e['images_per_s'] / e['ceiling_images_per_s']:.2f}**).", "",
+        f"colorize.py (the shipped model, in process): {c['images_per_s_128']:.0f} images/s at 128x128 in batches of "
+        f"64 ({c['n_images']} JPEG files read, colorized and written), the forward pass alone "
+        f"{c['ceiling_images_per_s_128']:.0f} (ratio **{c['images_per_s_128'] / c['ceiling_images_per_s_128']:.2f}**);"
+        f" one 12-megapixel photo: {c['seconds_12mp']:.2f} s, the forward pass alone on its network input "
+        f"({c['network_shape_12mp'][0]}x{c['network_shape_12mp'][1]}) {c['ceiling_seconds_12mp']:.2f} s.",
     ])
+
+
+def roof_table(r):
+    """Per model: FLOPs, the machine's roof and the fraction of it reached; bfloat16 against float32."""
+    roof = r["roof_gflops"]
+    bf16 = roof["bfloat16"] is not None
+    lines = [f"The roof: a 2048x2048 matrix product measured here runs at {roof['float32']:.0f} GFLOP/s in float32"
+             + (f" and {roof['bfloat16']:.0f} in bfloat16" if bf16 else " (no bfloat16 instructions)") + "; over a "
+             "model's FLOPs per training image (forward and backward, as torch's FlopCounterMode counts them), the "
+             "images/s this machine would allow.", "",
+             "| model | GFLOP per training image | roof (img/s) | real script / roof |"
+             + (" real script --amp (img/s) | bf16 / fp32 (paired ceilings) | each repeat | bf16 roof (img/s) "
+                "| --amp / bf16 roof |" if bf16 else ""),
+             "|---|---|---|---|" + ("---|---|---|---|---|" if bf16 else "")]
+    for name, t in r["training"].items():
+        row = (f"| {name} | {t['flops_per_image'] / 1e9:.3f} | {t['roof_images_per_s']:.0f} "
+               f"| {t['roof_fraction']:.0%} |")
+        if bf16:
+            each = " ".join(f"{x:.2f}" for x in t["bf16_ratio_each"])
+            row += (f" {t['real_bf16']:.0f} | **{t['bf16_ratio']:.2f}** | {each} | {t['roof_bf16_images_per_s']:.0f} "
+                    f"| {t['roof_bf16_fraction']:.0%} |")
+        lines.append(row)
+    return lines
 
 
 def benchmark_parser(doc):
@@ -329,21 +440,41 @@ def main():
         files = [Path(source) / r["file"] for r in json.loads((x10 / "manifest.json").read_text())["files"]["train"]] \
             if source else None
         results["training"] = {}
+        # the GPU trains in bfloat16 always (GPU_FLAGS); a CPU in float32, and in bfloat16 (--amp) beside it
+        gpu, bf16 = device.type == "cuda", bf16_supported(device)
+        results["roof_gflops"] = {"float32": matmul_roof(device, torch.float32),
+                                  "bfloat16": matmul_roof(device, torch.bfloat16) if bf16 else None}
         # windows of about 8 s on this 2-core VM (batches: 60, 20, 6 on a CPU; a GPU gets 10x more)
-        scale = 10 if device.type == "cuda" else 1
+        scale = 10 if gpu else 1
         windows = {"seed colorizer": 60, "seed regressor": 20, "U-Net 8x4": 6, "U-Net 8x4 classify": 6}
         for name, iters in ((name, 2 if args.quick else n * scale) for name, n in windows.items()):
             print(f"training speed: {name} ...", flush=True)
-            real, top, read_loss = [], [], []
+            real, top, read_loss, real_bf16, top_fp32, top_bf16 = [], [], [], [], [], []
             for _ in range(args.repeats):
                 # a run folder per model: each trainer writes only into a folder of its own (--no-resume restarts it)
-                real.append(train_script(name, x10, Path(tmp) / f"run-{name}", args.batch_size, iters, device)[0])
-                top.append(ceiling(name, x10, args.batch_size, iters, device))
-                read_loss.append(ceiling(name, x10, args.batch_size, iters, device, read_loss=True))
+                run = Path(tmp) / f"run-{name}"
+                real.append(train_script(name, x10, run, args.batch_size, iters, device)[0])
+                top.append(ceiling(name, x10, args.batch_size, iters, device, amp=gpu))
+                read_loss.append(ceiling(name, x10, args.batch_size, iters, device, read_loss=True, amp=gpu))
+                if bf16:  # the pair: the same step in float32 and under bfloat16 autocast, one after the other
+                    top_fp32.append(top[-1] if not gpu else ceiling(name, x10, args.batch_size, iters, device))
+                    top_bf16.append(top[-1] if gpu else ceiling(name, x10, args.batch_size, iters, device, amp=True))
+                    if not gpu:
+                        real_bf16.append(train_script(name, x10, run, args.batch_size, iters, device, amp=True)[0])
             t = {"real": statistics.median(real), "ceiling": statistics.median(top), "real_each": real,
                  "ceiling_each": top, "ratio1_each": [a / b for a, b in zip(real, top)],
-                 "ceiling_read_loss": statistics.median(read_loss)}
+                 "ceiling_read_loss": statistics.median(read_loss),
+                 "flops_per_image": flops_per_image(name, x10, args.batch_size, device)}
             t["ratio1"] = statistics.median(t["ratio1_each"])
+            if bf16:
+                t["bf16_ratio_each"] = [b / a for a, b in zip(top_fp32, top_bf16)]
+                t["bf16_ratio"] = statistics.median(t["bf16_ratio_each"])
+                t["real_bf16"] = statistics.median(real_bf16) if real_bf16 else t["real"]
+            roof = results["roof_gflops"]["bfloat16" if gpu else "float32"] * 1e9 / t["flops_per_image"]
+            t["roof_images_per_s"], t["roof_fraction"] = roof, t["real"] / roof
+            if bf16:
+                t["roof_bf16_images_per_s"] = results["roof_gflops"]["bfloat16"] * 1e9 / t["flops_per_image"]
+                t["roof_bf16_fraction"] = t["real_bf16"] / t["roof_bf16_images_per_s"]
             t["naive"] = naive(name, x10, files, args.batch_size, max(3, iters // 3), device) \
                 if files and not args.training_only else float("nan")
             results["training"][name] = t
@@ -359,8 +490,10 @@ def main():
             mem.update({f"{label}_rss_mib": rss, f"{label}_anon_mib": anon,
                         f"{label}_images": len(LabSplit(data, "train"))})
         results["memory"] = mem
-        print("colorize ...", flush=True)
-        results["colorize"] = colorize_speed(x10, tmp, 64 if args.quick else 512)
+        print("evaluate and colorize ...", flush=True)
+        files, photo = face_files(x10, Path(tmp) / "faces", 64 if args.quick else 512)
+        results["evaluate"] = evaluate_speed(x10, files[0].parent, Path(tmp) / "report", device)
+        results["colorize"] = colorize_speed(files, photo, Path(tmp) / "colorized", device)
     write_results(args.out, "bench", results, markdown(results))
 
 

@@ -10,14 +10,16 @@ import cv2
 import numpy as np
 import pytest
 
+import script_runner
+
 ROOT = Path(__file__).resolve().parents[1]
 FACES_DIR = Path(os.environ.get("FACES_DIR", ROOT.parent / "shared" / "data" / "face_images"))
 
 
-def run_script(script, *args, check=True, env=None, timeout=600):
-    """Run one of the project's scripts as a user would; returns the CompletedProcess."""
-    result = subprocess.run([sys.executable, str(ROOT / script), *map(str, args)], cwd=ROOT, capture_output=True,
-                            text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+def run_script(script, *args, check=True, timeout=600):
+    """Run one of the project's scripts as a user would, in a process of its own (forked from one that has
+    imported torch already: script_runner); returns the CompletedProcess."""
+    result = script_runner.run(str(ROOT / script), list(map(str, args)), dict(os.environ), str(ROOT), timeout)
     if check and result.returncode != 0:
         raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
@@ -153,8 +155,7 @@ def interrupt_and_resume(args, root, sig):
     from common import torch_load
     from training import RESUMABLE_EXIT
 
-    subprocess.run([sys.executable, *map(str, args), "--out", str(root / "straight")], check=True,
-                   capture_output=True, timeout=600)
+    run_script(*args, "--out", root / "straight")
     run = root / "interrupted"
     proc = subprocess.Popen([sys.executable, *map(str, args), "--out", str(run)], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True)
@@ -165,8 +166,7 @@ def interrupt_and_resume(args, root, sig):
     output, _ = proc.communicate(timeout=300)
     assert proc.returncode == RESUMABLE_EXIT and "run the same command to resume" in output, output
     stopped = torch_load(run / "last.pt")["trainer"]["iteration"]
-    resumed = subprocess.run([sys.executable, *map(str, args), "--out", str(run)], capture_output=True, text=True,
-                             timeout=600)
+    resumed = run_script(*args, "--out", run, check=False)
     assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
     return root / "straight", run, stopped, resumed
 

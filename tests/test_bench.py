@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import ROOT, run_script, synthetic_photo
+from training import amp_supported
 
 
 def twelve_photos(folder):
@@ -38,11 +39,22 @@ def test_quick_benchmark_writes_every_ratio(tmp_path):
     assert (memory["x10_images"], memory["x100_images"]) == (100, 1000)  # 10 training photos x10, x100
     assert memory["x10_rss_mib"] > 0 and memory["x100_rss_mib"] > 0
     assert prepare["written_images"] == 102 and prepare["written_images_per_s"] > 0
-    assert results["colorize"]["images_per_s_128"] > 0 and results["colorize"]["seconds_12mp"] > 0
+    colorize, evaluate = results["colorize"], results["evaluate"]
+    assert colorize["images_per_s_128"] > 0 and colorize["seconds_12mp"] > 0
+    assert colorize["ceiling_images_per_s_128"] > 0 and colorize["ceiling_seconds_12mp"] > 0
+    assert (evaluate["split_images"], evaluate["photos"]) == (1, 10)  # the test photo; ten faces as --photos
+    assert evaluate["images_per_s"] > 0 and evaluate["ceiling_images_per_s"] > 0
+    roof = results["roof_gflops"]
+    assert roof["float32"] > 0 and (roof["bfloat16"] is None) != amp_supported("cpu")
+    for t in results["training"].values():  # the roof, and bfloat16 against float32 where the CPU has it
+        assert t["flops_per_image"] > 1e6 and t["roof_fraction"] == t["real"] / t["roof_images_per_s"]
+        if roof["bfloat16"]:
+            assert t["bf16_ratio"] > 0 and t["real_bf16"] > 0 and 0 < t["roof_bf16_fraction"]
 
     report = (out / "bench.md").read_text()
     assert report.startswith("Command: `python benchmarks/bench.py --faces")
-    for line in ("ratio 1: real / ceiling", "ratio 2: real / naive", "Ratio 3 (x100 / x10, RSS)", "written images/s"):
+    for line in ("ratio 1: real / ceiling", "ratio 2: real / naive", "Ratio 3 (x100 / x10, RSS)", "written images/s",
+                 "real script / roof", "evaluate.py (the shipped model", "the forward pass alone"):
         assert line in report
     assert sorted(p.name for p in out.iterdir()) == ["bench.json", "bench.md"]  # nothing half-written beside them
 

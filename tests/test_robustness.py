@@ -440,7 +440,7 @@ def test_a_read_only_prepared_set_trains_the_classifier(prepared, tmp_path, monk
     def read_only(path, write):
         raise PermissionError(errno.EACCES, "Permission denied", str(path))
 
-    monkeypatch.setattr(train_colorizer, "atomic_write", read_only)
+    monkeypatch.setattr(common, "atomic_write", read_only)
     prior = train_colorizer.load_ab_prior(data, common.ab_bins())
     assert prior.shape == (len(common.ab_bins()),) and torch.isclose(prior.sum(), torch.tensor(1.0))
     assert not (data / "ab_prior.npy").exists()

@@ -17,6 +17,7 @@ import torch
 
 from common import torch_load
 from conftest import ROOT, broken_files_folder, interrupt_and_resume, run_script, synthetic_photo
+from training import amp_supported
 
 
 def fingerprint(folder):
@@ -295,13 +296,17 @@ def test_resuming_on_other_data_is_refused(photo_folder, tmp_path):
 # Ctrl-C saves like SLURM's signals, and a resumed run ends where an uninterrupted one does
 
 
-@pytest.mark.parametrize("sig, epoch_length", [(signal.SIGINT, None), (signal.SIGINT, 7), (signal.SIGUSR1, 7)])
-def test_interrupted_run_resumes_to_the_same_weights(prepared, tmp_path, sig, epoch_length):
+@pytest.mark.parametrize("sig, epoch_length, flags", [(signal.SIGINT, None, []), (signal.SIGINT, 7, []),
+                                                      (signal.SIGUSR1, 7, ["--amp"])])
+def test_interrupted_run_resumes_to_the_same_weights(prepared, tmp_path, sig, epoch_length, flags):
+    """Also in bfloat16 on the CPU (--amp): autocast keeps float32 weights and optimizer state, so a resumed run
+    ends on the same weights too."""
     # 216 steps either way: 4 epochs of the whole set (54 batches), or 30 epochs of 7
     args = [ROOT / "train_colorizer.py", "--data", prepared, "--epochs", 30 if epoch_length else 4,
-            "--batch-size", 2, "--device", "cpu", *(["--epoch-length", epoch_length] if epoch_length else [])]
+            "--batch-size", 2, "--device", "cpu", *(["--epoch-length", epoch_length] if epoch_length else []), *flags]
     straight, run, stopped, _ = interrupt_and_resume(args, tmp_path, sig)
     assert stopped < 216  # stopped inside the run
+    assert torch_load(run / "last.pt")["run"]["config"]["amp"] == ("--amp" in flags and amp_supported("cpu"))
     for name in ("last.pt", "best.pt"):
         a, b = torch_load(straight / name)["model"], torch_load(run / name)["model"]
         assert all(torch.equal(a[k], b[k]) for k in a), name

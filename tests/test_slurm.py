@@ -118,21 +118,28 @@ def test_sweep_array_and_its_tables(photo_folder, tmp_path):
 
 def test_signal_before_time_limit_checkpoints_requeues_and_resumes(prepared, tmp_path):
     out = tmp_path / "run"
+    # 12 short epochs (4 batches each): the signal lands after the first one, with the run well short of its end
     job = subprocess.run(["sbatch", "--parsable", "--output", str(tmp_path / "job-%j.out"), "--open-mode=append",
-                          "slurm/colorizer.sbatch", "--data", str(prepared), "--out", str(out), "--epochs", "8",
-                          "--batch-size", "2"], cwd=ROOT, capture_output=True, text=True,
+                          "slurm/colorizer.sbatch", "--data", str(prepared), "--out", str(out), "--epochs", "12",
+                          "--epoch-length", "4", "--batch-size", "2"], cwd=ROOT, capture_output=True, text=True,
                          env={**os.environ, "PROJECT_DIR": str(ROOT), **FAKE_GPUS}).stdout.strip()
     deadline = time.monotonic() + 180
     while not (out / "history.json").exists() and time.monotonic() < deadline:
         time.sleep(0.05)
     # what --signal=B:USR1@180 does near the time limit: signal the batch shell
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
+    # SLURM holds a requeued job for 120 s (its begin time); a cluster's policy, not the template's: start it now
+    deadline = time.monotonic() + 120
+    while "BeginTime" not in subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True,
+                                            text=True).stdout and time.monotonic() < deadline:
+        time.sleep(0.2)
+    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     records = wait_for([job], timeout=300)
     log = (tmp_path / f"job-{job}.out").read_text()
     assert "requeueing job" in log and "resuming" in log, log
     assert records[job][1] == "COMPLETED"
     history = torch_load(out / "last.pt")["run"]["history"]
-    assert history["epoch"] == list(range(1, 9))
+    assert history["epoch"] == list(range(1, 13))
 
 
 def test_two_processes_under_srun_write_one_checkpoint(prepared, tmp_path):
