@@ -357,8 +357,8 @@ def markdown(r):
         f"Its peak anonymous memory: x10 {p['anon_mib']:.0f} MiB, x100 {r['prepare_x100']['anon_mib']:.0f} MiB "
         f"({r['prepare_x100']['written_images_per_s']:.0f} written images/s).", "",
         f"evaluate.py (the shipped model and the three baselines on {e['split_images']} test images and "
-        f"{e['photos']} --photos; wall time with interpreter start): {e['images_per_s']:.0f} images/s; its ceiling, the model's "
-        f"forward pass alone on as many images: {e['ceiling_images_per_s']:.0f} images/s "
+        f"{e['photos']} --photos; wall time with interpreter start): {e['images_per_s']:.0f} images/s; its ceiling, "
+        f"the model's forward pass alone on as many images: {e['ceiling_images_per_s']:.0f} images/s "
         f"(ratio **{e['images_per_s'] / e['ceiling_images_per_s']:.2f}**).", "",
         f"colorize.py (the shipped model, in process): {c['images_per_s_128']:.0f} images/s at 128x128 in batches of "
         f"64 ({c['n_images']} JPEG files read, colorized and written), the forward pass alone "

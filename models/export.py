@@ -4,6 +4,7 @@ models/face_colorizer.pt when given none).
 
     python models/export.py runs/lfw/colorizers/unet16_classify/best.pt models/face_colorizer.pt --temperature 0.5
 """
+import io
 import sys
 from pathlib import Path
 
@@ -33,7 +34,11 @@ def main():
     parameters = {name for name, _ in model.named_parameters()}
     weights = {k: v.half() if k in parameters else v for k, v in model.state_dict().items()}
     shipped = {"model": weights, "run": {"config": config, "history": ckpt["run"]["history"]}}
-    atomic_write(args.out, lambda tmp: torch.save(shipped, tmp))
+    # saved to memory first: torch.save names the archive inside the file after the file it writes, and the
+    # temporary file's name changes every run; from a buffer the same model is the same bytes
+    buffer = io.BytesIO()
+    torch.save(shipped, buffer)
+    atomic_write(args.out, lambda tmp: Path(tmp).write_bytes(buffer.getvalue()))
     print(f"shipped {args.out} ({args.out.stat().st_size / 1e6:.1f} MB) from {args.checkpoint}")
 
 

@@ -134,8 +134,12 @@ def test_signal_before_time_limit_checkpoints_requeues_and_resumes(prepared, tmp
                                             text=True).stdout and time.monotonic() < deadline:
         time.sleep(0.2)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
+    # between its two runs a requeued job can be missing from squeue for a moment: wait for the second to speak
+    log_path, deadline = tmp_path / f"job-{job}.out", time.monotonic() + 180
+    while "resuming" not in log_path.read_text() and time.monotonic() < deadline:
+        time.sleep(0.2)
     records = wait_for([job], timeout=300)
-    log = (tmp_path / f"job-{job}.out").read_text()
+    log = log_path.read_text()
     assert "requeueing job" in log and "resuming" in log, log
     assert records[job][1] == "COMPLETED"
     history = torch_load(out / "last.pt")["run"]["history"]
