@@ -1,9 +1,13 @@
 """Model shapes and the seed's architecture, for every variant the flags allow."""
+import subprocess
+import sys
+
 import pytest
 import torch
 from skimage import data
 
 from common import SeedColorizer, SeedRegressor, UNetColorizer, ab_bins, build_model, rgb_to_lab, seed_channels
+from conftest import ROOT
 from train_colorizer import nearest_bins, rebalancing_weights, soft_encode
 
 
@@ -90,3 +94,15 @@ def test_classifier_returns_logits_in_training_and_colours_in_eval():
     assert model.train()(x).shape == (2, len(ab_bins()), 16, 16)
     ab = model.eval()(x)
     assert ab.shape == (2, 2, 64, 64) and ab.min() >= 0 and ab.max() <= 1
+
+
+@pytest.mark.parametrize("module", ["common", "colorize", "evaluate", "prepare_data"])
+def test_only_the_trainers_load_the_training_loop(module):
+    """Imports go one way (training -> common): what colours, scores or prepares loads neither training.py nor
+    ignite's engine, and common.py imports nothing POSIX-only at its top (fcntl only where a folder is locked)."""
+    code = (f"import sys; import {module}; "
+            "print(sorted(m for m in ('training', 'ignite.engine', 'ignite.handlers') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+    top = [line for line in (ROOT / "common.py").read_text().splitlines() if line.startswith(("import ", "from "))]
+    assert not any("ignite" in line or "fcntl" in line for line in top)
