@@ -194,6 +194,15 @@ finetune: venv
 	$(PY) evaluate.py --data $(FINETUNE_RUNS)/data --colorizer models/face_colorizer.pt \
 	  --runs $(FINETUNE_RUNS)/colorizers --out docs/results/finetune --show 4
 
+# what bfloat16 (--amp) does to quality at a fixed budget on the CPU: the scratch run of `make finetune` in float32
+# and in bfloat16, two seeds each (the seeds' spread is the yardstick); needs the data `make finetune` prepared
+AMP_STUDY = $(PY) train_colorizer.py $(TRAIN_FLAGS) --data $(FINETUNE_RUNS)/data --lr-schedule cosine --patience 0 \
+  --augment --epochs $(FINETUNE_EPOCHS) --arch unet --base-channels 16 --depth 4 --head classify --lr 0.002
+.PHONY: amp-study
+amp-study: venv
+	$(foreach seed,0 1,$(AMP_STUDY) --seed $(seed) --out $(RUNS)/amp_study/fp32_seed$(seed) && \
+	  $(AMP_STUDY) --seed $(seed) --amp --out $(RUNS)/amp_study/bf16_seed$(seed) &&) true
+
 # the README's results tables and figures, from the runs `make faces` trained
 # (the classifiers' annealed-mean temperature on unseen people: chosen on the 5 validation people among
 # TEMPERATURES, the lowest MSE with a colorfulness gap of at most 1)
