@@ -781,14 +781,18 @@ def training_statistic(data_dir: str | Path, name: str, shape: tuple, compute: C
                        what: str) -> np.ndarray:
     """A statistic of a prepared set's training images (what: its description, for the line that says it was
     computed), computed once and kept beside the data as NAME.npy; on a read-only prepared set (a shared one),
-    computed again by every run. The folder is replaced whole when it is prepared again: never stale."""
+    computed again by every run. The folder is replaced whole when it is prepared again: never stale. A file of
+    that name that is not such a statistic is named, never replaced."""
     path = Path(data_dir) / f"{name}.npy"
-    try:
-        kept = np.load(path) if path.is_file() else None
-        if kept is not None and kept.shape == shape:
-            return kept
-    except (OSError, ValueError):  # damaged: computed and written again
-        pass
+    if path.exists():
+        try:
+            kept = np.load(path, allow_pickle=False)
+        except (OSError, ValueError):
+            kept = None
+        if not isinstance(kept, np.ndarray) or kept.shape != shape or not np.isfinite(kept).all():
+            raise UserError(f"{path}: not the {what} this project keeps there (damaged, or another file); "
+                            "prepare the data again, or move that file away")
+        return kept
     value = compute()
 
     def save(tmp):

@@ -15,8 +15,10 @@ Writes report.md, metrics.json (per-image numbers too) and figures into --out.
 """
 import json
 import math
+import os
 import shlex
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import NamedTuple
@@ -75,10 +77,10 @@ def main():
     photos = usable_photos([f for path in args.photos for f in find_images(path)], manifest["size"])
     if args.photos and not photos.files:
         raise UserError(f"--photos {' '.join(map(str, args.photos))}: no usable image files there")
+    colours = training_colours(args.data, manifest, args.batch_size, device)  # kept beside the data: a check too
     # now, not after all the work; the last check, so that a bad input leaves no folder
     # held until the report is written: one evaluation at a time
     _, lock = take_output_folder(args.out, "evaluate.py", ours=lambda names: set(names) <= EVALUATE_FILES)
-    colours = training_colours(args.data, manifest, args.batch_size, device)
 
     report, results, figures = split_section(args, manifest, colours, runs, device)
     if photos.files:
@@ -97,21 +99,31 @@ def main():
 
 class Photos(NamedTuple):
     files: list[Path]
-    images: np.ndarray  # uint8 RGB (N, size, size, 3), prepared as prepare_data.py prepares its images
+    images: np.ndarray  # uint8 RGB (N, size, size, 3), prepared as prepare_data.py prepares its images, mapped
 
 
 def usable_photos(files: list[Path], size: int) -> Photos:
-    """The --photos that can be scored, decoded once before the work (kept at the training size: 48 KB a photo
-    at 128 x 128); each other one is named on a line and left out, as prepare_data.py leaves out what it cannot
-    use."""
-    usable, images = [], []
+    """The --photos that can be scored, decoded once before the work into a memory map at the training size (an
+    unnamed temporary file: memory stays flat however many there are); each other one is named on a line and
+    left out, as prepare_data.py leaves out what it cannot use."""
+    if not files:
+        return Photos([], np.zeros((0, size, size, 3), np.uint8))
+    with tempfile.TemporaryFile() as held:  # unlinked at once: gone with the process, whatever ends it
+        try:  # its space reserved now: a full disk is an OSError here, not a SIGBUS while writing the map
+            os.posix_fallocate(held.fileno(), 0, len(files) * size * size * 3)
+        except OSError as exc:
+            raise UserError(f"{tempfile.gettempdir()}: no room for the --photos at {size}x{size} "
+                            f"({len(files) * size * size * 3 / 2 ** 20:.0f} MiB; {exc.strerror}); set TMPDIR to a "
+                            "folder with room") from None
+        images = np.memmap(held, dtype=np.uint8, mode="r+", shape=(len(files), size, size, 3))
+    usable = []
     for f in files:
         try:
-            images.append(prepare_photo(f, size))
+            images[len(usable)] = prepare_photo(f, size)
             usable.append(f)
         except BadImage as exc:
             print(f"skipped {printable(f)}: {printable(exc)}", file=sys.stderr)
-    return Photos(usable, np.stack(images) if images else np.zeros((0, size, size, 3), np.uint8))
+    return Photos(usable, images[:len(usable)])
 
 
 class Runs(NamedTuple):

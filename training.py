@@ -178,18 +178,19 @@ def settled(config: dict) -> dict:
     if config["batch_size"] < world:
         raise UserError(f"--batch-size {config['batch_size']}: smaller than the {world} processes; "
                         f"pass at least {world}")
+    amp = config["amp"] and amp_supported(device)
+    if config["amp"] and not amp:
+        print(f"note: --amp: this CPU has no bfloat16 instructions (vector unit: "
+              f"{torch.backends.cpu.get_cpu_capability()}); training in float32", file=sys.stderr)
     return {**config, "device": device, "image_size": manifest["size"], "data_id": dataset_id(manifest),
-            "world_size": world, "amp": config["amp"] and amp_supported(device)}
+            "world_size": world, "amp": amp}
 
 
 def amp_supported(device_type: str) -> bool:
     """Whether bfloat16 autocast pays on this device: any CUDA GPU the project runs on; a CPU with bfloat16
-    instructions (AVX512-BF16 or AMX). Elsewhere --amp falls back to float32, saying so in one line."""
-    if device_type == "cuda" or torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported():
-        return True
-    print(f"note: --amp: this CPU has no bfloat16 instructions (vector unit: "
-          f"{torch.backends.cpu.get_cpu_capability()}); training in float32", file=sys.stderr)
-    return False
+    instructions (AVX512-BF16 or AMX), as oneDNN finds them."""
+    return device_type == "cuda" or torch.backends.mkldnn.is_available() and \
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def training(local_rank: int, config: dict, setup: Callable) -> None:

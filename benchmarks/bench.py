@@ -41,9 +41,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (LabSplit, atomic_write, exit_on_user_error, read_image,  # noqa: E402
+from common import (LabSplit, atomic_write, exit_on_user_error, load_colorizer, read_image,  # noqa: E402
                     open_rgb_split, resolve_device, writable_folder, write_json)
-from training import training_step  # noqa: E402
+from training import amp_supported, training_step  # noqa: E402
 
 # the training scripts' speed flags on a GPU (the ceiling steps with the same autocast and memory format)
 GPU_FLAGS = ["--data-on-device", "--amp", "--channels-last"]
@@ -127,12 +127,6 @@ def matmul_roof(device, dtype, size=2048, repeats=5):
         synchronize()
         best = min(best, time.perf_counter() - start)
     return 2 * size ** 3 / best / 1e9
-
-
-def bf16_supported(device) -> bool:
-    from training import amp_supported
-
-    return amp_supported(device.type)
 
 
 class NaiveFileDataset(torch.utils.data.Dataset):
@@ -285,7 +279,6 @@ def evaluate_speed(data_dir, photos, out, device):
     """evaluate.py as a user runs it (interpreter start included) with the shipped model on the test split
     and the files in photos as --photos: scored images/s, beside the model's forward pass alone on as many."""
     import colorize
-    from common import load_colorizer
 
     start = time.perf_counter()
     run_measured([sys.executable, "evaluate.py", "--data", data_dir, "--colorizer", colorize.SHIPPED_MODEL,
@@ -441,7 +434,7 @@ def main():
             if source else None
         results["training"] = {}
         # the GPU trains in bfloat16 always (GPU_FLAGS); a CPU in float32, and in bfloat16 (--amp) beside it
-        gpu, bf16 = device.type == "cuda", bf16_supported(device)
+        gpu, bf16 = device.type == "cuda", amp_supported(device.type)
         results["roof_gflops"] = {"float32": matmul_roof(device, torch.float32),
                                   "bfloat16": matmul_roof(device, torch.bfloat16) if bf16 else None}
         # windows of about 8 s on this 2-core VM (batches: 60, 20, 6 on a CPU; a GPU gets 10x more)

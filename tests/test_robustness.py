@@ -430,6 +430,18 @@ def test_impossible_sizes_and_settings_are_one_line_and_leave_nothing(prepared, 
     assert sorted(p.name for p in tmp_path.iterdir()) == ["big.pt", "in"]
 
 
+def test_a_damaged_statistic_beside_the_data_is_named_and_kept(prepared, trained, tmp_path):
+    """The mean-face map evaluate keeps beside the prepared data: a file of that name that is not one is named in
+    one line (exit 2) and left as it was, never replaced."""
+    data = tmp_path / "data"
+    shutil.copytree(prepared, data)
+    (data / "mean_face_map.npy").write_bytes(b"someone's notes")
+    result = run_script("evaluate.py", "--data", data, "--colorizer", trained / "colorizer" / "best.pt",
+                        "--out", tmp_path / "report", check=False)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "mean_face_map.npy: not the" in result.stderr
+    assert (data / "mean_face_map.npy").read_bytes() == b"someone's notes" and not (tmp_path / "report").exists()
+
+
 def test_a_read_only_prepared_set_trains_the_classifier(prepared, tmp_path, monkeypatch):
     import train_colorizer
 
