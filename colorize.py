@@ -33,9 +33,9 @@ import torch
 import torch.nn.functional as F
 
 from common import (ARCHITECTURES, IMAGE_SUFFIXES, L_RANGE, MAX_IMAGE_SIZE, ArgumentParser, BadImage, UserError,
-                    ab01_to_ab, atomic_write, colorizer_input, exit_on_user_error, load_colorizer, positive_float,
-                    positive_int, printable, read_image, real_path, remove_stale_temporaries, resolve_device,
-                    srgb_profile, writable_folder, write_json)
+                    ab01_to_ab, atomic_write, bfloat16_autocast, colorizer_input, exit_on_user_error, load_colorizer,
+                    positive_float, positive_int, printable, read_image, real_path, remove_stale_temporaries,
+                    resolve_device, srgb_profile, writable_folder, write_json)
 
 RECORD = ".colorized.json"  # inside --out: {output: the input file it came from}, written under record_lock
 WRITTEN_SUFFIXES = IMAGE_SUFFIXES - {".pgm", ".gif"}  # formats written as the input's; others become PNG
@@ -64,6 +64,9 @@ def parse_args(argv=None):
                         "4 bytes per held pixel (8 with transparency) plus about 60 per pixel of the photo being "
                         "written; raise it to batch more large photos, lower it on a small machine")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    p.add_argument("--amp", action="store_true",
+                   help="the network in bfloat16 where the device has it: faster; colours move by up to a few "
+                        "Lab units (benchmarks/README.md)")
     p.add_argument("--side-by-side", action="store_true", help="also write NAME_compare.EXT: gray | colour")
     p.add_argument("--temperature", type=positive_float, default=None,
                    help="classification checkpoints: annealed-mean temperature (default: the trained one)")
@@ -172,21 +175,22 @@ def network_shape(h: int, w: int, size: int, multiple: int) -> tuple[int, int]:
 
 
 class Colorizer:
-    def __init__(self, checkpoint, regressor_path, size, device):
+    def __init__(self, checkpoint, regressor_path, size, device, amp=False):
         self.model, regressor, self.config, _ = load_colorizer(checkpoint, device, regressor_path)
         self.size = size or self.config.get("image_size", 128)
         # the regressor was trained on squares of the training size: it sees L resized to one
         self.regressor = None if regressor is None else \
             (lambda L: regressor(F.interpolate(L, size=(self.size, self.size), mode="area")))
         self.multiple = 2 ** ARCHITECTURES[self.config["arch"]].downsamplings(self.config)
-        self.device = device
+        self.device, self.amp = device, amp
 
     @torch.no_grad()
     def predict_ab(self, L_small: np.ndarray) -> np.ndarray:
         """A batch of L in [0, 100], (N, h, w) -> ab in Lab units, (N, h, w, 2)."""
         L = torch.from_numpy(L_small / L_RANGE).float()[:, None].to(self.device)
-        ab01 = self.model(colorizer_input(L, self.regressor))
-        return ab01_to_ab(ab01).permute(0, 2, 3, 1).cpu().numpy()
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp):
+            ab01 = self.model(colorizer_input(L, self.regressor))
+        return ab01_to_ab(ab01.float()).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def load(path: Path, colorizer: Colorizer):
@@ -271,7 +275,8 @@ def main():
 
     args = parse_args()
     device = resolve_device(args.device)
-    colorizer = Colorizer(args.checkpoint, args.regressor, args.size, device)
+    colorizer = Colorizer(args.checkpoint, args.regressor, args.size, device,
+                          bfloat16_autocast(device.type, args.amp, "colorizing"))
     if args.temperature is not None:
         if colorizer.config.get("head") != "classify":
             raise UserError(f"{args.checkpoint}: --temperature applies to classification checkpoints only")

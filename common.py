@@ -274,10 +274,11 @@ _LAB01_SHIFT = torch.tensor([0, AB_OFFSET / AB_RANGE, AB_OFFSET / AB_RANGE], dty
 
 
 def _apply_matrix(matrix: torch.Tensor, x: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-    """matrix @ the channel vector of every pixel (+ offset), x of shape (3, H, W) or (N, 3, H, W):
-    a 1x1 convolution, one fast pass where a matrix product with 3 columns would crawl."""
-    offset = None if offset is None else offset.to(x.device, x.dtype)
-    return F.conv2d(x, matrix.to(x.device, x.dtype)[:, :, None, None], offset)
+    """matrix @ the channel vector of every pixel (+ offset), x of shape (3, H, W) or (N, 3, H, W): three sums
+    of scaled channels, fast in any memory layout (a 1x1 convolution crawls unless x is channels-last)."""
+    x0, x1, x2 = x.unbind(-3)
+    out = torch.stack([(x0 * m0).add_(x1, alpha=m1).add_(x2, alpha=m2) for m0, m1, m2 in matrix.tolist()], dim=-3)
+    return out if offset is None else out.add_(offset.to(x.device, x.dtype)[:, None, None])
 
 
 def srgb_to_linear(rgb: torch.Tensor) -> torch.Tensor:
@@ -307,8 +308,8 @@ def lab_to_rgb(lab: torch.Tensor) -> torch.Tensor:
     white = torch.tensor(_WHITE_D65, device=lab.device, dtype=lab.dtype).view(3, 1, 1)
     xyz = torch.where(f > 0.2068966, f ** 3, (f - 16 / 116) / 7.787) * white
     linear = _apply_matrix(_RGB_FROM_XYZ, xyz)
-    rgb = torch.where(linear > 0.0031308, 1.055 * linear.clamp(min=0.0031308) ** (1 / 2.4) - 0.055, linear * 12.92)
-    return rgb.clamp(0, 1)
+    curve = linear.clamp(min=0.0031308).pow_(1 / 2.4).mul_(1.055).sub_(0.055)
+    return torch.where(linear > 0.0031308, curve, linear * 12.92).clamp_(0, 1)
 
 
 def lab_to_lab01(lab: torch.Tensor) -> torch.Tensor:
@@ -988,10 +989,29 @@ def colorizer_input(L: torch.Tensor, regressor: Callable | None = None) -> torch
     return torch.cat([L, mean_ab[:, :, None, None].expand(-1, -1, *L.shape[-2:])], dim=1)
 
 
-def colorize_lab01(model: nn.Module, lab01: torch.Tensor, regressor: Callable | None = None) -> torch.Tensor:
-    """Predicted Lab01 image: the input L merged with the predicted ab (the seed's loss target form)."""
+def amp_supported(device_type: str) -> bool:
+    """Whether bfloat16 autocast pays on this device: any CUDA GPU the project runs on; a CPU with bfloat16
+    instructions (AVX512-BF16 or AMX), as oneDNN finds them."""
+    return device_type == "cuda" or torch.backends.mkldnn.is_available() and \
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def bfloat16_autocast(device_type: str, wanted: bool, what: str) -> bool:
+    """--amp settled: whether bfloat16 autocast runs; one line where it was asked for and this device lacks it."""
+    if wanted and not amp_supported(device_type):
+        print(f"note: --amp: this CPU has no bfloat16 instructions (vector unit: "
+              f"{torch.backends.cpu.get_cpu_capability()}); {what} in float32", file=sys.stderr)
+    return wanted and amp_supported(device_type)
+
+
+def colorize_lab01(model: nn.Module, lab01: torch.Tensor, regressor: Callable | None = None,
+                   amp=False) -> torch.Tensor:
+    """Predicted Lab01 image: the input L merged with the predicted ab (the seed's loss target form); amp: the
+    networks under bfloat16 autocast."""
     L = lab01[:, :1]
-    return torch.cat([L, model(colorizer_input(L, regressor))], dim=1)
+    with torch.autocast(lab01.device.type, dtype=torch.bfloat16, enabled=amp):
+        ab01 = model(colorizer_input(L, regressor))
+    return torch.cat([L, ab01.float()], dim=1)
 
 
 # ---------------------------------------------------------------------------------------------

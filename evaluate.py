@@ -25,20 +25,23 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from common import (ARCHITECTURES, ArgumentParser, BadImage, ClassifyingColorizer, UserError, ab01_to_ab, ab_to_ab01,
-                    atomic_write, check_prepared, colorize_lab01, exit_on_user_error, find_images, lab01_batches,
-                    lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, open_rgb_split, plot_loss_curves,
-                    positive_float, positive_int, prepare_photo, printable, resolve_device, save_figure,
-                    take_output_folder, training_statistic, write_json)
+                    atomic_write, bfloat16_autocast, check_prepared, colorize_lab01, exit_on_user_error, find_images,
+                    lab01_batches, lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, open_rgb_split,
+                    plot_loss_curves, positive_float, positive_int, prepare_photo, printable, resolve_device,
+                    save_figure, take_output_folder, training_statistic, write_json)
 
 BASELINES = ("gray", "mean colour", "mean-face map")
 # what evaluate writes into --out: a folder holding just these (from before .written-by.json) is its own
 EVALUATE_FILES = {".lock", "report.md", "metrics.json", "loss_curves.png", "grid.png", "lab_channels.png",
                   "best_worst.png", "photos.png"}
 GRAY_AB01 = ab_to_ab01(0.0)  # a* = b* = 0
+# images colorized and scored at a time (--batch-size is read at a time): the network's layers and the metrics'
+# dozens of passes then stay in the CPU's cache, and memory comes back to the allocator instead of being mapped
+# afresh by the kernel for every pass
+SCORE_CHUNK = 16
 
 
 def parse_args(argv=None):
@@ -59,6 +62,9 @@ def parse_args(argv=None):
     p.add_argument("--show", type=positive_int, default=6, help="test images in the figures")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--amp", action="store_true",
+                   help="the networks in bfloat16 where the device has it: faster, but the scores move (seed MSE by "
+                        "about 1%%, benchmarks/README.md): compare models in float32")
     return p.parse_args(argv)
 
 
@@ -72,6 +78,7 @@ def main():
     if not args.colorizer and not args.regressor:
         raise UserError("nothing to evaluate: pass --colorizer CKPT [CKPT ...] and/or --regressor CKPT")
     device = resolve_device(args.device)
+    args.amp = bfloat16_autocast(device.type, args.amp, "evaluating")
     manifest = check_prepared(args.data)
     runs = load_colorizers(args.colorizer, args.temperatures, device)
     photos = usable_photos([f for path in args.photos for f in find_images(path)], manifest["size"])
@@ -184,7 +191,7 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
     images = open_rgb_split(args.data, args.split)  # memory-mapped: scored batch by batch
     # from the uint8 images, exactly: the stored float16 Lab would add rounding to the scores
     scores = score_batches(lab01_batches(images, args.batch_size, device), len(images), colours, runs.models,
-                           args.show)
+                           args.show, args.amp)
     plot_grid(scores.shown, args.out / "grid.png")
     figures = ["grid.png"]
     models = [n for n in scores.summary if runs.kinds[n] == "colorizer"]
@@ -194,7 +201,9 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
               f"{', DEMO data: these numbers say nothing about faces' if manifest['demo'] else ''}).", "",
               "Seed MSE: mean over the three [0,1]-scaled Lab channels, L from the input. PSNR and SSIM on RGB "
               "in [0, 1] (data range 1). CIEDE2000 in Lab units. Colorfulness: Hasler and Suesstrunk (2003); "
-              f"the truth's is {scores.truth_colorfulness:.1f}.", "", results_table(scores.summary, runs.kinds), ""]
+              f"the truth's is {scores.truth_colorfulness:.1f}." + (" The colorizers ran in bfloat16 (--amp): compare "
+                                                                   "only with tables made so." if args.amp else ""),
+              "", results_table(scores.summary, runs.kinds), ""]
     if models:
         best = min(models, key=lambda n: scores.summary[n]["mse"])
         plot_lab_channels(scores.shown["truth"], scores.shown[best], args.out / "lab_channels.png", "model")
@@ -203,7 +212,7 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
         truth = lab01_from_uint8(images[extremes], device)
         model, regressor = runs.models[best]
         with torch.no_grad():
-            plot_grid({"truth": truth, best.split(":")[0]: colorize_lab01(model, truth, regressor)},
+            plot_grid({"truth": truth, best.split(":")[0]: colorize_lab01(model, truth, regressor, args.amp)},
                       args.out / "best_worst.png")
         figures += ["lab_channels.png", "best_worst.png"]
         mse = scores.per_image[best]["mse"]
@@ -257,7 +266,7 @@ def photos_section(args, photos: Photos, colours, runs: Runs, device, report, re
     figures."""
     files = photos.files
     scores = score_batches(lab01_batches(photos.images, args.batch_size, device), len(files), colours, runs.models,
-                           args.show)
+                           args.show, args.amp)
     plot_grid(scores.shown, args.out / "photos.png")
     figures.append("photos.png")
     names = ", ".join(f"`{f.name}`" for f in files) if len(files) <= 12 else \
@@ -309,25 +318,30 @@ class Scores(NamedTuple):
     shown: dict               # "truth" and every method -> Lab01 of the first images, for the figures
 
 
-def score_batches(batches, n_images: int, colours: TrainingColours, colorizers: dict, show: int) -> Scores:
+def score_batches(batches, n_images: int, colours: TrainingColours, colorizers: dict, show: int,
+                  amp: bool) -> Scores:
     """Every baseline and colorizer on the same images, batch by batch: memory holds a batch and the
-    per-image numbers, whatever the number of images. A progress bar where a person watches."""
+    per-image numbers, whatever the number of images. A progress bar where a person watches. amp: the
+    colorizers in bfloat16."""
     from tqdm import tqdm
 
     per_image, truth_colorfulness, shown = {}, [], {}
     with tqdm(total=n_images, unit="image", leave=False, disable=not sys.stderr.isatty()) as progress:
-        for lab01 in batches:
-            truth = Truth.of(lab01)
-            predictions = baselines(colours, lab01)
-            with torch.no_grad():
-                for name, (model, regressor) in colorizers.items():
-                    predictions[name] = colorize_lab01(model, lab01, regressor)
-            truth_colorfulness += truth.colorfulness.tolist()
-            for name, pred in predictions.items():
-                for metric, values in score(pred, truth).items():
-                    per_image.setdefault(name, {}).setdefault(metric, []).extend(values)
-            shown = shown or {"truth": lab01[:show], **{name: pred[:show] for name, pred in predictions.items()}}
-            progress.update(len(lab01))
+        for batch in batches:
+            for lab01 in batch.split(SCORE_CHUNK):
+                predictions = baselines(colours, lab01)
+                with torch.no_grad():
+                    for name, (model, regressor) in colorizers.items():
+                        predictions[name] = colorize_lab01(model, lab01, regressor, amp)
+                truth = Truth.of(lab01)
+                truth_colorfulness += truth.colorfulness.tolist()
+                for name, pred in predictions.items():
+                    for metric, values in score(pred, truth).items():
+                        per_image.setdefault(name, {}).setdefault(metric, []).extend(values)
+                if len(shown.get("truth", [])) < show:
+                    shown = {name: torch.cat([shown.get(name, pred[:0]), pred[:show - len(shown.get(name, []))]])
+                             for name, pred in {"truth": lab01, **predictions}.items()}
+                progress.update(len(lab01))
     truth = float(np.mean(truth_colorfulness))
     return Scores(per_image, {name: summarize(v, truth) for name, v in per_image.items()}, truth, shown)
 
@@ -347,20 +361,21 @@ class Truth(NamedTuple):
     rgb: torch.Tensor
     lab: torch.Tensor  # Lab units
     colorfulness: torch.Tensor
+    ssim: "SsimTruth"
 
     @classmethod
     def of(cls, lab01: torch.Tensor) -> "Truth":
         rgb = lab01_to_rgb(lab01)
-        return cls(lab01, rgb, lab01_to_lab(lab01), colorfulness(rgb))
+        return cls(lab01, rgb, lab01_to_lab(lab01), colorfulness(rgb), SsimTruth.of(rgb))
 
 
 def score(pred_lab01: torch.Tensor, truth: Truth) -> dict:
     """Per-image numbers for one method, each computed for the whole batch at once: seed MSE, PSNR and SSIM
-    (as ignite's metrics compute them, per image), CIEDE2000 (as scikit-image), colorfulness."""
+    (ignite's definitions, per image), CIEDE2000 (as scikit-image), colorfulness."""
     pred_rgb = lab01_to_rgb(pred_lab01)
     return {"mse": seed_mse_per_image(pred_lab01, truth.lab01).tolist(),
             "psnr": psnr_per_image(pred_rgb, truth.rgb).tolist(),
-            "ssim": ssim_per_image(pred_rgb, truth.rgb).tolist(),
+            "ssim": ssim_per_image(pred_rgb, truth.ssim).tolist(),
             "ciede2000": ciede2000_per_image(truth.lab, lab01_to_lab(pred_lab01)).tolist(),
             "colorfulness": colorfulness(pred_rgb).tolist()}
 
@@ -371,27 +386,74 @@ def psnr_per_image(pred_rgb: torch.Tensor, true_rgb: torch.Tensor) -> torch.Tens
     return 10.0 * torch.log10(1.0 / (mse + 1e-10))
 
 
-def ssim_per_image(pred_rgb: torch.Tensor, true_rgb: torch.Tensor) -> torch.Tensor:
-    """SSIM (data range 1) of each image: ignite's SSIM computation (its 11 x 11 Gaussian window, sigma 1.5, over
-    reflected borders; its constants), the same operations in the same order on one image at a time, as evaluate
-    always called it: the same numbers, without ignite's per-call overhead. Neither several images per
-    convolution (oneDNN then blocks the sums another way) nor two products with banded matrices (the window is
-    separable; four times faster here): where a region is flat, E[x^2] - E[x]^2 cancels, and float32 summed in
-    another order moves single images by up to 5e-5."""
-    from ignite.metrics import SSIM
+# SSIM as ignite defines it (its defaults, data range 1): means, variances and covariance over an 11 x 11
+# Gaussian window (sigma 1.5) at every pixel, borders reflected, constants (0.01)^2 and (0.03)^2
+SSIM_RADIUS, SSIM_SIGMA, SSIM_C1, SSIM_C2 = 5, 1.5, 0.01 ** 2, 0.03 ** 2
+SSIM_BLOCK = 64  # rows of the window matrix per product: its band is 2 * SSIM_RADIUS + 1 wide, the rest zeros
 
-    metric = SSIM(data_range=1.0)
-    window, pad = metric._kernel_nd.expand(3, 1, -1, -1).to(pred_rgb.device, pred_rgb.dtype), metric.pad_h
-    values = []
-    for i in range(len(pred_rgb)):
-        pred, true = (F.pad(x[i:i + 1], [pad] * 4, mode="reflect") for x in (pred_rgb, true_rgb))
-        mu_p, mu_t, pp, tt, pt = F.conv2d(torch.cat([pred, true, pred * pred, true * true, pred * true]), window,
-                                          groups=3).split(len(pred))
-        mu_pp, mu_tt, mu_pt = mu_p.pow(2), mu_t.pow(2), mu_p * mu_t
-        similarity = (2 * mu_pt + metric.c1) * (2 * (pt - mu_pt) + metric.c2)
-        spread = (mu_pp + mu_tt + metric.c1) * ((pp - mu_pp) + (tt - mu_tt) + metric.c2)
-        values.append(torch.mean(similarity / spread, (1, 2, 3), dtype=torch.float64))
-    return torch.cat(values)
+
+class SsimTruth(NamedTuple):
+    """The truth's side of SSIM, once per batch for every method. Colours are taken relative to the image's mean
+    colour (SSIM is the same, as a window's variance is): in float32, E[x^2] - E[x]^2 then cancels far less
+    where a region is flat."""
+    centre: torch.Tensor  # (N, 3, 1, 1)
+    centred: torch.Tensor
+    mean: torch.Tensor    # windowed, of the centred image
+    variance: torch.Tensor
+
+    @classmethod
+    def of(cls, rgb: torch.Tensor) -> "SsimTruth":
+        centre = rgb.mean(dim=(2, 3), keepdim=True)
+        centred = rgb - centre
+        mean, square = windowed(torch.cat([centred, centred * centred], dim=1)).chunk(2, dim=1)
+        return cls(centre, centred, mean, square - mean * mean)
+
+
+def ssim_per_image(pred_rgb: torch.Tensor, truth: SsimTruth) -> torch.Tensor:
+    """SSIM of each image (ignite's definition, above), the whole batch at once; within 2e-6 of it in float64
+    (ignite's float32 convolution, one image at a time as evaluate called it before, is within 5e-5)."""
+    pred = pred_rgb - truth.centre
+    mean, square, product = windowed(torch.cat([pred, pred * pred, pred * truth.centred], dim=1)).chunk(3, dim=1)
+    covariance = product - mean * truth.mean
+    variances = square - mean * mean + truth.variance
+    mean_p, mean_t = mean + truth.centre, truth.mean + truth.centre
+    similarity = (2 * mean_p * mean_t + SSIM_C1) * (2 * covariance + SSIM_C2) / \
+        ((mean_p * mean_p + mean_t * mean_t + SSIM_C1) * (variances + SSIM_C2))
+    return torch.mean(similarity, dim=(1, 2, 3), dtype=torch.float64)
+
+
+def windowed(x: torch.Tensor) -> torch.Tensor:
+    """The Gaussian-window mean of every map of x (N, C, H, W) at every pixel: the window is separable, so a
+    product with a banded matrix down the columns and one along the rows, block by block (the band only)."""
+    rows, cols = (ssim_window_matrix(n, x.device, x.dtype) for n in x.shape[-2:])
+    x = torch.cat([rows[i:i + SSIM_BLOCK, lo:hi] @ x[..., lo:hi, :] for i, lo, hi in _band_blocks(len(rows))], dim=-2)
+    return torch.cat([x[..., lo:hi] @ cols[i:i + SSIM_BLOCK, lo:hi].T for i, lo, hi in _band_blocks(len(cols))],
+                     dim=-1)
+
+
+def _band_blocks(n: int):
+    """(first row, first and last column + 1 of the band) of each block of SSIM_BLOCK rows."""
+    return [(i, max(0, i - SSIM_RADIUS), min(n, i + SSIM_BLOCK + SSIM_RADIUS)) for i in range(0, n, SSIM_BLOCK)]
+
+
+_SSIM_WINDOWS = {}
+
+
+def ssim_window_matrix(n: int, device, dtype) -> torch.Tensor:
+    """(n, n): its product with a column of n values is that column filtered with SSIM's Gaussian over reflected
+    borders (the mirror image without repeating the edge, as ignite pads; n > SSIM_RADIUS, as prepared sizes are).
+    Weights in float64, stored in dtype."""
+    key = (n, str(device), dtype)
+    if key not in _SSIM_WINDOWS:
+        offsets = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1)
+        weights = torch.exp(-0.5 * (offsets.double() / SSIM_SIGMA) ** 2)
+        source = (torch.arange(n)[:, None] + offsets).abs()
+        source = torch.where(source >= n, 2 * (n - 1) - source, source)
+        matrix = torch.zeros(n, n, dtype=torch.float64)
+        matrix.index_put_((torch.arange(n)[:, None].expand_as(source), source), (weights / weights.sum()).expand_as(
+            source), accumulate=True)
+        _SSIM_WINDOWS[key] = matrix.to(device, dtype)
+    return _SSIM_WINDOWS[key]
 
 
 def ciede2000_per_image(true_lab: torch.Tensor, pred_lab: torch.Tensor) -> torch.Tensor:

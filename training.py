@@ -33,9 +33,9 @@ from ignite.metrics import Loss
 from ignite.utils import manual_seed
 
 from common import (DEFAULT_BATCH_SIZE, FOLDER_LOCK, OWNER_FILE, LabSplit, UserError, as_is, atomic_write,
-                    check_prepared, dataset_id, images_to_lab01, no_space_error, non_negative_float, non_negative_int,
-                    open_rgb_split, plot_loss_curves, positive_float, positive_int, random_variant, resolve_device,
-                    take_output_folder, torch_load, writable_folder, write_json)
+                    bfloat16_autocast, check_prepared, dataset_id, images_to_lab01, no_space_error, non_negative_float,
+                    non_negative_int, open_rgb_split, plot_loss_curves, positive_float, positive_int, random_variant,
+                    resolve_device, take_output_folder, torch_load, writable_folder, write_json)
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
 RUN_FILES = {"best.pt", "last.pt", "history.json", "loss.png", FOLDER_LOCK}  # what a run writes in its folder
@@ -178,19 +178,9 @@ def settled(config: dict) -> dict:
     if config["batch_size"] < world:
         raise UserError(f"--batch-size {config['batch_size']}: smaller than the {world} processes; "
                         f"pass at least {world}")
-    amp = config["amp"] and amp_supported(device)
-    if config["amp"] and not amp:
-        print(f"note: --amp: this CPU has no bfloat16 instructions (vector unit: "
-              f"{torch.backends.cpu.get_cpu_capability()}); training in float32", file=sys.stderr)
+    amp = bfloat16_autocast(device, config["amp"], "training")
     return {**config, "device": device, "image_size": manifest["size"], "data_id": dataset_id(manifest),
             "world_size": world, "amp": amp}
-
-
-def amp_supported(device_type: str) -> bool:
-    """Whether bfloat16 autocast pays on this device: any CUDA GPU the project runs on; a CPU with bfloat16
-    instructions (AVX512-BF16 or AMX), as oneDNN finds them."""
-    return device_type == "cuda" or torch.backends.mkldnn.is_available() and \
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
 
 
 def training(local_rank: int, config: dict, setup: Callable) -> None:

@@ -41,9 +41,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (LabSplit, atomic_write, exit_on_user_error, load_colorizer, read_image,  # noqa: E402
-                    open_rgb_split, resolve_device, writable_folder, write_json)
-from training import amp_supported, training_step  # noqa: E402
+from common import (LabSplit, amp_supported, atomic_write, exit_on_user_error, load_colorizer,  # noqa: E402
+                    open_rgb_split, read_image, resolve_device, writable_folder, write_json)
+from training import training_step  # noqa: E402
 
 # the training scripts' speed flags on a GPU (the ceiling steps with the same autocast and memory format)
 GPU_FLAGS = ["--data-on-device", "--amp", "--channels-last"]

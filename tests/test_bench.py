@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
+from common import amp_supported
 from conftest import ROOT, run_script, synthetic_photo
-from training import amp_supported
 
 
 def twelve_photos(folder):

@@ -1,16 +1,17 @@
 """evaluate.py's per-image scores, computed for whole batches, against the references they stand for:
-ignite's PSNR and SSIM one image at a time (as evaluate computed them before), scikit-image's CIEDE2000,
-on real faces (the studio faces when present, scikit-image's sample photos otherwise) with real errors."""
+ignite's PSNR one image at a time, ignite's SSIM computed in float64, scikit-image's CIEDE2000, on real faces
+(the studio faces when present, scikit-image's sample photos otherwise) with real errors."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from ignite.metrics import PSNR, SSIM
 from skimage import data
 from skimage.color import deltaE_ciede2000
 
 from common import center_square, images_to_lab01, lab01_to_lab, lab01_to_rgb, prepare_photo
 from conftest import FACES_DIR
-from evaluate import ciede2000_per_image, psnr_per_image, ssim_per_image
+from evaluate import SsimTruth, ciede2000_per_image, psnr_per_image, ssim_per_image
 
 
 @pytest.fixture(scope="module")
@@ -31,18 +32,49 @@ def truth_and_guesses():
     return truth, [blurred, gray]
 
 
-def test_psnr_and_ssim_are_ignites_per_image(truth_and_guesses):
+def test_psnr_is_ignites_per_image(truth_and_guesses):
     truth, guesses = truth_and_guesses
     true_rgb = lab01_to_rgb(truth)
     for guess in guesses:
         pred_rgb = lab01_to_rgb(guess)
-        expected = {"psnr": [], "ssim": []}
+        expected = []
         for p, t in zip(pred_rgb, true_rgb):
-            for metric, key in ((PSNR(data_range=1.0), "psnr"), (SSIM(data_range=1.0), "ssim")):
-                metric.update((p[None], t[None]))
-                expected[key].append(metric.compute())
-        np.testing.assert_allclose(psnr_per_image(pred_rgb, true_rgb).numpy(), expected["psnr"], rtol=1e-12)
-        assert ssim_per_image(pred_rgb, true_rgb).tolist() == expected["ssim"]  # the same operations: equal
+            metric = PSNR(data_range=1.0)
+            metric.update((p[None], t[None]))
+            expected.append(metric.compute())
+        np.testing.assert_allclose(psnr_per_image(pred_rgb, true_rgb).numpy(), expected, rtol=1e-12)
+
+
+def ssim_in_float64(pred_rgb, true_rgb):
+    """ignite's SSIM (its Gaussian window, reflected borders, constants), in float64, one image at a time."""
+    taps = torch.exp(-0.5 * (torch.arange(-5, 6, dtype=torch.float64) / 1.5) ** 2)
+    window = torch.outer(taps, taps) / taps.sum() ** 2
+    values = []
+    for p, t in zip(pred_rgb.double(), true_rgb.double()):
+        p, t = (F.pad(x[:, None], [5] * 4, mode="reflect") for x in (p, t))
+        mu_p, mu_t, pp, tt, pt = (F.conv2d(x, window[None, None]) for x in (p, t, p * p, t * t, p * t))
+        similarity = (2 * mu_p * mu_t + 1e-4) * (2 * (pt - mu_p * mu_t) + 9e-4) / \
+            ((mu_p ** 2 + mu_t ** 2 + 1e-4) * (pp - mu_p ** 2 + tt - mu_t ** 2 + 9e-4))
+        values.append(similarity.mean().item())
+    return np.array(values)
+
+
+def test_ssim_is_ignites_in_float64(truth_and_guesses):
+    truth, guesses = truth_and_guesses
+    true_rgb = lab01_to_rgb(truth)
+    for guess in guesses:
+        pred_rgb = lab01_to_rgb(guess)
+        expected = ssim_in_float64(pred_rgb, true_rgb)
+        ignite_float32 = []
+        for p, t in zip(pred_rgb, true_rgb):
+            metric = SSIM(data_range=1.0)
+            metric.update((p[None], t[None]))
+            ignite_float32.append(metric.compute())
+        np.testing.assert_allclose(ignite_float32, expected, rtol=5e-5)  # the same metric, float32's rounding
+        assert (expected < 0.999).all()  # real differences
+        values = ssim_per_image(pred_rgb, SsimTruth.of(true_rgb)).numpy()
+        np.testing.assert_allclose(values, expected, rtol=3e-6)
+        np.testing.assert_allclose(values.mean(), expected.mean(), rtol=2e-7)
 
 
 def test_ciede2000_is_scikit_images(truth_and_guesses):
@@ -54,3 +86,12 @@ def test_ciede2000_is_scikit_images(truth_and_guesses):
                                     channel_axis=-1).mean(axis=(1, 2))
         assert (expected > 0.5).all()  # real colour differences, not zeros compared with zeros
         np.testing.assert_allclose(ciede2000_per_image(true_lab, pred_lab).numpy(), expected, rtol=1e-6)
+
+
+def test_ssim_across_window_blocks_and_unequal_sides():
+    """Sides that are not a multiple of the band's blocks, and not equal: the blocks must join seamlessly."""
+    photo = torch.from_numpy(data.astronaut()[:150, :200].copy()).permute(2, 0, 1)[None].double() / 255
+    blurred = F.avg_pool2d(photo, 5, stride=1, padding=2, count_include_pad=False)
+    true_rgb, pred_rgb = photo.float(), (0.8 * blurred + 0.1).float()
+    np.testing.assert_allclose(ssim_per_image(pred_rgb, SsimTruth.of(true_rgb)).numpy(),
+                               ssim_in_float64(pred_rgb, true_rgb), rtol=3e-6)

@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 
-from common import torch_load
+from common import amp_supported, torch_load
 from conftest import ROOT, broken_files_folder, interrupt_and_resume, run_script, synthetic_photo
-from training import amp_supported
+
 
 
 def fingerprint(folder):
