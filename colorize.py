@@ -69,7 +69,10 @@ def parse_args(argv=None):
                         "Lab units (benchmarks/README.md)")
     p.add_argument("--side-by-side", action="store_true", help="also write NAME_compare.EXT: gray | colour")
     p.add_argument("--temperature", type=positive_float, default=None,
-                   help="classification checkpoints: annealed-mean temperature (default: the trained one)")
+                   help="classification checkpoints: annealed-mean temperature (default: the checkpoint's)")
+    p.add_argument("--chroma-gain", type=positive_float, default=None,
+                   help="classification checkpoints: each photo's colours spread from its mean colour by this gain "
+                        "(above 1: more vivid; default: the checkpoint's)")
     args = p.parse_args(argv)
     if args.size is not None and not 16 <= args.size <= MAX_IMAGE_SIZE:
         p.error(f"argument --size: must be from 16 to {MAX_IMAGE_SIZE}")
@@ -277,10 +280,12 @@ def main():
     device = resolve_device(args.device)
     colorizer = Colorizer(args.checkpoint, args.regressor, args.size, device,
                           bfloat16_autocast(device.type, args.amp, "colorizing"))
-    if args.temperature is not None:
-        if colorizer.config.get("head") != "classify":
-            raise UserError(f"{args.checkpoint}: --temperature applies to classification checkpoints only")
-        colorizer.model.temperature = args.temperature
+    for flag, value in (("temperature", args.temperature), ("chroma_gain", args.chroma_gain)):
+        if value is not None:
+            if colorizer.config.get("head") != "classify":
+                raise UserError(f"{args.checkpoint}: --{flag.replace('_', '-')} applies to classification "
+                                "checkpoints only")
+            setattr(colorizer.model, flag, value)
     jobs, skipped = collect(args.inputs, args.out)
     writable_folder(args.out)
     remove_stale_temporaries(args.out, recursive=True)

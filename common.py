@@ -934,11 +934,12 @@ def ab_bins() -> torch.Tensor:
 
 class ClassifyingColorizer(nn.Module):
     """A body with logits over the ab bins at 1/4 resolution: returned in training mode; in eval mode decoded
-    by the annealed mean (softmax of logits / T) to full-resolution ab01, as any colorizer's."""
+    by the annealed mean (softmax of logits / T) to full-resolution ab01, as any colorizer's, each image's
+    colours then spread from its mean colour by chroma_gain (1: as decoded; above 1: more vivid)."""
 
-    def __init__(self, body: nn.Module, temperature: float = DEFAULT_TEMPERATURE):
+    def __init__(self, body: nn.Module, temperature: float = DEFAULT_TEMPERATURE, chroma_gain: float = 1.0):
         super().__init__()
-        self.body, self.temperature = body, temperature
+        self.body, self.temperature, self.chroma_gain = body, temperature, chroma_gain
         self.register_buffer("bins01", ab_to_ab01(ab_bins()))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -947,6 +948,9 @@ class ClassifyingColorizer(nn.Module):
             return logits
         p = torch.softmax(logits / self.temperature, dim=1)
         ab01 = torch.einsum("nqhw,qc->nchw", p, self.bins01)
+        if self.chroma_gain != 1:
+            mean = ab01.mean(dim=(2, 3), keepdim=True)
+            ab01 = torch.lerp(mean, ab01, self.chroma_gain).clamp(0, 1)
         return F.interpolate(ab01, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
@@ -978,7 +982,8 @@ def build_model(config: dict) -> nn.Module:
     head = dict(activation="none", out_channels=len(ab_bins()), out_stride=CLASSIFY_STRIDE) if classify else \
         dict(activation=config["activation"])
     body = ARCHITECTURES[config["arch"]].build(config, in_channels=in_channels, **head)
-    return ClassifyingColorizer(body, config.get("temperature", DEFAULT_TEMPERATURE)) if classify else body
+    return ClassifyingColorizer(body, config.get("temperature", DEFAULT_TEMPERATURE),
+                                config.get("chroma_gain", 1.0)) if classify else body
 
 
 def colorizer_input(L: torch.Tensor, regressor: Callable | None = None) -> torch.Tensor:
@@ -1070,6 +1075,7 @@ MAX_IMAGE_SIZE = 4096  # the largest square a network is trained on, or colours 
 CONFIG_TYPES = {"image_size": _whole(8, MAX_IMAGE_SIZE), "max_channels": _whole(1, 4096), "layers": _whole(2, 12),
                 "base_channels": _whole(1, 1024), "depth": _whole(1, 12),
                 "temperature": lambda v: type(v) in (int, float) and 0 < v < math.inf,
+                "chroma_gain": lambda v: type(v) in (int, float) and 0 < v < math.inf,
                 "task": lambda v: v in ("regressor", "colorizer")}
 
 

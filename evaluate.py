@@ -6,8 +6,8 @@ the seed's MSE (three [0,1]-scaled Lab channels, L from the input), PSNR and SSI
 (as ignite computes them, data range 1), mean CIEDE2000 (as scikit-image) and colorfulness (Hasler and Suesstrunk
 2003) against the truth's; how much the seed MSEs, and the best colorizer's lead, move with the
 test images drawn (95% bootstrap intervals, the people resampled where the images name them).
-With --regressor: its predicted vs true mean a*, b* and test MSE. With --temperatures: each
-classification colorizer also decoded at those annealed-mean temperatures, a row each.
+With --regressor: its predicted vs true mean a*, b* and test MSE. With --temperatures and --chroma-gains: each
+classification colorizer also decoded at those annealed-mean temperatures and chroma gains, a row each.
 With --photos: the same table on photos that are not in the prepared data (faces of people the
 models never saw), centre-cropped and resized to the training size.
 Images are scored --batch-size at a time (memory follows the batch, not the number of images).
@@ -55,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--temperatures", nargs="*", type=positive_float, default=[], metavar="T",
                    help="classification colorizers: also scored at these annealed-mean temperatures, "
                         "one row each (choose one on --split val)")
+    p.add_argument("--chroma-gains", nargs="*", type=positive_float, default=[], metavar="G",
+                   help="classification colorizers: also scored with each image's colours spread from its mean "
+                        "colour by these gains (above 1: more vivid), at every temperature; a row each")
     p.add_argument("--photos", nargs="*", default=[], type=Path, metavar="PATH",
                    help="image files or folders outside the prepared data: scored in a second table")
     p.add_argument("--out", type=Path, default=Path("runs/report"))
@@ -80,7 +83,7 @@ def main():
     device = resolve_device(args.device)
     args.amp = bfloat16_autocast(device.type, args.amp, "evaluating")
     manifest = check_prepared(args.data)
-    runs = load_colorizers(args.colorizer, args.temperatures, device)
+    runs = load_colorizers(args.colorizer, args.temperatures, args.chroma_gains, device)
     photos = usable_photos([f for path in args.photos for f in find_images(path)], manifest["size"])
     if args.photos and not photos.files:
         raise UserError(f"--photos {' '.join(map(str, args.photos))}: no usable image files there")
@@ -142,9 +145,10 @@ class Runs(NamedTuple):
     configs: dict
 
 
-def load_colorizers(paths: list[str], temperatures: list[float], device) -> Runs:
-    """Each checkpoint as trained; a classification checkpoint also at each of temperatures (the same
-    network, decoded with another annealed mean: a row "RUN@T=t" each, trained once: no history)."""
+def load_colorizers(paths: list[str], temperatures: list[float], chroma_gains: list[float], device) -> Runs:
+    """Each checkpoint as trained; a classification checkpoint also at each pair of its own and the given
+    temperatures and chroma gains (the same network, decoded otherwise: a row "RUN@T=t,chroma=g" each, trained
+    once: no history)."""
     runs = Runs({}, {name: "baseline" for name in BASELINES}, {}, {})
     for path in paths:
         model, regressor, config, ckpt = load_colorizer(path, device)
@@ -152,15 +156,20 @@ def load_colorizers(paths: list[str], temperatures: list[float], device) -> Runs
         name = f"{label}: {describe(config)}"
         runs.models[name] = (model, regressor)
         runs.kinds[name], runs.histories[name], runs.configs[name] = "colorizer", run_history(path, ckpt), config
-        for t in temperatures if isinstance(model, ClassifyingColorizer) else []:
-            if t != model.temperature:
-                variant = {**config, "temperature": t}
-                name = f"{label}@T={t:g}: {describe(variant)}"
-                runs.models[name] = (ClassifyingColorizer(model.body, t).to(device).eval(), regressor)
-                runs.kinds[name], runs.configs[name] = "colorizer", variant
-    if temperatures and not any(isinstance(m, ClassifyingColorizer) for m, _ in runs.models.values()):
-        raise UserError("--temperatures: no classification colorizer among the checkpoints (--head classify); "
-                        "leave it out")
+        if not isinstance(model, ClassifyingColorizer):
+            continue
+        for t in dict.fromkeys([model.temperature, *temperatures]):
+            for g in dict.fromkeys([model.chroma_gain, *chroma_gains]):
+                if (t, g) != (model.temperature, model.chroma_gain):
+                    variant = {**config, "temperature": t, "chroma_gain": g}
+                    changed = [f"T={t:g}"] * (t != model.temperature) + [f"chroma={g:g}"] * (g != model.chroma_gain)
+                    name = f"{label}@{','.join(changed)}: {describe(variant)}"
+                    runs.models[name] = (ClassifyingColorizer(model.body, t, g).to(device).eval(), regressor)
+                    runs.kinds[name], runs.configs[name] = "colorizer", variant
+    if (temperatures or chroma_gains) and not any(isinstance(m, ClassifyingColorizer)
+                                                  for m, _ in runs.models.values()):
+        raise UserError("--temperatures, --chroma-gains: no classification colorizer among the checkpoints "
+                        "(--head classify); leave them out")
     return runs
 
 
@@ -543,7 +552,8 @@ def describe(config: dict) -> str:
     text = ARCHITECTURES[config["arch"]].name(config, "" if classify else f", {config['activation']}")
     text += " + regressor" if config.get("regressor") else ""
     if classify:
-        return text + f", classify (T={config['temperature']})"
+        gain = config.get("chroma_gain", 1.0)
+        return text + f", classify (T={config['temperature']}{f', chroma x{gain:g}' if gain != 1 else ''})"
     return text + f", {config['loss']}"
 
 

@@ -74,8 +74,8 @@ MODEL_DEFAULTS = {"arch": "seed", "activation": "sigmoid", "max_channels": 128, 
 def setup_colorizer(config, device) -> TrainingSetup:
     if config["init_from"]:  # its weights, and the regressor it carries
         model, regressor, _, _ = load_colorizer(config["init_from"], device)
-        if config["head"] == "classify":
-            model.temperature = config["temperature"]
+        if config["head"] == "classify":  # decoded as this run's config says: the chroma gain is chosen afterwards
+            model.temperature, model.chroma_gain = config["temperature"], 1.0
     else:
         model = build_model(config)
         regressor = load_checkpoint(config["regressor"], task="regressor", device=device)[0] if config["regressor"] \

@@ -2,7 +2,8 @@
 as any checkpoint (colorize.py and evaluate.py take it as --checkpoint / --colorizer; colorize.py uses
 models/face_colorizer.pt when given none).
 
-    python models/export.py runs/lfw/colorizers/unet16_classify/best.pt models/face_colorizer.pt --temperature 0.5
+    python models/export.py runs/lfw/colorizers/unet16_classify/best.pt models/face_colorizer.pt --temperature 0.5 \
+        --chroma-gain 1.2
 """
 import io
 import sys
@@ -21,14 +22,18 @@ def main():
     p.add_argument("out", type=Path, help="the file to write, e.g. models/face_colorizer.pt")
     p.add_argument("--temperature", type=positive_float, default=None,
                    help="classification checkpoints: the annealed-mean temperature to ship (chosen on validation)")
+    p.add_argument("--chroma-gain", type=positive_float, default=None,
+                   help="classification checkpoints: the chroma gain to ship (chosen on validation)")
     args = p.parse_args()
     model, config, ckpt = load_checkpoint(args.checkpoint, task="colorizer")
     if config.get("regressor"):
         raise UserError(f"{args.checkpoint}: a colorizer conditioned on a regressor; ship an unconditioned one")
-    if args.temperature is not None:
-        if not isinstance(model, ClassifyingColorizer):
-            raise UserError(f"{args.checkpoint}: --temperature applies to classification checkpoints only")
-        config = {**config, "temperature": args.temperature}
+    for key, value in (("temperature", args.temperature), ("chroma_gain", args.chroma_gain)):
+        if value is not None:
+            if not isinstance(model, ClassifyingColorizer):
+                raise UserError(f"{args.checkpoint}: --{key.replace('_', '-')} applies to classification "
+                                "checkpoints only")
+            config = {**config, key: value}
     # parameters in float16 halve the file (float32 again when loaded: the scores are measured on this file);
     # buffers, the batch-norm statistics and the ab bins, stay as they are
     parameters = {name for name, _ in model.named_parameters()}

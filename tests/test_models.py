@@ -6,7 +6,8 @@ import pytest
 import torch
 from skimage import data
 
-from common import SeedColorizer, SeedRegressor, UNetColorizer, ab_bins, build_model, rgb_to_lab, seed_channels
+from common import (ClassifyingColorizer, SeedColorizer, SeedRegressor, UNetColorizer, ab_bins, build_model, rgb_to_lab,
+                    seed_channels)
 from conftest import ROOT
 from train_colorizer import nearest_bins, rebalancing_weights, soft_encode
 
@@ -106,3 +107,15 @@ def test_only_the_trainers_load_the_training_loop(module):
     assert loaded.stdout.strip() == "[]"
     top = [line for line in (ROOT / "common.py").read_text().splitlines() if line.startswith(("import ", "from "))]
     assert not any("ignite" in line or "fcntl" in line for line in top)
+
+
+def test_chroma_gain_spreads_each_images_colours_from_its_mean():
+    """out = mean + gain * (decoded - mean), the mean colour of each image kept (bilinear upsampling keeps a
+    constant): solved for the mean, one value per image and channel."""
+    body = torch.nn.Conv2d(1, len(ab_bins()), 1)
+    torch.nn.init.normal_(body.weight, std=0.3)
+    x = torch.rand(2, 1, 32, 32)
+    plain, vivid = (ClassifyingColorizer(body, 0.38, gain).eval()(x).detach() for gain in (1.0, 1.5))
+    mean = (1.5 * plain - vivid) / 0.5
+    assert (vivid - plain).abs().max() > 1e-3
+    assert torch.allclose(mean, mean.mean(dim=(2, 3), keepdim=True), atol=1e-5)

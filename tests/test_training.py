@@ -256,27 +256,47 @@ def test_classification_head_trains_evaluates_and_colorizes(prepared, trained, t
     assert "ab prior" in result.stdout or (prepared / "ab_prior.npy").is_file()
     prior = np.load(prepared / "ab_prior.npy")
     assert prior.shape == (len(ab_bins()),) and abs(prior.sum() - 1) < 1e-5
-    # the temperature is chosen after training: evaluate scores the same network decoded at others, a row each
+    # the temperature and chroma gain are chosen after training: evaluate scores the same network decoded at
+    # others, a row each pair
     run_script("evaluate.py", "--data", prepared, "--colorizer", run / "best.pt", "--out", tmp_path / "report",
-               "--device", "cpu", "--temperatures", "0.38", "2", "--split", "val")
+               "--device", "cpu", "--temperatures", "0.38", "2", "--chroma-gains", "2", "--split", "val")
     report = (tmp_path / "report" / "report.md").read_text()
     assert "classify (T=0.38)" in report and "| classify@T=2: " in report and "classify@T=0.38" not in report
-    per_image = json.loads((tmp_path / "report" / "metrics.json").read_text())["per_image"]
-    trained_t, other_t = (next(v["mse"] for k, v in per_image.items() if k.startswith(label))
-                          for label in ("classify:", "classify@T=2:"))
-    assert trained_t != other_t
+    assert "| classify@chroma=2: " in report and "| classify@T=2,chroma=2: " in report and "chroma=1" not in report
+    assert "classify (T=2.0, chroma x2)" in report
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    trained_t, other_t, vivid = (next(v for k, v in metrics["per_image"].items() if k.startswith(label))
+                                 for label in ("classify:", "classify@T=2:", "classify@chroma=2:"))
+    assert trained_t["mse"] != other_t["mse"]
+    assert np.mean(vivid["colorfulness"]) > 1.5 * np.mean(trained_t["colorfulness"])  # spread from the mean
     training_table = report.split("How each colorizer was trained")[1].split("\n\n")[1]
     assert training_table.count("| classify") == 1  # trained once: one row
-    result = run_script("evaluate.py", "--data", prepared, "--colorizer", trained / "colorizer" / "best.pt",
-                        "--out", tmp_path / "no_classifier", "--temperatures", "1", check=False)
-    assert result.returncode == 2 and result.stderr.startswith("error: --temperatures: no classification colorizer")
-    assert not (tmp_path / "no_classifier").exists()
+    for flag in ("--temperatures", "--chroma-gains"):
+        result = run_script("evaluate.py", "--data", prepared, "--colorizer", trained / "colorizer" / "best.pt",
+                            "--out", tmp_path / "no_classifier", flag, "1", check=False)
+        assert result.returncode == 2 and "no classification colorizer" in result.stderr
+        assert result.stderr.startswith("error: --temperatures, --chroma-gains:")
+        assert not (tmp_path / "no_classifier").exists()
     cv2.imwrite(str(tmp_path / "photo.png"), data.astronaut())
-    for t in ("0.38", "1.0"):
-        run_script("colorize.py", tmp_path / "photo.png", "--checkpoint", run / "best.pt", "--out", tmp_path / t,
-                   "--temperature", t, "--device", "cpu")
-    a, b = (cv2.imread(str(tmp_path / t / "photo.png")).astype(int) for t in ("0.38", "1.0"))
+    decodings = {"0.38": [], "1.0": ["--temperature", "1.0"], "vivid": ["--chroma-gain", "1.5"]}
+    for name, flags in decodings.items():
+        run_script("colorize.py", tmp_path / "photo.png", "--checkpoint", run / "best.pt", "--out", tmp_path / name,
+                   "--device", "cpu", *flags)
+    a, b, vivid = (cv2.imread(str(tmp_path / name / "photo.png")).astype(int) for name in decodings)
     assert a.shape == (512, 512, 3) and np.abs(a - b).mean() > 0  # the temperature changes the colours
+    chroma = [np.abs(x - x.mean(axis=2, keepdims=True)).mean() for x in (a, vivid)]
+    assert chroma[1] > chroma[0]  # the gain makes them more vivid
+    # shipped with a chroma gain, the checkpoint decodes with it; a regression checkpoint refuses one
+    run_script("models/export.py", run / "best.pt", tmp_path / "vivid.pt", "--chroma-gain", "1.5")
+    run_script("colorize.py", tmp_path / "photo.png", "--checkpoint", tmp_path / "vivid.pt", "--out",
+               tmp_path / "shipped_vivid", "--device", "cpu")
+    shipped = cv2.imread(str(tmp_path / "shipped_vivid" / "photo.png")).astype(int)
+    assert np.abs(shipped - vivid).mean() < 1  # float16 weights: the same colours, up to rounding
+    for script in (["models/export.py", trained / "colorizer" / "best.pt", tmp_path / "no.pt"],
+                   ["colorize.py", tmp_path / "photo.png", "--checkpoint", trained / "colorizer" / "best.pt",
+                    "--out", tmp_path / "no"]):
+        result = run_script(*script, "--chroma-gain", "1.5", check=False)
+        assert result.returncode == 2 and "--chroma-gain applies to classification checkpoints only" in result.stderr
 
 
 def test_speed_flags_change_how_not_what(prepared, tmp_path):
