@@ -515,9 +515,9 @@ def seed_mse_per_image(pred_lab01: torch.Tensor, true_lab01: torch.Tensor) -> to
 def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
     """Hasler and Suesstrunk (2003) colorfulness of RGB images (N, 3, H, W) in [0, 1], on the 0..255 scale."""
     r, g, b = (rgb * 255).unbind(1)
-    rg, yb = (r - g).flatten(1), (0.5 * (r + g) - b).flatten(1)
-    return torch.sqrt(rg.std(1, correction=0) ** 2 + yb.std(1, correction=0) ** 2) + \
-        0.3 * torch.sqrt(rg.mean(1) ** 2 + yb.mean(1) ** 2)
+    (rg_var, rg_mean), (yb_var, yb_mean) = (torch.var_mean(x.flatten(1), dim=1, correction=0)
+                                            for x in (r - g, 0.5 * (r + g) - b))
+    return torch.sqrt(rg_var + yb_var) + 0.3 * torch.sqrt(rg_mean ** 2 + yb_mean ** 2)
 
 
 def bootstrap_interval(per_image: torch.Tensor, groups=None, resamples=10_000) -> tuple[float, float]:

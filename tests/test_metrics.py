@@ -1,6 +1,7 @@
 """evaluate.py's per-image scores, computed for whole batches, against the references they stand for:
-ignite's PSNR one image at a time, ignite's SSIM computed in float64, scikit-image's CIEDE2000, on real faces
-(the studio faces when present, scikit-image's sample photos otherwise) with real errors."""
+ignite's PSNR one image at a time, ignite's SSIM computed in float64, scikit-image's CIEDE2000, Hasler and
+Suesstrunk's colorfulness in float64, on real faces (the studio faces when present, scikit-image's sample photos
+otherwise) with real errors."""
 import numpy as np
 import pytest
 import torch
@@ -11,7 +12,7 @@ from skimage.color import deltaE_ciede2000
 
 from common import center_square, images_to_lab01, lab01_to_lab, lab01_to_rgb, prepare_photo
 from conftest import FACES_DIR
-from evaluate import SsimTruth, ciede2000_per_image, psnr_per_image, ssim_per_image
+from evaluate import SsimTruth, ciede2000_per_image, colorfulness, psnr_per_image, ssim_per_image
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +96,14 @@ def test_ssim_across_window_blocks_and_unequal_sides():
     true_rgb, pred_rgb = photo.float(), (0.8 * blurred + 0.1).float()
     np.testing.assert_allclose(ssim_per_image(pred_rgb, SsimTruth.of(true_rgb)).numpy(),
                                ssim_in_float64(pred_rgb, true_rgb), rtol=3e-6)
+
+
+def test_colorfulness_is_hasler_and_suesstrunks(truth_and_guesses):
+    """Hasler and Suesstrunk (2003): sigma_rgyb + 0.3 mu_rgyb, over RGB on the 0..255 scale, in float64."""
+    truth, guesses = truth_and_guesses
+    for lab01 in (truth, *guesses):
+        rgb = lab01_to_rgb(lab01)
+        r, g, b = (rgb.double().numpy() * 255).transpose(1, 0, 2, 3).reshape(3, len(rgb), -1)
+        rg, yb = r - g, 0.5 * (r + g) - b
+        expected = np.hypot(rg.std(axis=1), yb.std(axis=1)) + 0.3 * np.hypot(rg.mean(axis=1), yb.mean(axis=1))
+        np.testing.assert_allclose(colorfulness(rgb).numpy(), expected, rtol=1e-5, atol=1e-3)
