@@ -25,13 +25,14 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from common import (ARCHITECTURES, ArgumentParser, BadImage, ClassifyingColorizer, UserError, ab01_to_ab, ab_to_ab01,
                     atomic_write, bfloat16_autocast, check_prepared, colorize_lab01, exit_on_user_error, find_images,
-                    lab01_batches, lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, open_rgb_split,
-                    plot_loss_curves, positive_float, positive_int, prepare_photo, printable, resolve_device,
-                    save_figure, take_output_folder, training_statistic, write_json)
+                    lab01_batches, lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, non_negative_float,
+                    open_rgb_split, plot_loss_curves, positive_float, positive_int, prepare_photo, printable,
+                    resolve_device, save_figure, take_output_folder, training_statistic, write_json)
 
 BASELINES = ("gray", "mean colour", "mean-face map")
 # what evaluate writes into --out: a folder holding just these (from before .written-by.json) is its own
@@ -58,6 +59,9 @@ def parse_args(argv=None):
     p.add_argument("--chroma-gains", nargs="*", type=positive_float, default=[], metavar="G",
                    help="classification colorizers: also scored with each image's colours spread from its mean "
                         "colour by these gains (above 1: more vivid), at every temperature; a row each")
+    p.add_argument("--max-gap", type=non_negative_float, default=3.0, metavar="GAP",
+                   help="with --temperatures or --chroma-gains: name the decoding to colour with, the lowest seed MSE "
+                        "among those whose colorfulness is within GAP of the truth's (on --split val)")
     p.add_argument("--photos", nargs="*", default=[], type=Path, metavar="PATH",
                    help="image files or folders outside the prepared data: scored in a second table")
     p.add_argument("--out", type=Path, default=Path("runs/report"))
@@ -104,6 +108,8 @@ def main():
     atomic_write(args.out / "report.md", lambda tmp: Path(tmp).write_text("\n".join(report)))
     write_json(args.out / "metrics.json", results)
     print(results_table(results["summary"], runs.kinds))
+    if "decoding" in results:
+        print("\n" + results["decoding"]["sentence"])
     print(f"\nreport: {args.out / 'report.md'}")
 
 
@@ -138,24 +144,26 @@ def usable_photos(files: list[Path], size: int) -> Photos:
 
 class Runs(NamedTuple):
     """The colorizers to score, by name ("RUN: description"): (model, regressor or None), and their kind
-    (baselines too), training history and config."""
+    (baselines too), training history, config and checkpoint file."""
     models: dict
     kinds: dict
     histories: dict
     configs: dict
+    checkpoints: dict
 
 
 def load_colorizers(paths: list[str], temperatures: list[float], chroma_gains: list[float], device) -> Runs:
     """Each checkpoint as trained; a classification checkpoint also at each pair of its own and the given
     temperatures and chroma gains (the same network, decoded otherwise: a row "RUN@T=t,chroma=g" each, trained
     once: no history)."""
-    runs = Runs({}, {name: "baseline" for name in BASELINES}, {}, {})
+    runs = Runs({}, {name: "baseline" for name in BASELINES}, {}, {}, {})
     for path in paths:
         model, regressor, config, ckpt = load_colorizer(path, device)
         label = Path(path).parent.name + ("" if Path(path).stem == "best" else f"/{Path(path).stem}")
         name = f"{label}: {describe(config)}"
         runs.models[name] = (model, regressor)
         runs.kinds[name], runs.histories[name], runs.configs[name] = "colorizer", run_history(path, ckpt), config
+        runs.checkpoints[name] = path
         if not isinstance(model, ClassifyingColorizer):
             continue
         for t in dict.fromkeys([model.temperature, *temperatures]):
@@ -165,7 +173,7 @@ def load_colorizers(paths: list[str], temperatures: list[float], chroma_gains: l
                     changed = [f"T={t:g}"] * (t != model.temperature) + [f"chroma={g:g}"] * (g != model.chroma_gain)
                     name = f"{label}@{','.join(changed)}: {describe(variant)}"
                     runs.models[name] = (ClassifyingColorizer(model.body, t, g).to(device).eval(), regressor)
-                    runs.kinds[name], runs.configs[name] = "colorizer", variant
+                    runs.kinds[name], runs.configs[name], runs.checkpoints[name] = "colorizer", variant, path
     if (temperatures or chroma_gains) and not any(isinstance(m, ClassifyingColorizer)
                                                   for m, _ in runs.models.values()):
         raise UserError("--temperatures, --chroma-gains: no classification colorizer among the checkpoints "
@@ -213,6 +221,9 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
               f"the truth's is {scores.truth_colorfulness:.1f}." + (" The colorizers ran in bfloat16 (--amp): compare "
                                                                    "only with tables made so." if args.amp else ""),
               "", results_table(scores.summary, runs.kinds), ""]
+    decoding = (args.temperatures or args.chroma_gains) and choose_decoding(scores.summary, runs, args.max_gap)
+    if decoding:
+        report += [decoding["sentence"], ""]
     if models:
         best = min(models, key=lambda n: scores.summary[n]["mse"])
         plot_lab_channels(scores.shown["truth"], scores.shown[best], args.out / "lab_channels.png", "model")
@@ -225,7 +236,8 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
                       args.out / "best_worst.png")
         figures += ["lab_channels.png", "best_worst.png"]
         mse = scores.per_image[best]["mse"]
-        noise = noise_of_split(scores.per_image, best, manifest["files"][args.split])
+        noise = noise_of_split(scores.per_image, best, manifest["files"][args.split],
+                               by_person=manifest.get("split_by") == "person")
         report += noise_report(noise, args.split)
         report += ["How each colorizer was trained (its run folder's history.json):", "",
                    markdown_table(["colorizer", "epochs trained", "best validation MSE", "at epoch", "settings"],
@@ -239,20 +251,40 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
                "per_image": scores.per_image, "kinds": runs.kinds, "configs": runs.configs}
     if models:
         results["noise"] = noise
+    if decoding:
+        results["decoding"] = decoding
     return report, results, figures
 
 
-def noise_of_split(per_image: dict, best: str, files: list[dict]) -> dict:
-    """How much each method's seed MSE, and the best colorizer's lead over it, move with the test images
-    drawn: 95% bootstrap intervals. Photos of one person are alike, so where every test image names its
-    person the people are resampled, each with all their photos; otherwise the images."""
+def choose_decoding(summary: dict, runs: Runs, max_gap: float) -> dict:
+    """Among the classification colorizers' decodings, the one to colour with: the lowest seed MSE whose
+    colorfulness gap to the truth is at most max_gap (vivid and right), else the smallest gap."""
+    configs = runs.configs
+    decodings = [name for name, config in configs.items() if config.get("head") == "classify"]
+    vivid = [name for name in decodings if summary[name]["colorfulness_gap"] <= max_gap]
+    name = min(vivid, key=lambda n: summary[n]["mse"]) if vivid else \
+        min(decodings, key=lambda n: summary[n]["colorfulness_gap"])
+    flags = (f"--checkpoint {shlex.quote(str(runs.checkpoints[name]))} --temperature {configs[name]['temperature']:g} "
+             f"--chroma-gain {configs[name].get('chroma_gain', 1.0):g}")
+    rule = (f"the lowest seed MSE with a colorfulness gap of at most {max_gap:g}" if vivid else
+            f"no decoding within {max_gap:g} of the truth's colorfulness; the closest")
+    return {"name": name, "flags": flags,
+            "sentence": f"Decoding to colour with ({rule}): {name.split(':')[0]}, `python colorize.py PHOTOS {flags}`."}
+
+
+def noise_of_split(per_image: dict, best: str, files: list[dict], by_person: bool) -> dict:
+    """How much each method's seed MSE, its ratio to the mean-face map's and the best colorizer's lead over it
+    move with the test images drawn: 95% bootstrap intervals. Photos of one person are alike, so where the data
+    was split by person the people are resampled, each with all their photos; otherwise the images (a JPEG
+    comment need not name a person: an encoder writes its own name there)."""
     people = [f.get("person") for f in files]
-    groups = np.unique(people, return_inverse=True)[1] if all(people) else None
-    best_mse = torch.tensor(per_image[best]["mse"], dtype=torch.float64)
+    groups = np.unique(people, return_inverse=True)[1] if by_person else None
+    best_mse, map_mse = (torch.tensor(per_image[name]["mse"], dtype=torch.float64) for name in (best, "mean-face map"))
     methods = {}
     for name, values in per_image.items():
         mse = torch.tensor(values["mse"], dtype=torch.float64)
         methods[name] = {"mse_interval": bootstrap_interval(mse, groups),
+                         "map_ratio_interval": bootstrap_interval(mse, groups, over=map_mse),
                          "best_lead_interval": bootstrap_interval(mse - best_mse, groups)}
     return {"resampled": "people" if groups is not None else "images", "images": len(files),
             "people": len(set(people)) if groups is not None else None, "best": best, "methods": methods}
@@ -263,11 +295,13 @@ def noise_report(noise: dict, split: str) -> list[str]:
     what = f"{noise['images']} images of {noise['people']} people, the people resampled with all their photos" \
         if noise["resampled"] == "people" else f"{noise['images']} images, the images resampled"
     rows = [[name.split(":")[0], f"{m['mse_interval'][0]:.3e} to {m['mse_interval'][1]:.3e}",
+             f"{m['map_ratio_interval'][0]:.3f} to {m['map_ratio_interval'][1]:.3f}",
              "" if name == best else f"{m['best_lead_interval'][0]:.2e} to {m['best_lead_interval'][1]:.2e}"]
             for name, m in noise["methods"].items()]
     return [f"The noise of the {split} split ({what}; 95% bootstrap intervals): a lead whose interval lies above 0 is "
             "beyond it.", "",
-            markdown_table(["method", "seed MSE", f"its MSE minus {best.split(':')[0]}'s"], rows), ""]
+            markdown_table(["method", "seed MSE", "x mean-face map", f"its MSE minus {best.split(':')[0]}'s"], rows),
+            ""]
 
 
 def photos_section(args, photos: Photos, colours, runs: Runs, device, report, results, figures) -> None:
@@ -398,7 +432,6 @@ def psnr_per_image(pred_rgb: torch.Tensor, true_rgb: torch.Tensor) -> torch.Tens
 # SSIM as ignite defines it (its defaults, data range 1): means, variances and covariance over an 11 x 11
 # Gaussian window (sigma 1.5) at every pixel, borders reflected, constants (0.01)^2 and (0.03)^2
 SSIM_RADIUS, SSIM_SIGMA, SSIM_C1, SSIM_C2 = 5, 1.5, 0.01 ** 2, 0.03 ** 2
-SSIM_BLOCK = 64  # rows of the window matrix per product: its band is 2 * SSIM_RADIUS + 1 wide, the rest zeros
 
 
 class SsimTruth(NamedTuple):
@@ -432,37 +465,22 @@ def ssim_per_image(pred_rgb: torch.Tensor, truth: SsimTruth) -> torch.Tensor:
 
 
 def windowed(x: torch.Tensor) -> torch.Tensor:
-    """The Gaussian-window mean of every map of x (N, C, H, W) at every pixel: the window is separable, so a
-    product with a banded matrix down the columns and one along the rows, block by block (the band only)."""
-    rows, cols = (ssim_window_matrix(n, x.device, x.dtype) for n in x.shape[-2:])
-    x = torch.cat([rows[i:i + SSIM_BLOCK, lo:hi] @ x[..., lo:hi, :] for i, lo, hi in _band_blocks(len(rows))], dim=-2)
-    return torch.cat([x[..., lo:hi] @ cols[i:i + SSIM_BLOCK, lo:hi].T for i, lo, hi in _band_blocks(len(cols))],
-                     dim=-1)
+    """The Gaussian-window mean of every map of x (N, C, H, W) at every pixel, borders reflected: the window is
+    separable, so an 11 x 1 and a 1 x 11 convolution of each map (1.8x faster here than products with banded
+    matrices; each image's numbers do not depend on the others in the batch)."""
+    n, c, h, w = x.shape
+    kernel = ssim_window(x.device, x.dtype)
+    maps = F.pad(x.reshape(1, n * c, h, w), (0, 0, SSIM_RADIUS, SSIM_RADIUS), mode="reflect")
+    maps = F.conv2d(maps, kernel.view(1, 1, -1, 1).expand(n * c, 1, -1, 1), groups=n * c)
+    maps = F.pad(maps, (SSIM_RADIUS, SSIM_RADIUS, 0, 0), mode="reflect")
+    return F.conv2d(maps, kernel.view(1, 1, 1, -1).expand(n * c, 1, 1, -1), groups=n * c).reshape(n, c, h, w)
 
 
-def _band_blocks(n: int):
-    """(first row, first and last column + 1 of the band) of each block of SSIM_BLOCK rows."""
-    return [(i, max(0, i - SSIM_RADIUS), min(n, i + SSIM_BLOCK + SSIM_RADIUS)) for i in range(0, n, SSIM_BLOCK)]
-
-
-_SSIM_WINDOWS = {}
-
-
-def ssim_window_matrix(n: int, device, dtype) -> torch.Tensor:
-    """(n, n): its product with a column of n values is that column filtered with SSIM's Gaussian over reflected
-    borders (the mirror image without repeating the edge, as ignite pads; n > SSIM_RADIUS, as prepared sizes are).
-    Weights in float64, stored in dtype."""
-    key = (n, str(device), dtype)
-    if key not in _SSIM_WINDOWS:
-        offsets = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1)
-        weights = torch.exp(-0.5 * (offsets.double() / SSIM_SIGMA) ** 2)
-        source = (torch.arange(n)[:, None] + offsets).abs()
-        source = torch.where(source >= n, 2 * (n - 1) - source, source)
-        matrix = torch.zeros(n, n, dtype=torch.float64)
-        matrix.index_put_((torch.arange(n)[:, None].expand_as(source), source), (weights / weights.sum()).expand_as(
-            source), accumulate=True)
-        _SSIM_WINDOWS[key] = matrix.to(device, dtype)
-    return _SSIM_WINDOWS[key]
+def ssim_window(device, dtype) -> torch.Tensor:
+    """SSIM's Gaussian weights along one axis (2 * SSIM_RADIUS + 1 of them), summing to 1 in float64."""
+    offsets = torch.arange(-SSIM_RADIUS, SSIM_RADIUS + 1, dtype=torch.float64)
+    weights = torch.exp(-0.5 * (offsets / SSIM_SIGMA) ** 2)
+    return (weights / weights.sum()).to(device, dtype)
 
 
 def ciede2000_per_image(true_lab: torch.Tensor, pred_lab: torch.Tensor) -> torch.Tensor:
@@ -520,17 +538,19 @@ def colorfulness(rgb: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(rg_var + yb_var) + 0.3 * torch.sqrt(rg_mean ** 2 + yb_mean ** 2)
 
 
-def bootstrap_interval(per_image: torch.Tensor, groups=None, resamples=10_000) -> tuple[float, float]:
+def bootstrap_interval(per_image: torch.Tensor, groups=None, resamples=10_000, over=None) -> tuple[float, float]:
     """95% interval of the mean of per-image values over resamplings of the test images, or of groups of
     them (groups: a group index per image; a group is drawn with all its images): how much a figure on
-    this many images moves with the images drawn (fixed resampling seed: reproducible)."""
+    this many images moves with the images drawn (fixed resampling seed: reproducible). With over (per-image
+    values of another method), of the ratio of the two means, the same images drawn for both."""
     values = per_image.double().cpu()
     group = torch.arange(len(values)) if groups is None else torch.as_tensor(groups, dtype=torch.long)
     n = int(group.max()) + 1
     sums = torch.zeros(n, dtype=torch.float64).index_add_(0, group, values)
-    counts = torch.bincount(group, minlength=n).double()
+    divisors = torch.bincount(group, minlength=n).double() if over is None else \
+        torch.zeros(n, dtype=torch.float64).index_add_(0, group, over.double().cpu())
     draws = torch.randint(n, (resamples, n), generator=torch.Generator().manual_seed(0))
-    means = sums[draws].sum(dim=1) / counts[draws].sum(dim=1)
+    means = sums[draws].sum(dim=1) / divisors[draws].sum(dim=1)
     low, high = torch.quantile(means, torch.tensor([0.025, 0.975], dtype=torch.float64)).tolist()
     return low, high
 

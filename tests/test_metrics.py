@@ -1,7 +1,7 @@
 """evaluate.py's per-image scores, computed for whole batches, against the references they stand for:
 ignite's PSNR one image at a time, ignite's SSIM computed in float64, scikit-image's CIEDE2000, Hasler and
 Suesstrunk's colorfulness in float64, on real faces (the studio faces when present, scikit-image's sample photos
-otherwise) with real errors."""
+otherwise) with real errors; and the choice among decodings that evaluate.py names."""
 import numpy as np
 import pytest
 import torch
@@ -12,7 +12,8 @@ from skimage.color import deltaE_ciede2000
 
 from common import center_square, images_to_lab01, lab01_to_lab, lab01_to_rgb, prepare_photo
 from conftest import FACES_DIR
-from evaluate import SsimTruth, ciede2000_per_image, colorfulness, psnr_per_image, ssim_per_image
+from evaluate import (Runs, SsimTruth, choose_decoding, ciede2000_per_image, colorfulness, psnr_per_image,
+                      ssim_per_image)
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +90,17 @@ def test_ciede2000_is_scikit_images(truth_and_guesses):
         np.testing.assert_allclose(ciede2000_per_image(true_lab, pred_lab).numpy(), expected, rtol=1e-6)
 
 
-def test_ssim_across_window_blocks_and_unequal_sides():
-    """Sides that are not a multiple of the band's blocks, and not equal: the blocks must join seamlessly."""
+def test_ssim_on_unequal_sides_alone_or_in_a_batch():
+    """Sides that are not equal (the two passes of the window must not swap them), and an image's SSIM the same,
+    to float32's rounding, whether it is scored alone or beside others."""
     photo = torch.from_numpy(data.astronaut()[:150, :200].copy()).permute(2, 0, 1)[None].double() / 255
     blurred = F.avg_pool2d(photo, 5, stride=1, padding=2, count_include_pad=False)
     true_rgb, pred_rgb = photo.float(), (0.8 * blurred + 0.1).float()
-    np.testing.assert_allclose(ssim_per_image(pred_rgb, SsimTruth.of(true_rgb)).numpy(),
-                               ssim_in_float64(pred_rgb, true_rgb), rtol=3e-6)
+    alone = ssim_per_image(pred_rgb, SsimTruth.of(true_rgb)).numpy()
+    np.testing.assert_allclose(alone, ssim_in_float64(pred_rgb, true_rgb), rtol=3e-6)
+    others = torch.rand(3, 3, 150, 200, generator=torch.Generator().manual_seed(0))
+    in_batch = ssim_per_image(torch.cat([pred_rgb, others]), SsimTruth.of(torch.cat([true_rgb, others.flip(0)])))
+    np.testing.assert_allclose(in_batch[0].item(), alone[0], rtol=1e-6)
 
 
 def test_colorfulness_is_hasler_and_suesstrunks(truth_and_guesses):
@@ -107,3 +112,20 @@ def test_colorfulness_is_hasler_and_suesstrunks(truth_and_guesses):
         rg, yb = r - g, 0.5 * (r + g) - b
         expected = np.hypot(rg.std(axis=1), yb.std(axis=1)) + 0.3 * np.hypot(rg.mean(axis=1), yb.mean(axis=1))
         np.testing.assert_allclose(colorfulness(rgb).numpy(), expected, rtol=1e-5, atol=1e-3)
+
+
+def test_the_decoding_to_colour_with_is_the_most_accurate_of_the_vivid_ones():
+    classify = {"head": "classify", "temperature": 0.38}
+    configs = {"a": classify, "a@chroma=1.3": {**classify, "chroma_gain": 1.3},
+               "a@T=1,chroma=1.3": {**classify, "temperature": 1.0, "chroma_gain": 1.3},
+               "regressing": {"head": "regress"}}
+    runs = Runs({}, {}, {}, configs, dict.fromkeys(configs, "runs/my run/best.pt"))
+    summary = {"a": (1.0, 9.0), "a@chroma=1.3": (1.2, 2.0), "a@T=1,chroma=1.3": (1.1, 2.9), "regressing": (0.5, 0.0)}
+    summary = {name: {"mse": mse, "colorfulness_gap": gap} for name, (mse, gap) in summary.items()}
+    chosen = choose_decoding(summary, runs, max_gap=3)
+    assert chosen["name"] == "a@T=1,chroma=1.3"
+    assert chosen["flags"] == "--checkpoint 'runs/my run/best.pt' --temperature 1 --chroma-gain 1.3"
+    assert choose_decoding(summary, runs, max_gap=2.5)["name"] == "a@chroma=1.3"
+    closest = choose_decoding(summary, runs, max_gap=1)  # none vivid enough: the closest colour
+    assert closest["name"] == "a@chroma=1.3" and "no decoding within 1" in closest["sentence"]
+    assert choose_decoding(summary, runs, max_gap=10)["flags"].endswith("--temperature 0.38 --chroma-gain 1")

@@ -166,16 +166,23 @@ def test_noise_of_a_split_by_person_resamples_people_with_all_their_photos():
     person_mse = np.random.default_rng(0).uniform(1e-4, 3e-4, 10)
     files = [{"file": f"{p}_{k}.jpg", "person": f"s{p}"} for p in range(10) for k in range(15)]
     per_image = {"a": {"mse": np.repeat(person_mse, 15).tolist()},
-                 "b": {"mse": np.repeat(person_mse + 1e-5, 15).tolist()}}
-    noise = noise_of_split(per_image, "a", files)
+                 "b": {"mse": np.repeat(person_mse + 1e-5, 15).tolist()},
+                 "mean-face map": {"mse": np.repeat(2 * person_mse, 15).tolist()}}
+    noise = noise_of_split(per_image, "a", files, by_person=True)
     assert noise["resampled"] == "people" and noise["people"] == 10 and noise["images"] == 150
     by_person = bootstrap_interval(torch.tensor(person_mse))
     assert noise["methods"]["a"]["mse_interval"] == pytest.approx(by_person, rel=1e-12)
     by_image = bootstrap_interval(torch.tensor(per_image["a"]["mse"]))
     assert by_image[1] - by_image[0] < 0.7 * (by_person[1] - by_person[0])
     assert noise["methods"]["b"]["best_lead_interval"] == pytest.approx([1e-5, 1e-5])  # same lead in every draw
-    # images without a person id (the demo set, a folder of photos): the images are resampled
-    assert noise_of_split(per_image, "a", [{"file": f["file"], "person": None} for f in files])["resampled"] == "images"
+    assert noise["methods"]["a"]["map_ratio_interval"] == pytest.approx([0.5, 0.5])  # the same people for both
+    low, high = noise["methods"]["b"]["map_ratio_interval"]
+    assert 0.5 < low < high < 0.5 + 1e-5 / person_mse.min()
+    # split by image (the demo set, a folder of photos whose JPEG comments name an encoder): the images are resampled
+    by_image = noise_of_split(per_image, "a", [{**f, "person": "Lavc60.3.100"} for f in files], by_person=False)
+    assert by_image["resampled"] == "images" and by_image["people"] is None
+    low, high = by_image["methods"]["a"]["mse_interval"]
+    assert low < np.mean(per_image["a"]["mse"]) < high
 
 
 def test_evaluate_scores_batch_by_batch_alike(prepared, trained, tmp_path):
@@ -269,6 +276,12 @@ def test_classification_head_trains_evaluates_and_colorizes(prepared, trained, t
                                  for label in ("classify:", "classify@T=2:", "classify@chroma=2:"))
     assert trained_t["mse"] != other_t["mse"]
     assert np.mean(vivid["colorfulness"]) > 1.5 * np.mean(trained_t["colorfulness"])  # spread from the mean
+    chosen = metrics["decoding"]  # one of the rows, named with the flags that colour with it
+    assert chosen["name"] in metrics["per_image"] and chosen["sentence"] in report
+    decoded = metrics["configs"][chosen["name"]]
+    gain = decoded.get("chroma_gain", 1)
+    assert chosen["flags"] == f"--checkpoint {run / 'best.pt'} --temperature {decoded['temperature']:g} " \
+                              f"--chroma-gain {gain:g}"
     training_table = report.split("How each colorizer was trained")[1].split("\n\n")[1]
     assert training_table.count("| classify") == 1  # trained once: one row
     for flag in ("--temperatures", "--chroma-gains"):
