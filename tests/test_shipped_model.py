@@ -52,8 +52,11 @@ def test_amp_colorizes_and_evaluates_in_bfloat16_close_to_float32(prepared, tmp_
     if amp_supported("cpu"):
         assert not (rgb[True] == rgb[False]).all() and np.abs(rgb[True] - rgb[False]).mean() < 1
         assert scores[True] != scores[False]
-        for metric in ("mse", "psnr", "ssim", "ciede2000", "colorfulness"):
+        for metric in ("mse", "psnr", "ssim", "ciede2000"):
             assert abs(scores[True][metric] / scores[False][metric] - 1) < 0.03, metric
+        # in the units of the colour goal (a gap of at most 3), not as a ratio: on dull test photos a shift of
+        # half a unit is several percent (here, the chroma gain spreads bfloat16's rounding with the colours)
+        assert abs(scores[True]["colorfulness"] - scores[False]["colorfulness"]) < 1
     else:
         assert "note: --amp: this CPU has no bfloat16 instructions" in stderr[True]
         assert (rgb[True] == rgb[False]).all() and scores[True] == scores[False]
