@@ -184,6 +184,7 @@ shipped-model: venv
 	  --chroma-gain $(SHIPPED_CHROMA_GAIN)
 	$(PY) evaluate.py --data $(LFW_RUNS)/data --colorizer models/face_colorizer.pt --runs $(LFW_RUNS)/colorizers \
 	  --photos $(UNSEEN_FACES) --out docs/results/lfw --show 4
+	rm -f docs/shipped_model/grace_hopper.jpg docs/shipped_model/grace_hopper_compare.jpg  # the README's figure, redrawn
 	$(PY) colorize.py $(word 2,$(UNSEEN_FACES)) --side-by-side --out docs/shipped_model
 
 # fine-tuning against training from scratch, the same budget (FINETUNE_EPOCHS epochs of the same U-Net on the
