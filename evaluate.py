@@ -34,7 +34,8 @@ from common import (ARCHITECTURES, ArgumentParser, BadImage, ClassifyingColorize
                     open_rgb_split, plot_loss_curves, positive_float, positive_int, prepare_photo, printable,
                     resolve_device, save_figure, take_output_folder, training_statistic, write_json)
 
-BASELINES = ("gray", "mean colour", "mean-face map")
+MEAN_FACE_MAP = "mean-face map"  # the baseline that the ratios "x mean-face map" divide by
+BASELINES = ("gray", "mean colour", MEAN_FACE_MAP)
 # what evaluate writes into --out: a folder holding just these (from before .written-by.json) is its own
 EVALUATE_FILES = {".lock", "report.md", "metrics.json", "loss_curves.png", "grid.png", "lab_channels.png",
                   "best_worst.png", "photos.png"}
@@ -221,7 +222,7 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
               f"the truth's is {scores.truth_colorfulness:.1f}." + (" The colorizers ran in bfloat16 (--amp): compare "
                                                                    "only with tables made so." if args.amp else ""),
               "", results_table(scores.summary, runs.kinds), ""]
-    decoding = (args.temperatures or args.chroma_gains) and choose_decoding(scores.summary, runs, args.max_gap)
+    decoding = choose_decoding(scores.summary, runs, args.max_gap) if args.temperatures or args.chroma_gains else None
     if decoding:
         report += [decoding["sentence"], ""]
     if models:
@@ -279,7 +280,7 @@ def noise_of_split(per_image: dict, best: str, files: list[dict], by_person: boo
     comment need not name a person: an encoder writes its own name there)."""
     people = [f.get("person") for f in files]
     groups = np.unique(people, return_inverse=True)[1] if by_person else None
-    best_mse, map_mse = (torch.tensor(per_image[name]["mse"], dtype=torch.float64) for name in (best, "mean-face map"))
+    best_mse, map_mse = (torch.tensor(per_image[name]["mse"], dtype=torch.float64) for name in (best, MEAN_FACE_MAP))
     methods = {}
     for name, values in per_image.items():
         mse = torch.tensor(values["mse"], dtype=torch.float64)

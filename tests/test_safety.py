@@ -204,6 +204,7 @@ def test_colorize_gives_every_input_its_own_output_and_keeps_other_files(trained
     ("prepare_data.py", ["--workers", "-2"], "--workers"),
     ("evaluate.py", ["--batch-size", "x"], "--batch-size"),
     ("evaluate.py", ["--temperatures", "0.38", "0"], "--temperatures"),
+    ("evaluate.py", ["--max-gap", "-1"], "--max-gap"),
     ("colorize.py", ["in.png", "--checkpoint", "c.pt", "--size", "-4"], "--size"),
 ])
 def test_bad_flag_values_are_one_line(tmp_path, script, flags, named):
