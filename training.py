@@ -454,6 +454,10 @@ class RunSaver(DiskSaver):
     def _save_func(self, checkpoint, path: Path, func: Callable) -> None:
         atomic_write(path, lambda tmp: func(checkpoint, tmp, **self.kwargs))
 
+    def remove(self, filename: str) -> None:
+        """Keep the file: ignite removes the old checkpoint before writing the new one, and a run killed in between
+        would lose last.pt; every name here is fixed, so the rename replaces it."""
+
 
 def report_epoch(engine, config: dict, record: RunRecord, loss_name: str) -> None:
     """After every epoch, on rank 0: history.json, loss.png and one line."""

@@ -14,8 +14,11 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from ignite.engine import Engine, Events
+from ignite.handlers import Checkpoint
 
 from common import amp_supported, torch_load
+from training import RunSaver
 from conftest import ROOT, broken_files_folder, interrupt_and_resume, run_script, synthetic_photo
 
 
@@ -326,3 +329,24 @@ def test_a_second_run_on_a_live_run_folder_is_refused_and_a_dead_one_frees_it(pr
     live.wait()
     resumed = subprocess.run(args + ["--epochs", "2"], capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0 and "resuming" in resumed.stdout, resumed.stderr
+
+
+def test_a_checkpoint_write_that_dies_keeps_the_last_good_file(tmp_path, monkeypatch):
+    """ignite's Checkpoint removes the old file before writing the new one: a run killed in between lost last.pt."""
+    weights = torch.nn.Linear(1, 1)
+    trainer = Engine(lambda engine, batch: None)
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, Checkpoint({"model": weights}, RunSaver(tmp_path),
+                                                                 filename_pattern="last.pt", n_saved=1))
+    real_save, saves = torch.save, []
+
+    def save_then_die_on_the_second(obj, f, **kwargs):
+        saves.append(f)
+        if len(saves) == 2:
+            raise KeyboardInterrupt  # stands for the kill: the write never finishes
+        real_save(obj, f, **kwargs)
+
+    monkeypatch.setattr(torch, "save", save_then_die_on_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.run([0], max_epochs=2)
+    assert torch_load(tmp_path / "last.pt").keys() == weights.state_dict().keys()  # one object: saved bare
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # and no temporary file left
