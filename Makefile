@@ -6,7 +6,8 @@ PY     := $(VENV)/bin/python
 FACES  ?= ../shared/data/face_images
 RUNS   ?= runs
 
-.PHONY: venv conda-env demo test results results-regressor-study bench bench-pipeline bench-scale slurm-start clean
+.PHONY: venv conda-env demo test results results-regressor-study bench bench-pipeline bench-scale bench-metrics \
+  slurm-start clean
 
 # TORCH_CUDA=cu126 (or cu128, ...): torch and torchvision built for that CUDA, from PyTorch's own
 # wheel index, for drivers older than PyPI's CUDA 13.0 build needs (R580); empty: PyPI's build
@@ -245,6 +246,10 @@ bench-pipeline: venv
 # memory with 100,000 photos against 10,000: prepare_data.py and training (about 15 minutes on 2 cores)
 bench-scale: venv
 	$(PY) benchmarks/scale.py
+
+# evaluate's metrics eager against torch.compile, with a fresh compile cache (about a minute; needs make lfw-data)
+bench-metrics: venv
+	$(PY) benchmarks/metrics.py --cold-cache
 
 slurm-start:
 	sudo bash slurm/local_cluster.sh start

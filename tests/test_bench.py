@@ -2,6 +2,7 @@
 times every step of the seed pipeline."""
 import json
 import math
+import shutil
 import subprocess
 import sys
 
@@ -116,11 +117,12 @@ def test_quick_scale_benchmark_writes_every_ratio(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ["scale.json", "scale.md"]
 
 
-@pytest.mark.parametrize("script", ["bench.py", "scale.py", "pipeline.py"])
-def test_a_benchmark_refuses_an_unwritable_out_before_any_work(tmp_path, script):
+@pytest.mark.parametrize("script, data_flag", [("bench.py", "--faces"), ("scale.py", "--faces"),
+                                               ("pipeline.py", "--faces"), ("metrics.py", "--data")])
+def test_a_benchmark_refuses_an_unwritable_out_before_any_work(tmp_path, script, data_flag):
     taken = tmp_path / "results"
     taken.write_text("a file, not a folder")
-    result = run_script(f"benchmarks/{script}", "--out", taken, "--faces", tmp_path, check=False)
+    result = run_script(f"benchmarks/{script}", "--out", taken, data_flag, tmp_path, check=False)
     assert result.returncode == 2
     assert result.stderr == f"error: {taken}: cannot write there (File exists); pass another --out\n"
     assert result.stdout == "" and taken.read_text() == "a file, not a folder"
@@ -129,3 +131,27 @@ def test_a_benchmark_refuses_an_unwritable_out_before_any_work(tmp_path, script)
 def test_the_scale_benchmark_refuses_too_few_photos(tmp_path):
     result = run_script("benchmarks/scale.py", "--images", 999, "--out", tmp_path, check=False)
     assert result.returncode == 2 and "argument --images: at least 1000, not 999" in result.stderr
+
+
+@pytest.mark.skipif(shutil.which("g++") is None, reason="torch.compile on CPU needs a C++ compiler (g++)")
+def test_metrics_benchmark_writes_every_ratio(prepared, tmp_path):
+    """benchmarks/metrics.py: evaluate's metric functions eager and compiled, each with its ratio and how far the
+    compiled numbers are from evaluate's."""
+    out = tmp_path / "results"
+    run_script("benchmarks/metrics.py", "--data", prepared, "--images", 8, "--out", out, timeout=900)
+    results = json.loads((out / "metrics.json").read_text())
+    assert set(results["metrics"]) == {"Lab01 to RGB", "seed MSE", "PSNR", "SSIM", "CIEDE2000", "colorfulness",
+                                       "the chain: truth and 4 guesses"}
+    for name, r in results["metrics"].items():
+        assert r["eager_ms"] > 0 and r["compiled_ms"] > 0 and r["first_call_s"] > 0, name
+        assert math.isclose(r["ratio"], r["eager_ms"] / r["compiled_ms"]), name
+        assert r["max_relative_difference"] < 1e-4, name  # the same numbers, to float32's reordered sums
+    assert (out / "metrics.md").read_text().startswith("Command: `python benchmarks/metrics.py --data")
+    assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
+
+
+def test_metrics_benchmark_names_a_folder_that_is_not_prepared(tmp_path):
+    result = run_script("benchmarks/metrics.py", "--data", tmp_path, "--out", tmp_path / "results", check=False)
+    assert result.returncode == 2 and result.stdout == ""
+    assert result.stderr == (f"error: {tmp_path}: not a prepared folder; run `make lfw-data`, or pass --data a "
+                             "folder that prepare_data.py wrote\n")
