@@ -22,7 +22,6 @@ Writes bench.json and bench.md into --out. Uses the faces from --faces / $FACES_
 On a GPU the training scripts run with --data-on-device --amp --channels-last, and the ceiling
 steps with the same bfloat16 autocast and memory format.
 """
-import argparse
 import json
 import os
 import platform
@@ -41,8 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (LabSplit, amp_supported, atomic_write, exit_on_user_error, load_colorizer,  # noqa: E402
-                    open_rgb_split, read_image, resolve_device, writable_folder, write_json)
+from common import (ArgumentParser, LabSplit, amp_supported, atomic_write, exit_on_user_error,  # noqa: E402
+                    load_colorizer, open_rgb_split, read_image, resolve_device, writable_folder, write_json)
 from training import training_step  # noqa: E402
 
 # the training scripts' speed flags on a GPU (the ceiling steps with the same autocast and memory format)
@@ -386,7 +385,7 @@ def roof_table(r):
 
 def benchmark_parser(doc):
     """The flags every benchmark takes: where the faces are, where results go, which device."""
-    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p = ArgumentParser(doc)  # a bad flag: one line, exit status 2
     p.add_argument("--faces", type=Path,
                    default=Path(os.environ.get("FACES_DIR", ROOT.parent / "shared" / "data" / "face_images")))
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")

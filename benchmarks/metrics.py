@@ -11,7 +11,6 @@ of the first compiled call (the compile, paid by every run whose cache is cold) 
 difference of the compiled results, relative to the largest value of each. Writes metrics.json and
 metrics.md into --out.
 """
-import argparse
 import os
 import sys
 import tempfile
@@ -26,9 +25,8 @@ sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
 from bench import describe_machine, machine, parse_benchmark_args, write_results  # noqa: E402
-from common import (UserError, exit_on_user_error, images_to_lab01, lab01_to_lab, lab01_to_rgb,  # noqa: E402
-                    open_rgb_split, positive_int)
-from evaluate import GRAY_AB01  # noqa: E402
+from common import (ArgumentParser, UserError, exit_on_user_error, images_to_lab01, lab01_to_lab,  # noqa: E402
+                    lab01_to_rgb, open_rgb_split, positive_int)
 
 FADES = (0.2, 0.4, 0.6, 0.8)  # the guesses: the truth's colours faded this much towards gray
 
@@ -50,7 +48,7 @@ def scores(pred_lab01: torch.Tensor, truth) -> list:
 def workloads(true_lab01: torch.Tensor, per_call: int) -> dict:
     """name -> (function, the argument tuple of each call)."""
     batches = list(true_lab01.split(per_call))
-    guesses = [[torch.cat([t[:, :1], GRAY_AB01 + (1 - fade) * (t[:, 1:] - GRAY_AB01)], dim=1)
+    guesses = [[torch.cat([t[:, :1], evaluate.GRAY_AB01 + (1 - fade) * (t[:, 1:] - evaluate.GRAY_AB01)], dim=1)
                 for fade in FADES] for t in batches]
     truths = [evaluate.Truth.of(t) for t in batches]
     first = [g[0] for g in guesses]  # one guess stands for all in the single metrics
@@ -112,7 +110,7 @@ def markdown(results: dict) -> str:
 
 
 def main():
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = ArgumentParser(__doc__)
     p.add_argument("--data", type=Path, default=ROOT / "runs" / "lfw" / "data",
                    help="a prepared folder (make lfw-data); its test split is scored")
     p.add_argument("--images", type=positive_int, default=512, help="test images scored (at most the split's)")

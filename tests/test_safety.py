@@ -209,6 +209,9 @@ def test_colorize_gives_every_input_its_own_output_and_keeps_other_files(trained
     ("evaluate.py", ["--temperatures", "0.38", "0"], "--temperatures"),
     ("evaluate.py", ["--max-gap", "-1"], "--max-gap"),
     ("colorize.py", ["in.png", "--checkpoint", "c.pt", "--size", "-4"], "--size"),
+    ("benchmarks/bench.py", ["--repeats", "x"], "--repeats"),
+    ("benchmarks/scale.py", ["--images", "ten"], "--images"),
+    ("benchmarks/metrics.py", ["--per-call", "0"], "--per-call"),
 ])
 def test_bad_flag_values_are_one_line(tmp_path, script, flags, named):
     result = run_script(script, *flags, "--out", tmp_path / "out", check=False)
