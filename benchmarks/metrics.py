@@ -8,8 +8,9 @@ On --images test images of a prepared set and four guesses of their colour (the 
 metric function of evaluate.py, and the whole chain (the truth's side once, then every score of the four
 guesses), is timed eager and compiled, --per-call images a call: CPU ms an image, the ratio, the seconds
 of the first compiled call (the compile, paid by every run whose cache is cold) and the largest
-difference of the compiled results, relative to the largest value of each. Writes metrics.json and
-metrics.md into --out.
+difference of the compiled results, relative to the largest value of each. Beside them, what the eager
+chain is made of: the CPU ns an element of each kind of operation in it (evaluate's chunk of images, one
+thread), against an addition. Writes metrics.json and metrics.md into --out.
 """
 import os
 import sys
@@ -92,6 +93,30 @@ def measure(name: str, function, calls: list, n_images: int) -> dict:
             "first_call_s": compile_s, "max_relative_difference": difference}
 
 
+def operation_costs() -> dict:
+    """CPU ns an element of the kinds of operation evaluate's metrics are made of, eager, on tensors the size of
+    what evaluate scores at a time (SCORE_CHUNK images of 128 x 128) holding colour-like values."""
+    generator = torch.Generator().manual_seed(0)
+    x, y = (torch.rand(evaluate.SCORE_CHUNK, 128, 128, generator=generator) + 0.1 for _ in range(2))
+    mask = x > y
+    operations = {"addition": lambda: x + y, "multiplication": lambda: x * y, "square root": lambda: x.sqrt(),
+                  "exp": lambda: x.exp(), "exp below -87 (float32 underflow)": lambda: (-100 * x).exp(),
+                  "cos": lambda: x.cos(), "atan2": lambda: torch.atan2(x, y), "comparison (x > y)": lambda: x > y,
+                  "torch.where": lambda: torch.where(mask, x, y), "pow (exponent 1/2.4)": lambda: x ** (1 / 2.4),
+                  "var_mean of each image": lambda: torch.var_mean(x.flatten(1), dim=1, correction=0),
+                  "SSIM's window, one 11-tap pass": lambda: evaluate.windowed(x[:, None])}
+    costs = {}
+    for name, operation in operations.items():
+        operation()
+        repeats = 50
+        start = time.process_time()
+        for _ in range(repeats):
+            operation()
+        costs[name] = 1e9 * (time.process_time() - start) / repeats / x.numel()
+    costs["SSIM's window, one 11-tap pass"] /= 2  # windowed() makes two passes
+    return costs
+
+
 def test_images(data: Path) -> np.ndarray:
     if not (data / "manifest.json").is_file():
         raise UserError(f"{data}: not a prepared folder; run `make lfw-data`, or pass --data a folder that "
@@ -105,6 +130,11 @@ def markdown(results: dict) -> str:
     rows += [f"| {name} | {r['eager_ms']:.3f} | {r['compiled_ms']:.3f} | **{r['ratio']:.2f}** | "
              f"{r['first_call_s']:.1f} | {r['max_relative_difference']:.1e} |"
              for name, r in results["metrics"].items()]
+    costs = results["operations"]
+    rows += ["", "What the eager chain is made of: CPU ns an element of each kind of operation, eager, on as many "
+             f"values as evaluate scores at a time ({evaluate.SCORE_CHUNK} images), and that cost in additions:", "",
+             "| operation | ns an element | additions |", "|---|---|---|"]
+    rows += [f"| {name} | {ns:.2f} | {ns / costs['addition']:.1f} |" for name, ns in costs.items()]
     return "\n".join(rows + ["", f"{results['images']} test images, {results['per_call']} a call, "
                                  f"{results['threads']} thread(s). {describe_machine(results['machine'])}"])
 
@@ -129,7 +159,8 @@ def main():
     calls = workloads(true_lab01, args.per_call)
     results = {"images": len(images), "per_call": args.per_call, "threads": args.threads, "machine": machine(),
                "metrics": exit_on_user_error(lambda: {name: measure(name, function, each, len(images))
-                                                      for name, (function, each) in calls.items()})}
+                                                      for name, (function, each) in calls.items()}),
+               "operations": operation_costs()}
     write_results(args.out, "metrics", results, markdown(results))
 
 

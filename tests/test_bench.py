@@ -146,7 +146,12 @@ def test_metrics_benchmark_writes_every_ratio(prepared, tmp_path):
         assert r["eager_ms"] > 0 and r["compiled_ms"] > 0 and r["first_call_s"] > 0, name
         assert math.isclose(r["ratio"], r["eager_ms"] / r["compiled_ms"]), name
         assert r["max_relative_difference"] < 1e-4, name  # the same numbers, to float32's reordered sums
-    assert (out / "metrics.md").read_text().startswith("Command: `python benchmarks/metrics.py --data")
+    costs = results["operations"]
+    assert {"addition", "comparison (x > y)", "torch.where", "pow (exponent 1/2.4)", "SSIM's window, one 11-tap pass"} \
+        <= set(costs) and all(ns > 0 for ns in costs.values())
+    table = (out / "metrics.md").read_text()
+    assert table.startswith("Command: `python benchmarks/metrics.py --data")
+    assert f"| torch.where | {costs['torch.where']:.2f} | {costs['torch.where'] / costs['addition']:.1f} |" in table
     assert sorted(p.name for p in out.iterdir()) == ["metrics.json", "metrics.md"]
 
 
