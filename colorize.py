@@ -237,7 +237,7 @@ def encode(image: np.ndarray, suffix: str, depth16: bool, exif: bytes | None = N
         if dpi and suffix in {".tif", ".tiff"} else []
     ok, buf = cv2.imencode(suffix, data, params)
     if not ok:
-        raise BadImage(f"OpenCV cannot write {suffix} files")
+        raise BadImage(f"OpenCV cannot write {suffix} files", "convert it to PNG or JPEG first")
     return with_png_metadata(buf.tobytes(), srgb, exif, dpi) if suffix == ".png" else buf.tobytes()
 
 
@@ -258,7 +258,8 @@ def with_png_metadata(png: bytes, icc: bytes, exif: bytes | None, dpi) -> bytes:
 def finish(item: dict, ab_small: np.ndarray, target: Path, side_by_side: bool) -> None:
     """Merge the predicted colour with the photo's own lightness and write target (its suffix says the format)."""
     if not np.isfinite(ab_small).all():  # never an image computed from NaN
-        raise BadImage("the network's colour for it is not a finite number (NaN or inf): nothing written")
+        raise BadImage("the network's colour for it is not a finite number (NaN or inf): nothing written",
+                       "the checkpoint may be damaged; try another")
     h, w = item["L"].shape
     ab = cv2.resize(ab_small, (w, h), interpolation=cv2.INTER_CUBIC)
     rgb = np.clip(cv2.cvtColor(np.dstack([item["L"], ab]).astype(np.float32), cv2.COLOR_Lab2RGB), 0, 1)

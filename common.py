@@ -371,7 +371,14 @@ MAX_PIXELS = 2 ** 28  # 268 megapixels (16384 x 16384): decoding more would take
 
 
 class BadImage(Exception):
-    """An unreadable or unusable image file; str() is the reason, for a line that names the file."""
+    """An unreadable or unusable image file; str() is the reason and what to do about it, for a line that names
+    the file."""
+
+    def __init__(self, reason: str, remedy: str):
+        super().__init__(f"{reason}; {remedy}")
+
+
+COPY_AGAIN = "copy it again from where it came from, or remove it"
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -410,32 +417,36 @@ def read_image(path: str | Path, bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) 
     try:
         mode = path.stat().st_mode  # follows links; opens nothing
     except OSError as exc:
-        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})",
+                       "check that it exists and that you may read it") from None
     if stat.S_ISDIR(mode):
-        raise BadImage("a folder, not an image file")
+        raise BadImage("a folder, not an image file", "rename it, or move it out of the inputs")
     if not stat.S_ISREG(mode):
         kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
-        raise BadImage(f"{kind}, not an image file: not opened")
+        raise BadImage(f"{kind}, not an image file: not opened", "move it out of the inputs")
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})") from None
+        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})",
+                       "check that it exists and that you may read it") from None
     if not data:
-        raise BadImage("empty file")
+        raise BadImage("empty file", COPY_AGAIN)
     header = _read_header(data)
     width, height = header["size"]
     if width * height > MAX_PIXELS:
-        raise BadImage(f"too large to decode ({width}x{height}, over {MAX_PIXELS / 1e6:.0f} megapixels)")
+        raise BadImage(f"too large to decode ({width}x{height}, over {MAX_PIXELS / 1e6:.0f} megapixels)",
+                       "scale it down first")
     needed, free = width * height * bytes_per_pixel, memory_available()
     if needed > free:
         raise BadImage(f"too large for the memory left ({width}x{height} needs about {needed / 2 ** 30:.1f} GiB, "
-                       f"{free / 2 ** 30:.1f} GiB are free to this process): use it where more memory is free")
+                       f"{free / 2 ** 30:.1f} GiB are free to this process)", "use it where more memory is free")
     try:
         return _decode(data, header)
     except BadImage:
         raise
     except Exception as exc:  # OpenCV, numpy or memory errors on a hostile file
-        raise BadImage(f"cannot be decoded ({type(exc).__name__}: {printable(exc).splitlines()[0][:200]})") from None
+        raise BadImage(f"cannot be decoded ({type(exc).__name__}: {printable(exc).splitlines()[0][:200]})",
+                       "save it again as PNG or JPEG, or remove it") from None
 
 
 # TIFF tags that describe how the pixels are stored (size, samples, strips, tiles, compression, resolution, the
@@ -498,17 +509,17 @@ def _decode(data: bytes, header: dict) -> Photo:
 
     jpeg = data[:2] == b"\xff\xd8"
     if jpeg and b"\xff\xd9" not in data[-1024:]:
-        raise BadImage("truncated JPEG (no end-of-image marker)")
+        raise BadImage("truncated JPEG (no end-of-image marker)", COPY_AGAIN)
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # alpha kept, EXIF not applied
     if img is None:
-        raise BadImage("not an image, or corrupt")
+        raise BadImage("not an image, or corrupt", COPY_AGAIN)
     if img.shape[0] < 2 or img.shape[1] < 2:
-        raise BadImage(f"too small ({img.shape[1]}x{img.shape[0]})")
+        raise BadImage(f"too small ({img.shape[1]}x{img.shape[0]})", "use a larger copy, or remove it")
     if header["format"] != "TIFF":  # libtiff turns TIFFs itself
         img = _UPRIGHT.get(header["orientation"], lambda a: a)(img)
     scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype)
     if scale is None:
-        raise BadImage(f"unsupported sample type {img.dtype}")
+        raise BadImage(f"unsupported sample type {img.dtype}", "save it again with 8 or 16 bits a sample")
     img = img.astype(np.float32)
     img *= 1 / scale  # in place: a 12-megapixel photo makes big temporaries
     channels = 1 if img.ndim == 2 else img.shape[2]
@@ -652,9 +663,10 @@ def prepare_photo(path: Path, size: int) -> np.ndarray:
     for a photo smaller than that (it would be blown up) or without colour (nothing to learn or score)."""
     rgb = read_image(path).rgb
     if min(rgb.shape[:2]) < size:
-        raise BadImage(f"smaller than the {size}x{size} images prepared ({rgb.shape[1]}x{rgb.shape[0]})")
+        raise BadImage(f"smaller than the {size}x{size} images prepared ({rgb.shape[1]}x{rgb.shape[0]})",
+                       "use a larger copy, or remove it")
     if np.ptp(rgb - rgb.mean(axis=2, keepdims=True)) < 1e-3:
-        raise BadImage("grayscale: it holds no colour to learn from or to score against")
+        raise BadImage("grayscale: it holds no colour to learn from or to score against", "colorize.py colours it")
     return to_uint8(center_square(rgb, size))
 
 

@@ -144,6 +144,7 @@ def test_every_broken_file_named_once_and_every_good_one_used(tmp_path):
     for name in bad + gray:
         shown = name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
         assert result.stderr.count(f"{tmp_path / 'mixed' / shown}:") == 1, name
+        assert_reason_and_remedy(result.stderr, f"skipped {tmp_path / 'mixed' / shown}: ")
 
     # colorize: the same folder, and the files prepare skipped for want of colour are coloured
     run_script("train_colorizer.py", "--data", out, "--out", tmp_path / "run", "--dry-run", "--batch-size", 16,
@@ -153,9 +154,17 @@ def test_every_broken_file_named_once_and_every_good_one_used(tmp_path):
     assert result.returncode == 1
     for name in bad:
         assert result.stderr.count(f"failed {tmp_path / 'mixed' / name}:") == 1, name
+        assert_reason_and_remedy(result.stderr, f"failed {tmp_path / 'mixed' / name}: ")
     assert f"{len(good) + len(gray)} colorized" in result.stdout
     written = {p.name for p in (tmp_path / "colour").iterdir()} - {".colorized.json"}
     assert written == {n if n.split(".")[-1] != "gif" else n[:-3] + "png" for n in good + gray}
+
+
+def assert_reason_and_remedy(stderr: str, start: str) -> None:
+    """The line that starts so says what is wrong with the file, then what to do about it."""
+    line = next(line for line in stderr.splitlines() if line.startswith(start))
+    reason, _, remedy = line[len(start):].rpartition("; ")
+    assert reason and len(remedy.split()) >= 2, line
 
 
 # ---------------------------------------------------------------------------------------------
