@@ -259,7 +259,7 @@ def finish(item: dict, ab_small: np.ndarray, target: Path, side_by_side: bool) -
     """Merge the predicted colour with the photo's own lightness and write target (its suffix says the format)."""
     if not np.isfinite(ab_small).all():  # never an image computed from NaN
         raise BadImage("the network's colour for it is not a finite number (NaN or inf): nothing written",
-                       "the checkpoint may be damaged; try another")
+                       "the checkpoint may be damaged: try another")
     h, w = item["L"].shape
     ab = cv2.resize(ab_small, (w, h), interpolation=cv2.INTER_CUBIC)
     rgb = np.clip(cv2.cvtColor(np.dstack([item["L"], ab]).astype(np.float32), cv2.COLOR_Lab2RGB), 0, 1)

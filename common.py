@@ -379,6 +379,7 @@ class BadImage(Exception):
 
 
 COPY_AGAIN = "copy it again from where it came from, or remove it"
+CHECK_PATH = "check that it exists and that you may read it"
 
 
 def find_images(root: str | Path) -> list[Path]:
@@ -417,8 +418,7 @@ def read_image(path: str | Path, bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) 
     try:
         mode = path.stat().st_mode  # follows links; opens nothing
     except OSError as exc:
-        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})",
-                       "check that it exists and that you may read it") from None
+        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})", CHECK_PATH) from None
     if stat.S_ISDIR(mode):
         raise BadImage("a folder, not an image file", "rename it, or move it out of the inputs")
     if not stat.S_ISREG(mode):
@@ -427,8 +427,7 @@ def read_image(path: str | Path, bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) 
     try:
         data = path.read_bytes()
     except OSError as exc:
-        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})",
-                       "check that it exists and that you may read it") from None
+        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})", CHECK_PATH) from None
     if not data:
         raise BadImage("empty file", COPY_AGAIN)
     header = _read_header(data)

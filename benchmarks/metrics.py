@@ -108,10 +108,7 @@ def operation_costs() -> dict:
     costs, repeats = {}, 50
     for name, operation in operations.items():
         operation()  # the allocator's first pass
-        start = time.process_time()
-        for _ in range(repeats):
-            operation()
-        costs[name] = 1e9 * (time.process_time() - start) / repeats / x.numel()
+        costs[name] = 1e6 * cpu_ms_per_image(operation, [()] * repeats, repeats * x.numel())  # ms -> ns
     costs["SSIM's window, one 11-tap pass"] /= 2  # windowed() makes two passes
     return costs
 
