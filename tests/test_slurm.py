@@ -128,11 +128,15 @@ def test_signal_before_time_limit_checkpoints_requeues_and_resumes(prepared, tmp
         time.sleep(0.05)
     # what --signal=B:USR1@180 does near the time limit: signal the batch shell
     subprocess.run(["scancel", "--batch", "--signal=USR1", job], check=True)
-    # SLURM holds a requeued job for 120 s (its begin time); a cluster's policy, not the template's: start it now
+    # SLURM holds a requeued job for 120 s (its begin time); a cluster's policy, not the template's: start it
+    # sooner, but only once the node has let go of the first run (the job is PENDING, no longer COMPLETING) and
+    # the clock has passed that second: the node refuses a credential issued in or before the second it revoked
+    # the first run's one ("Job credential revoked"), and the job then fails without running again
     deadline = time.monotonic() + 120
-    while "BeginTime" not in subprocess.run(["squeue", "-h", "-j", job, "-o", "%r"], capture_output=True,
-                                            text=True).stdout and time.monotonic() < deadline:
+    while subprocess.run(["squeue", "-h", "-j", job, "-o", "%T %r"], capture_output=True,
+                         text=True).stdout.strip() != "PENDING BeginTime" and time.monotonic() < deadline:
         time.sleep(0.2)
+    time.sleep(1.1)
     subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=True)
     # between its two runs a requeued job can be missing from squeue for a moment: wait for the second to speak
     log_path, deadline = tmp_path / f"job-{job}.out", time.monotonic() + 180
@@ -140,8 +144,8 @@ def test_signal_before_time_limit_checkpoints_requeues_and_resumes(prepared, tmp
         time.sleep(0.2)
     records = wait_for([job], timeout=300)
     log = log_path.read_text()
-    assert "requeueing job" in log and "resuming" in log, log
-    assert records[job][1] == "COMPLETED"
+    assert "requeueing job" in log and "resuming" in log, (log, records.get(job))
+    assert records[job][1] == "COMPLETED", log
     history = torch_load(out / "last.pt")["run"]["history"]
     assert history["epoch"] == list(range(1, 13))
 
