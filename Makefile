@@ -182,11 +182,25 @@ shipped-model: venv
 	$(PY) evaluate.py --data $(LFW_RUNS)/data --colorizer $(LFW_CHECKPOINTS) --temperatures $(LFW_TEMPERATURES) \
 	  --chroma-gains $(LFW_CHROMA_GAINS) --split val --out $(LFW_SWEEP_OUT) --show 4
 	$(PY) models/export.py $(SHIPPED_CHECKPOINT) models/face_colorizer.pt --temperature $(SHIPPED_TEMPERATURE) \
-	  --chroma-gain $(SHIPPED_CHROMA_GAIN)
+	  --chroma-gain $(SHIPPED_CHROMA_GAIN) --face-scale-from $(LFW_RUNS)/data
 	$(PY) evaluate.py --data $(LFW_RUNS)/data --colorizer models/face_colorizer.pt --runs $(LFW_RUNS)/colorizers \
 	  --photos $(UNSEEN_FACES) --out docs/results/lfw --show 4
 	rm -f docs/shipped_model/grace_hopper.jpg docs/shipped_model/grace_hopper_compare.jpg  # the README's figure, redrawn
 	$(PY) colorize.py $(word 2,$(UNSEEN_FACES)) --side-by-side --out docs/shipped_model
+
+# the split the shipped model was trained on, to score it on its 326 test people: prepare_data.py as it was at
+# SHIPPED_SPLIT_COMMIT (since then, 5 more near-gray photos are told gray and left out, which changes the split)
+SHIPPED_SPLIT_COMMIT ?= 8c86153
+.PHONY: lfw-shipped-data bench-faces
+lfw-shipped-data: venv
+	git worktree add --detach $(RUNS)/.shipped_split $(SHIPPED_SPLIT_COMMIT)
+	cd $(RUNS)/.shipped_split && $(abspath $(PY)) prepare_data.py --source $(abspath $(LFW)) \
+	  --out $(abspath $(LFW_RUNS))_shipped/data --split-by person --person-from file-name --held-out 0.2 \
+	  --augment-factor 1; status=$$?; git worktree remove --force $(RUNS)/.shipped_split; exit $$status
+
+# group photos built from the shipped model's test people: --faces off against auto (benchmarks/group_photos.py)
+bench-faces: venv
+	$(PY) benchmarks/group_photos.py --data $(LFW_RUNS)_shipped/data
 
 # fine-tuning against training from scratch, the same budget (FINETUNE_EPOCHS epochs of the same U-Net on the
 # same photos): the studio faces of 35 people (525 photos, no fixed augmented copies), scored on 10 others and on

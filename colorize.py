@@ -19,12 +19,11 @@ Outputs keep the input's EXIF (orientation reset: the pixels are upright), resol
     python colorize.py old_photos/ --checkpoint runs/colorizer/best.pt --out colorized/
 """
 import io
-import json
 import os
 import struct
 import sys
 import zlib
-from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import cv2
@@ -32,12 +31,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (ARCHITECTURES, IMAGE_SUFFIXES, L_RANGE, MAX_IMAGE_SIZE, ArgumentParser, BadImage, UserError,
-                    ab01_to_ab, atomic_write, bfloat16_autocast, colorizer_input, exit_on_user_error, load_colorizer,
-                    positive_float, positive_int, printable, read_image, real_path, remove_stale_temporaries,
-                    resolve_device, srgb_profile, writable_folder, write_json)
+from common import (ARCHITECTURES, IMAGE_SUFFIXES, L_RANGE, MAX_IMAGE_SIZE, REGRESSOR_MIN_SIZE, ArgumentParser,
+                    BadImage, UserError, ab01_to_ab, atomic_write, bfloat16_autocast, chroma_gain, colorizer_input,
+                    exit_on_user_error, find_images, load_colorizer, positive_float, positive_int, printable,
+                    read_image, read_json, real_path, remove_stale_temporaries, resolve_device, srgb_profile,
+                    temperature, writable_folder, write_json)
+from faces import SEEN_SMALL, Square, blend, find_faces, squares_to_colour
+from locks import turn_in
 
-RECORD = ".colorized.json"  # inside --out: {output: the input file it came from}, written under record_lock
+RECORD = ".colorized.json"  # inside --out: {output: the input file it came from}, written under RECORD_LOCK
+RECORD_LOCK = ".colorized.lock"  # where the system has no lock on a folder itself (Windows)
 WRITTEN_SUFFIXES = IMAGE_SUFFIXES - {".pgm", ".gif"}  # formats written as the input's; others become PNG
 SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "face_colorizer.pt"  # beside the script, not the cwd
 MAX_ASPECT = 8  # the network sees at most --size x MAX_ASPECT*--size: a thin strip is shrunk to fit, not a crash
@@ -67,10 +70,15 @@ def parse_args(argv=None):
     p.add_argument("--amp", action="store_true",
                    help="the network in bfloat16 where the device has it: faster; colours move by up to a few "
                         "Lab units (benchmarks/README.md)")
-    p.add_argument("--side-by-side", action="store_true", help="also write NAME_compare.EXT: gray | colour")
-    p.add_argument("--temperature", type=positive_float, default=None,
+    p.add_argument("--side-by-side", action="store_true",
+                   help="also write NAME_compare.EXT: gray | colour, the squares faces were coloured in boxed")
+    p.add_argument("--faces", choices=["auto", "off"], default="auto",
+                   help="auto: each face that the photo shows smaller than the model's training faces (a group photo) "
+                        "is coloured in a square of its own at the training scale, then blended in; off: the whole "
+                        "photo at once")
+    p.add_argument("--temperature", type=temperature, default=None,
                    help="classification checkpoints: annealed-mean temperature (default: the checkpoint's)")
-    p.add_argument("--chroma-gain", type=positive_float, default=None,
+    p.add_argument("--chroma-gain", type=chroma_gain, default=None,
                    help="classification checkpoints: each photo's colours spread from its mean colour by this gain "
                         "(above 1: more vivid; default: the checkpoint's)")
     args = p.parse_args(argv)
@@ -88,67 +96,88 @@ def collect(inputs: list[Path], out: Path):
         if real_path(item).is_relative_to(inside_out):
             skipped.append((item, "it lies inside --out; pass an --out outside the inputs"))
             continue
-        if item.is_dir():  # --out may lie inside it (DIR --out DIR/colorized): its outputs are not inputs
-            entries = [(path, path.relative_to(item)) for path in sorted(item.rglob("*"))
-                       if not real_path(path).is_relative_to(inside_out)]
-        elif item.exists() or item.is_symlink():
-            entries = [(item, Path(item.name))]
-        else:
-            raise UserError(f"{item}: no such file or folder")
-        for path, relative in entries:
-            if path.suffix.lower() in IMAGE_SUFFIXES:  # files, and folders or links so named: read_image says
-                jobs.append((path, relative))
-            elif path.is_file() and not path.name.startswith("."):
-                skipped.append((path, "not an image file"))
+        # --out may lie inside a folder given (DIR --out DIR/colorized): its outputs are not inputs
+        found = find_images(item, leave_out=lambda path: real_path(path).is_relative_to(inside_out))
+        for path in found.images:  # files, and folders or links so named: read_image says what they are
+            jobs.append((path, path.relative_to(item) if item.is_dir() else Path(item.name)))
+        skipped += found.unsearched + [(path, "not an image file") for path in found.others]
     return jobs, skipped
-
-
-@contextmanager
-def record_lock(out: Path):
-    """A lock on the --out folder itself, held while a run reads the record, claims its output names and writes
-    them down: runs into one --out (a job array) take turns for that moment only, and never take one name twice."""
-    import fcntl  # POSIX: imported here, so that the rest of the project imports anywhere
-
-    folder = os.open(out, os.O_RDONLY)
-    try:
-        fcntl.flock(folder, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(folder)  # frees the lock
 
 
 def read_record(out: Path) -> dict[str, str | None]:
     """{output (relative to --out): the input file it came from} for what colorize wrote there before (an older
-    record lists outputs alone: their input is unknown, so no run replaces them)."""
-    try:
-        written = json.loads((out / RECORD).read_text())["written"]
-    except (OSError, ValueError, KeyError, TypeError):
+    record lists outputs alone: their input is unknown, so no run replaces them). A record that cannot be read is
+    never dropped (every output would be written again beside the old ones, and the old ones lost to the record):
+    one line."""
+    path = out / RECORD
+    if not (path.exists() or path.is_symlink()):
         return {}
-    return written if isinstance(written, dict) else dict.fromkeys(written) if isinstance(written, list) else {}
+    record = read_json(path)
+    written = record.get("written") if isinstance(record, dict) else None
+    if isinstance(written, list):
+        written = dict.fromkeys(written)
+    if not isinstance(written, dict) or not all(isinstance(k, str) and isinstance(v, (str, type(None)))
+                                                for k, v in written.items()):
+        raise UserError(f"{path}: damaged (it records which input each output there came from); restore it from a "
+                        f"backup, or move it away (then no output there is replaced) and run again")
+    return written
 
 
-def claim_outputs(jobs, out: Path, side_by_side: bool) -> list[Path]:
-    """-> an output path (relative to --out) for every job, written down in the record before any is written:
-    an output of the same input file is replaced; a name that another input's output, a claim of a run writing
-    now or a file colorize did not write holds moves on to NAME-2.EXT, NAME-3.EXT, ..."""
-    with record_lock(out):
+def claim_outputs(jobs, out: Path, side_by_side: bool) -> list[tuple[Path | None, str | None]]:
+    """-> for every job, its output path (relative to --out), written down in the record before any is written,
+    and why it is not the input's own name (or None); or (None, why it gets none). An output of the same input
+    file is replaced; a name that another input's output, a claim of a run writing now or a file colorize did not
+    write holds moves on to NAME-2.EXT, NAME-3.EXT, ...; a name too long for the file system is shortened; nothing
+    is written through a link inside --out (its outputs would land outside it, among other files)."""
+    with turn_in(out, RECORD_LOCK):  # runs into one --out (a job array) take turns for this moment only
         record = read_record(out)
         lowered = {name.lower() for name in record}  # case-insensitive file systems: Photo.jpg is photo.jpg
         taken, planned = set(), []
         for path, relative in jobs:
+            link = link_inside(out, relative.parent)
+            if link is not None:
+                planned.append((None, f"its output folder {printable(link)} is a link: colorize writes only "
+                                      "inside --out; remove the link, or pass another --out"))
+                continue
             source = str(real_path(path))
             suffix = relative.suffix.lower() if relative.suffix.lower() in WRITTEN_SUFFIXES else ".png"
-            base = candidate = relative.with_suffix(suffix)
-            n = 2
+            candidate, n = fitted(relative, "", suffix), 2
             while not all(name_is_free(str(name), source, record, lowered, taken, out)
                           for name in output_names(candidate, side_by_side)):
-                candidate, n = base.with_name(f"{base.stem}-{n}{suffix}"), n + 1
+                candidate, n = fitted(relative, f"-{n}", suffix), n + 1
             for name in output_names(candidate, side_by_side):
                 taken.add(str(name).lower())
                 record[str(name)] = source
-            planned.append(candidate)
+            why = None if candidate.stem == relative.stem else \
+                "its name was taken" if candidate.stem.startswith(relative.stem) else "its name was too long"
+            planned.append((candidate, why))
         write_json(out / RECORD, {"written": record})
     return planned
+
+
+def link_inside(out: Path, folder: Path) -> Path | None:
+    """The first folder on the way from --out to out/folder that is a link, or None."""
+    here = out
+    for part in folder.parts:
+        here = here / part
+        if here.is_symlink():
+            return here
+    return None
+
+
+NAME_BYTES = 255  # the longest file name the common file systems take (ext4, XFS, NTFS, APFS)
+
+
+def fitted(relative: Path, tail: str, suffix: str) -> Path:
+    """relative with tail and suffix after its stem, the stem cut (at a character) so that the name, and its
+    compare name, fit in NAME_BYTES."""
+    stem = os.fsencode(relative.stem)
+    room = NAME_BYTES - len(os.fsencode(f"{tail}{COMPARE}{suffix}"))
+    if len(stem) > room:
+        while room > 0 and stem[room] & 0xC0 == 0x80:  # not inside a UTF-8 character
+            room -= 1
+        stem = stem[:room]
+    return relative.with_name(f"{os.fsdecode(stem)}{tail}{suffix}")
 
 
 def name_is_free(name: str, source: str, record: dict, lowered: set, taken: set, out: Path) -> bool:
@@ -165,8 +194,11 @@ def output_names(relative: Path, side_by_side: bool) -> list[Path]:
     return [relative, compare_name(relative)] if side_by_side else [relative]
 
 
+COMPARE = "_compare"  # NAME_compare.EXT: gray | colour, with --side-by-side
+
+
 def compare_name(relative: Path) -> Path:
-    return relative.with_name(f"{relative.stem}_compare{relative.suffix}")
+    return relative.with_name(f"{relative.stem}{COMPARE}{relative.suffix}")
 
 
 def network_shape(h: int, w: int, size: int, multiple: int) -> tuple[int, int]:
@@ -178,14 +210,20 @@ def network_shape(h: int, w: int, size: int, multiple: int) -> tuple[int, int]:
 
 
 class Colorizer:
-    def __init__(self, checkpoint, regressor_path, size, device, amp=False):
+    def __init__(self, checkpoint, regressor_path, size, device, amp=False, faces=True):
         self.model, regressor, self.config, _ = load_colorizer(checkpoint, device, regressor_path)
         self.size = size or self.config.get("image_size", 128)
+        if regressor is not None and self.size < REGRESSOR_MIN_SIZE:
+            raise UserError(f"--size {self.size}: {checkpoint} runs its regressor on L at that size, and the regressor "
+                            f"needs at least {REGRESSOR_MIN_SIZE}; pass a larger --size")
         # the regressor was trained on squares of the training size: it sees L resized to one
         self.regressor = None if regressor is None else \
             (lambda L: regressor(F.interpolate(L, size=(self.size, self.size), mode="area")))
         self.multiple = 2 ** ARCHITECTURES[self.config["arch"]].downsamplings(self.config)
         self.device, self.amp = device, amp
+        # the share of its training images a face filled (measured on them when it was trained), or None: then
+        # no face is coloured apart (--faces off, or a model not trained on faces)
+        self.face_scale = self.config.get("face_scale") if faces else None
 
     @torch.no_grad()
     def predict_ab(self, L_small: np.ndarray) -> np.ndarray:
@@ -201,11 +239,71 @@ def load(path: Path, colorizer: Colorizer):
     # OpenCV's float Lab conversion follows the same CIE formulas as the training code; L copied out of the
     # Lab array, so that a photo waiting for its batch holds 4 bytes a pixel, not the whole Lab image's 12
     L = cv2.cvtColor(photo.rgb, cv2.COLOR_RGB2Lab)[..., 0].copy()
+    return {**lightness_item(L, colorizer), "alpha": photo.alpha, "depth16": photo.bits == 16, "exif": photo.exif,
+            "dpi": photo.dpi}
+
+
+def lightness_item(L: np.ndarray, colorizer: Colorizer) -> dict:
+    """What colouring a photo of lightness L (H x W, 0 to 100) needs: L, L at the network's input size, and the
+    squares of the faces that input shows smaller than the network saw faces in training (each is coloured in its
+    square, at the training scale)."""
     h, w = L.shape
     nh, nw = network_shape(h, w, colorizer.size, colorizer.multiple)
     L_small = cv2.resize(L, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_CUBIC)
-    return {"L": L, "L_small": L_small, "alpha": photo.alpha, "depth16": photo.bits == 16, "exif": photo.exif,
-            "dpi": photo.dpi}
+    squares = [] if colorizer.face_scale is None else \
+        squares_to_colour(find_faces(L, largest=SEEN_SMALL * colorizer.face_scale * colorizer.size * h / nh), (h, w),
+                          nh / h, colorizer.face_scale, colorizer.size)
+    return {"L": L, "L_small": L_small, "squares": squares}
+
+
+def predict(colorizer: Colorizer, items: list[dict], batch_size: int) -> list[np.ndarray]:
+    """The colour (a*, b*) of each item at full resolution: its whole photo at the network's input size (the items
+    share that shape: one batch), upsampled, then each face square's own, blended in. Face squares are coloured
+    batch_size at a time: memory stays bounded however many faces a photo holds."""
+    whole = colorizer.predict_ab(np.stack([item["L_small"] for item in items]))
+    # the faces' squares are cut from, and their colours blended into, a copy of the photo on which the smallest
+    # square is as large as the network's input (never larger than the photo): the work does not grow with the
+    # photo's megapixels; the blended colour is upsampled once, as the whole photo's is
+    scales = [min(1.0, max((colorizer.size / square.side for square in item["squares"]), default=1.0))
+              for item in items]
+    squares = []
+    for i, (item, scale) in enumerate(zip(items, scales)):
+        if item["squares"]:
+            L = resized(item["L"], scale, cv2.INTER_AREA)
+            squares += [(i, at, square_lightness(L, at, colorizer.size))
+                        for at in (Square(*(round(v * scale) for v in square)) for square in item["squares"])]
+    own = []
+    for start in range(0, len(squares), batch_size):
+        own += list(colorizer.predict_ab(np.stack([patch for _, _, patch in squares[start:start + batch_size]])))
+    colours = []
+    for i, (item, ab_small, scale) in enumerate(zip(items, whole, scales)):
+        faces = [(at, ab) for (j, at, _), ab in zip(squares, own) if j == i]
+        if not np.isfinite(ab_small).all() or not all(np.isfinite(ab).all() for _, ab in faces):
+            colours.append(None)  # never an image computed from NaN
+            continue
+        h, w = item["L"].shape
+        if faces:
+            ab_small = cv2.resize(ab_small, resized_shape(w, h, scale), interpolation=cv2.INTER_CUBIC)
+            for at, ab in faces:
+                blend(ab_small, at, cv2.resize(ab, (at.side, at.side), interpolation=cv2.INTER_CUBIC))
+        colours.append(cv2.resize(ab_small, (w, h), interpolation=cv2.INTER_CUBIC))
+    return colours
+
+
+def resized_shape(w: int, h: int, scale: float) -> tuple[int, int]:
+    """(width, height) scaled, as cv2.resize takes them."""
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def resized(image: np.ndarray, scale: float, interpolation) -> np.ndarray:
+    h, w = image.shape[:2]
+    return image if scale == 1 else cv2.resize(image, resized_shape(w, h, scale), interpolation=interpolation)
+
+
+def square_lightness(L: np.ndarray, square: Square, size: int) -> np.ndarray:
+    """A face's square of L, at the network's size x size."""
+    patch = L[square.y:square.y + square.side, square.x:square.x + square.side]
+    return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA if square.side > size else cv2.INTER_CUBIC)
 
 
 _PILLOW_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
@@ -255,23 +353,65 @@ def with_png_metadata(png: bytes, icc: bytes, exif: bytes | None, dpi) -> bytes:
     return png[:end_of_header] + extra + png[end_of_header:]
 
 
-def finish(item: dict, ab_small: np.ndarray, target: Path, side_by_side: bool) -> None:
-    """Merge the predicted colour with the photo's own lightness and write target (its suffix says the format)."""
-    if not np.isfinite(ab_small).all():  # never an image computed from NaN
+def finish(item: dict, ab: np.ndarray | None, target: Path, side_by_side: bool) -> None:
+    """Merge the predicted colour (full resolution) with the photo's own lightness and write target (its suffix
+    says the format); with side_by_side also NAME_compare.EXT, the faces coloured apart boxed on its gray half."""
+    if ab is None:
         raise BadImage("the network's colour for it is not a finite number (NaN or inf): nothing written",
                        "the checkpoint may be damaged: try another")
-    h, w = item["L"].shape
-    ab = cv2.resize(ab_small, (w, h), interpolation=cv2.INTER_CUBIC)
     rgb = np.clip(cv2.cvtColor(np.dstack([item["L"], ab]).astype(np.float32), cv2.COLOR_Lab2RGB), 0, 1)
     suffix = target.suffix
     out = np.dstack([rgb, item["alpha"]]) if item["alpha"] is not None and suffix not in {".jpg", ".jpeg"} else rgb
-    data = encode(out, suffix, item["depth16"], item["exif"], item["dpi"])
+    data = encoded(out, target, item)
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     if side_by_side:
         gray = np.repeat((item["L"] / L_RANGE)[..., None], 3, axis=2)
-        pair = encode(np.concatenate([gray, rgb], axis=1), suffix, item["depth16"], item["exif"], item["dpi"])
-        compare = compare_name(target)
-        atomic_write(compare, lambda tmp: Path(tmp).write_bytes(pair))
+        thickness = max(1, round(max(gray.shape) / 400))
+        for x, y, side in item["squares"]:  # the square each was coloured in; the face fills its middle
+            cv2.rectangle(gray, (x, y), (x + side - 1, y + side - 1), (0.1, 0.9, 0.2), thickness)
+        pair = encoded(np.concatenate([gray, rgb], axis=1), compare_name(target), item)
+        atomic_write(compare_name(target), lambda tmp: Path(tmp).write_bytes(pair))
+
+
+def encoded(image: np.ndarray, target: Path, item: dict) -> bytes:
+    """encode() for target, the input's metadata kept where the format takes it: an EXIF larger than the format
+    holds (a JPEG's 64 kB) is left out, with a line saying so; an image the encoder refuses is a BadImage."""
+    try:
+        return encode(image, target.suffix, item["depth16"], item["exif"], item["dpi"])
+    except Exception as exc:  # Pillow's and OpenCV's encoders raise what they like
+        if item["exif"]:
+            try:
+                data = encode(image, target.suffix, item["depth16"], None, item["dpi"])
+            except Exception:
+                pass
+            else:
+                print(f"note: {printable(target)}: written without the input's EXIF ({len(item['exif']):,} bytes, "
+                      f"more than a {target.suffix} file holds)", file=sys.stderr)
+                return data
+        raise BadImage(f"cannot be written as {target.suffix} ({type(exc).__name__}: "
+                       f"{printable(exc).splitlines()[0][:200] if str(exc) else 'the encoder refused it'})",
+                       "convert it to PNG first") from None
+
+
+def read_ahead(jobs, colorizer: Colorizer):
+    """(path, output, its loaded item or why it could not be loaded) for each job in order, the next photo read
+    (decoded, converted, its faces found: work that lets go of Python's lock) in a thread while this one is
+    coloured and written: the two cores work at once, and one photo more is held."""
+    with ThreadPoolExecutor(max_workers=1) as reader:
+        def loading(path):
+            try:
+                return load(path, colorizer)
+            except (BadImage, OSError) as exc:
+                return exc
+
+        ahead = None
+        for path, output in jobs:
+            future = reader.submit(loading, path)
+            if ahead is not None:
+                yield ahead[0], ahead[1], ahead[2].result()
+            ahead = (path, output, future)
+        if ahead is not None:
+            yield ahead[0], ahead[1], ahead[2].result()
 
 
 def main():
@@ -280,7 +420,7 @@ def main():
     args = parse_args()
     device = resolve_device(args.device)
     colorizer = Colorizer(args.checkpoint, args.regressor, args.size, device,
-                          bfloat16_autocast(device.type, args.amp, "colorizing"))
+                          bfloat16_autocast(device.type, args.amp, "colorizing"), faces=args.faces == "auto")
     for flag, value in (("temperature", args.temperature), ("chroma_gain", args.chroma_gain)):
         if value is not None:
             if colorizer.config.get("head") != "classify":
@@ -291,11 +431,14 @@ def main():
     writable_folder(args.out)
     remove_stale_temporaries(args.out, recursive=True)
     planned = claim_outputs(jobs, args.out, args.side_by_side) if jobs else []
+    for (path, _), (output, why) in zip(jobs, planned):
+        if output is None:
+            skipped.append((path, why))
+        elif why:
+            print(f"{printable(path)} -> {printable(args.out / output)} ({why})", file=sys.stderr)
+    jobs = [(path, output) for (path, _), (output, _) in zip(jobs, planned) if output is not None]
     for path, reason in skipped:
-        print(f"skipped {printable(path)}: {reason}", file=sys.stderr)
-    for (path, relative), output in zip(jobs, planned):
-        if output.with_suffix("") != relative.with_suffix(""):
-            print(f"{printable(path)} -> {printable(args.out / output)} (its name was taken)", file=sys.stderr)
+        print(f"skipped {printable(path)}: {printable(reason)}", file=sys.stderr)
 
     done, failed = 0, []
     pending = []  # loaded images waiting for a batch of one network-input shape
@@ -309,20 +452,19 @@ def main():
         nonlocal done
         if not pending:
             return
-        ab = colorizer.predict_ab(np.stack([item["L_small"] for _, _, item in pending]))
-        for (path, output, item), ab_small in zip(pending, ab):
+        colours = predict(colorizer, [item for _, _, item in pending], args.batch_size)
+        for (path, output, item), ab in zip(pending, colours):
             try:
-                finish(item, ab_small, args.out / output, args.side_by_side)
+                finish(item, ab, args.out / output, args.side_by_side)
                 done += 1
             except (BadImage, OSError) as exc:
                 fail(path, exc)
         pending.clear()
 
-    for (path, _), output in tqdm(list(zip(jobs, planned)), unit="image", disable=not sys.stderr.isatty()):
-        try:
-            item = load(path, colorizer)
-        except (BadImage, OSError) as exc:
-            fail(path, exc)
+    for path, output, item in tqdm(read_ahead(jobs, colorizer), total=len(jobs), unit="image",
+                                   disable=not sys.stderr.isatty()):
+        if isinstance(item, Exception):
+            fail(path, item)
             continue
         held = sum(waiting["L"].size for _, _, waiting in pending)
         if pending and (pending[0][2]["L_small"].shape != item["L_small"].shape or held + item["L"].size > budget):

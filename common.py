@@ -1,7 +1,7 @@
 """Shared vocabulary of the colorization project, in the order the pipeline uses it: errors and
 files, Lab colour, image files, prepared data, models, checkpoints, devices and figures. The
 training loop, which only the trainers use, is training.py's (it imports this module, never the
-reverse); nothing here imports ignite or anything POSIX-only at its top.
+reverse); nothing here imports ignite. Locks between processes are locks.py's (any OS).
 
 "Seed" names the study this project grew from and reproduces, the student report "Deep Image
 Colorization" (SeedRegressor, SeedColorizer, the seed's MSE); the random seed is --seed.
@@ -21,7 +21,6 @@ import json
 import math
 import mmap
 import os
-import platform
 import re
 import shutil
 import socket
@@ -40,6 +39,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
+from locks import Busy, FileLock, FolderLock, process_alive
+
 # ---------------------------------------------------------------------------------------------
 # Errors and files: every user-facing failure is one line naming the file and what to do; every
 # file is written whole or not at all.
@@ -49,8 +50,14 @@ class UserError(Exception):
     """A problem with the user's input; main() prints it as one line and exits with status 2."""
 
 
+INTERRUPTED_EXIT = 130  # the shell's status for a process ended by Ctrl-C
+
+
 def exit_on_user_error(main):
-    """Run main(); a UserError becomes 'error: ...' on stderr and exit status 2, not a traceback."""
+    """Run main(); a UserError becomes 'error: ...' on stderr and exit status 2, Ctrl-C one line and status 130,
+    not a traceback (every file is written whole or not at all, so an interrupted run leaves none half-written).
+    File names that are not UTF-8 print with their odd bytes as \\xNN, on stdout too."""
+    sys.stdout.reconfigure(errors="backslashreplace")
     try:
         return main()
     except UserError as exc:
@@ -58,6 +65,10 @@ def exit_on_user_error(main):
         message = printable(exc).strip().splitlines()[-1]
         print(f"error: {message.split('UserError: ', 1)[-1]}", file=sys.stderr)
         sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted: the files written so far are whole; run the same command again to finish",
+              file=sys.stderr)
+        sys.exit(INTERRUPTED_EXIT)
 
 
 DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
@@ -66,8 +77,14 @@ DISK_FULL = {errno.ENOSPC, errno.EDQUOT}
 def no_space_error(exc: BaseException, folder: str | Path) -> UserError | None:
     """A UserError naming folder if exc says the disk (or the quota) is full, else None. torch.save reports a
     full disk as a RuntimeError ('file write failed'), so the free space decides that case."""
-    full = isinstance(exc, OSError) and exc.errno in DISK_FULL
-    if not full and isinstance(exc, RuntimeError) and "write" in str(exc):
+    chain = []  # exc and the exceptions it was raised while handling (torch.save: a failed write, then its close)
+    while exc is not None and exc not in chain:
+        chain.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    full = any(isinstance(e, OSError) and e.errno in DISK_FULL for e in chain)
+    # what torch.save says on a full disk: 'basic_ios::clear: iostream error', then 'unexpected pos 576 vs 534'
+    if not full and any(isinstance(e, RuntimeError) and re.search("write|iostream error|unexpected pos", str(e))
+                        for e in chain):
         try:
             full = shutil.disk_usage(folder).free < 64 * 2 ** 20
         except OSError:
@@ -117,6 +134,13 @@ non_negative_int = _number_type(int, lambda v: v >= 0, "a whole number >= 0")
 positive_float = _number_type(float, lambda v: v > 0, "a number > 0")
 non_negative_float = _number_type(float, lambda v: v >= 0, "a number >= 0")
 fraction = _number_type(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+# how a classification colorizer decodes (ClassifyingColorizer): beyond these, float32 rounds the annealed mean to
+# NaN or to one bin, and the chroma gain pushes every colour to the gamut's edge
+TEMPERATURES, CHROMA_GAINS = (0.01, 100.0), (0.01, 10.0)
+temperature = _number_type(float, lambda v: TEMPERATURES[0] <= v <= TEMPERATURES[1],
+                           f"a temperature from {TEMPERATURES[0]:g} to {TEMPERATURES[1]:g}")
+chroma_gain = _number_type(float, lambda v: CHROMA_GAINS[0] <= v <= CHROMA_GAINS[1],
+                           f"a chroma gain from {CHROMA_GAINS[0]:g} to {CHROMA_GAINS[1]:g}")
 
 _UMASK = os.umask(0o022)  # reading the umask means setting it: set it back at once
 os.umask(_UMASK)
@@ -128,8 +152,14 @@ os.umask(_UMASK)
 TEMP_TAG = "colorization-tmp"
 
 
+TEMP_NAME_BYTES = 64  # of the final name, in a temporary one: host, pid and random letters must fit beside it
+
+
 def temp_prefix(name: str) -> str:
-    return f".{name}.{TEMP_TAG}-{socket.gethostname()}-{os.getpid()}-"
+    """The start of a temporary name for name: any name's fits the file system's 255 bytes (a long name's first
+    bytes stand for it)."""
+    short = os.fsdecode(os.fsencode(name)[:TEMP_NAME_BYTES])
+    return f".{short}.{TEMP_TAG}-{socket.gethostname()}-{os.getpid()}-"
 
 
 def remove_stale_temporaries(folder: Path, recursive=False) -> None:
@@ -146,16 +176,6 @@ def remove_stale_temporaries(folder: Path, recursive=False) -> None:
             else:
                 path.unlink(missing_ok=True)
             print(f"removed {printable(path)}, left by an interrupted run", file=sys.stderr)
-
-
-def process_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # someone else's process
-        return True
-    return True
 
 
 def atomic_write(path: str | Path, write) -> None:
@@ -212,47 +232,67 @@ OWNER_FILE = ".written-by.json"  # in an --out folder: which script writes there
 FOLDER_LOCK = ".lock"  # in an --out folder: held by the live run writing there
 
 
-def take_output_folder(path: Path, script: str, ours: Callable[[list[str]], bool] = lambda names: False):
+def take_output_folder(path: Path, script: str, ours: Callable[[Path], bool] = lambda folder: False):
     """Make path the output folder of this run of script, before any work: a new or empty folder is claimed
     (OWNER_FILE written), one that script claimed before is reused; any other is refused with one line, so that no
-    file of the user's (or of another script) is ever replaced. ours(names) recognises a folder the script wrote
-    before OWNER_FILE existed. Then the folder is locked (one live run at a time) and what killed runs left there
-    is removed. -> (whether the folder was created, the lock: held until closed)."""
+    file of the user's (or of another script) is ever replaced. ours(path) recognises, by what its files hold, a
+    folder the script wrote before OWNER_FILE existed (file names alone prove nothing). Then the folder is locked
+    (one live run at a time) and what killed runs left there is removed. -> (whether the folder was created, the
+    lock: held until released)."""
     created = writable_folder(path)
     try:
         owner = json.loads((path / OWNER_FILE).read_text()).get("script")
     except (OSError, ValueError, AttributeError):
         owner = None
     names = sorted(p.name for p in path.iterdir() if p.name != OWNER_FILE and TEMP_TAG not in p.name)
-    if owner != script and names and not (owner is None and ours(names)):
+    if owner != script and names and not (owner is None and ours(path)):
         what = f"written by {owner}" if owner else f"holds {printable(names[0])}" + \
             (f" and {len(names) - 1} more" if len(names) > 1 else "") + f", not written by {script}"
         raise UserError(f"{path}: {what}; pass a new or empty folder as --out ({script} replaces only "
                         "what it wrote)")
+    lock = lock_folder(path)
     if owner != script:
         write_json(path / OWNER_FILE, {"script": script})
-    lock = lock_folder(path)
     remove_stale_temporaries(path)
     return created, lock
 
 
-def lock_folder(out: Path):
-    """-> the open lock file of an output folder, held until closed (the kernel frees it on any exit); a live run
-    there already: one line naming it."""
-    import fcntl  # POSIX: imported here, so that the rest of the project imports anywhere
-
-    handle = open(out / FOLDER_LOCK, "a+")
+def read_json(path: Path):
+    """The JSON a file holds, or None where it is missing, unreadable or not JSON."""
     try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.seek(0)
-        owner = handle.read().strip() or "another process"
-        handle.close()
-        raise UserError(f"{out}: a run is writing there now ({owner}); wait for it to end, or pass another --out")
-    handle.truncate(0)
-    handle.write(f"pid {os.getpid()} on {platform.node()}\n")
-    handle.flush()
-    return handle
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+
+
+HISTORY_KEYS = ("epoch", "train_loss", "val_loss", "val_mse")  # history.json: a list of numbers each, one an epoch
+
+
+def is_history(history) -> bool:
+    """Whether history is a training history as the trainers write it (history.json, and inside checkpoints)."""
+    if not isinstance(history, dict) or not all(isinstance(history.get(k), list) for k in HISTORY_KEYS):
+        return False
+    columns = [history[k] for k in HISTORY_KEYS]
+    return len({len(c) for c in columns}) == 1 and len(columns[0]) > 0 and \
+        all(type(v) in (int, float) for c in columns for v in c)
+
+
+def lock_folder(out: Path) -> FileLock:
+    """-> the held lock of an output folder (its FOLDER_LOCK file; the system frees it on any exit); a live run
+    there already: one line naming it."""
+    try:
+        return FileLock(out / FOLDER_LOCK).acquire(wait=False)
+    except Busy as exc:
+        raise UserError(f"{out}: a run is writing there now ({exc}); wait for it to end, or pass another --out") \
+            from None
+
+
+def hold_for_reading(folder: Path) -> FolderLock:
+    """A prepared set held while this run reads it: prepare_data.py does not replace it meanwhile."""
+    try:
+        return FolderLock(folder).acquire()
+    except Busy:
+        raise UserError(f"{folder}: prepare_data.py is replacing this prepared set now; wait for it to end") from None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,6 +408,7 @@ def lab01_batches(images: np.ndarray, batch_size=32, device="cpu"):
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm", ".gif"}
 MAX_PIXELS = 2 ** 28  # 268 megapixels (16384 x 16384): decoding more would take over 3 GB per copy
+MAX_FILE_BYTES = MAX_PIXELS * 8 + 2 ** 26  # such an image stored whole: 16-bit RGBA, and room for metadata
 
 
 class BadImage(Exception):
@@ -382,15 +423,53 @@ COPY_AGAIN = "copy it again from where it came from, or remove it"
 CHECK_PATH = "check that it exists and that you may read it"
 
 
-def find_images(root: str | Path) -> list[Path]:
+class Found(NamedTuple):
+    images: list[Path]                   # entries with an image suffix, unreadable ones too
+    others: list[Path]                   # the other files (not hidden ones)
+    unsearched: list[tuple[Path, str]]   # folders that could not be searched, and why
+
+
+def find_images(root: str | Path, leave_out: Callable[[Path], bool] = lambda path: False) -> Found:
     """Every entry under root (recursively) with an image suffix, in a stable order, unreadable ones too (a
-    folder so named, a broken link, a link loop): read_image names them rather than that they vanish."""
+    folder so named, a broken link, a link loop: read_image names them rather than that they vanish); the other
+    files; the folders that could not be searched, each with why. Links to folders are followed, each folder
+    searched once (a link back up is named, not followed round); leave_out(path) drops an entry and all below it."""
     root = Path(root)
-    if not root.exists():
+    if not (root.exists() or root.is_symlink()):
         raise UserError(f"{root}: no such file or folder")
     if not root.is_dir():
-        return [root]
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        return Found([root], [], [])
+    found, searched = Found([], [], []), set()
+
+    def search(folder: Path) -> None:
+        try:
+            status = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError as exc:
+            found.unsearched.append((folder, f"a folder that cannot be read ({exc.strerror or type(exc).__name__}): "
+                                             f"its images are left out; {CHECK_PATH}"))
+            return
+        if (status.st_dev, status.st_ino) in searched:
+            found.unsearched.append((folder, "a link to a folder searched already (a loop): not searched again"))
+            return
+        searched.add((status.st_dev, status.st_ino))
+        for entry in entries:
+            path = Path(entry.path)
+            if leave_out(path):
+                continue
+            try:
+                is_folder = entry.is_dir()  # through a link too
+            except OSError:
+                is_folder = False
+            if path.suffix.lower() in IMAGE_SUFFIXES:
+                found.images.append(path)
+            elif not is_folder and not entry.name.startswith("."):
+                found.others.append(path)
+            if is_folder:
+                search(path)
+
+    search(root)
+    return found
 
 
 class Photo(NamedTuple):
@@ -412,33 +491,38 @@ _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[
 def read_image(path: str | Path, bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) -> Photo:
     """Decode any image OpenCV reads, once: grayscale, 16-bit and RGBA included, turned upright as its EXIF says
     (any format), its ICC profile's colours converted to sRGB. Anything else becomes BadImage with the reason:
-    before opening, what is not a regular file (a pipe would block); before decoding, images over MAX_PIXELS or
-    whose bytes_per_pixel working memory would not fit in the memory this process may still take."""
+    before opening, what is not a regular file (a pipe would block); before reading it whole, a file larger than
+    any image of MAX_PIXELS, an image over MAX_PIXELS by its header, or one whose bytes and bytes_per_pixel working
+    memory would not fit in the memory this process may still take."""
     path = Path(path)
     try:
-        mode = path.stat().st_mode  # follows links; opens nothing
+        status = path.stat()  # follows links; opens nothing
     except OSError as exc:
         raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})", CHECK_PATH) from None
+    mode, file_bytes = status.st_mode, status.st_size
     if stat.S_ISDIR(mode):
         raise BadImage("a folder, not an image file", "rename it, or move it out of the inputs")
     if not stat.S_ISREG(mode):
         kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
         raise BadImage(f"{kind}, not an image file: not opened", "move it out of the inputs")
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})", CHECK_PATH) from None
-    if not data:
+    if not file_bytes:
         raise BadImage("empty file", COPY_AGAIN)
-    header = _read_header(data)
+    if file_bytes > MAX_FILE_BYTES:  # checked before a byte is read: a 12 GB file would not fit in memory
+        raise BadImage(f"too large to read ({file_bytes / 1e9:.1f} GB, more than an image of {MAX_PIXELS / 1e6:.0f} "
+                       "megapixels takes)", "scale it down first, or remove it")
+    header = _read_header(path)  # the header alone
     width, height = header["size"]
     if width * height > MAX_PIXELS:
         raise BadImage(f"too large to decode ({width}x{height}, over {MAX_PIXELS / 1e6:.0f} megapixels)",
                        "scale it down first")
-    needed, free = width * height * bytes_per_pixel, memory_available()
+    needed, free = file_bytes + width * height * bytes_per_pixel, memory_available()
     if needed > free:
         raise BadImage(f"too large for the memory left ({width}x{height} needs about {needed / 2 ** 30:.1f} GiB, "
                        f"{free / 2 ** 30:.1f} GiB are free to this process)", "use it where more memory is free")
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})", CHECK_PATH) from None
     try:
         return _decode(data, header)
     except BadImage:
@@ -455,17 +539,16 @@ _TIFF_STRUCTURE = {254, 255, 256, 257, 258, 259, 262, 263, 266, 273, 277, 278, 2
                    34675}
 
 
-def _read_header(data: bytes) -> dict:
-    """What Pillow reads of a file without decoding it: size, EXIF orientation and the rest of EXIF, ICC profile,
-    resolution, format; zeros and Nones where it cannot read the file (OpenCV may still)."""
-    import io
-
+def _read_header(path: Path) -> dict:
+    """What Pillow reads of a file without decoding it (its header, not the whole file): size, EXIF orientation and
+    the rest of EXIF, ICC profile, resolution, format; zeros and Nones where it cannot read the file (OpenCV may
+    still)."""
     Image.MAX_IMAGE_PIXELS = None  # Pillow's own bomb check refuses without saying the size: ours follows
     header = {"size": (0, 0), "orientation": 1, "exif": None, "icc": None, "dpi": None, "format": None}
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            with Image.open(io.BytesIO(data)) as im:
+            with Image.open(path) as im:
                 exif = im.getexif()
                 header.update(size=im.size, format=im.format, icc=im.info.get("icc_profile"), dpi=im.info.get("dpi"),
                               orientation=exif.get(0x0112, 1))
@@ -506,9 +589,8 @@ def memory_available() -> float:
 def _decode(data: bytes, header: dict) -> Photo:
     import cv2
 
-    jpeg = data[:2] == b"\xff\xd8"
-    if jpeg and b"\xff\xd9" not in data[-1024:]:
-        raise BadImage("truncated JPEG (no end-of-image marker)", COPY_AGAIN)
+    if data[:2] == b"\xff\xd8":
+        data = data[:_jpeg_end(data)]  # what follows the image (a phone's motion photo: a video) is not decoded
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # alpha kept, EXIF not applied
     if img is None:
         raise BadImage("not an image, or corrupt", COPY_AGAIN)
@@ -530,13 +612,39 @@ def _decode(data: bytes, header: dict) -> Photo:
     return Photo(rgb, alpha, 16 if scale > 255 else 8, header["exif"], header["dpi"])
 
 
+def _jpeg_end(data: bytes) -> int:
+    """Where a JPEG's image ends: after the end-of-image marker that closes its first scan (an EXIF thumbnail
+    before the scan holds an end marker of its own, so the segments before it are skipped by their lengths).
+    A JPEG whose scan never ends is truncated: BadImage; one whose markers make no sense is left to the decoder
+    whole."""
+    i = 2
+    while i + 4 <= len(data):
+        if data[i] != 0xFF:
+            return len(data)  # no marker where one must be: the decoder says what it is
+        marker = data[i + 1]
+        if marker == 0xDA:  # start of scan: entropy-coded data, in which 0xFF 0xD9 is only the end marker
+            end = data.find(b"\xff\xd9", i)
+            if end < 0:
+                raise BadImage("truncated JPEG (no end-of-image marker)", COPY_AGAIN)
+            return end + 2
+        if marker == 0xFF:  # fill byte
+            i += 1
+        elif 0xD0 <= marker <= 0xD9 or marker == 0x01:  # markers without a length
+            i += 2
+        else:
+            i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    raise BadImage("truncated JPEG (no image data)", COPY_AGAIN)
+
+
 # ICC profiles: photos from cameras and editors often carry Adobe RGB, Display P3 or ProPhoto, all of them
 # matrix-shaper profiles (three tone curves, then a matrix to the D50 connection space): converted here,
 # in float, 16-bit images too. Other profiles go through LittleCMS (Pillow's ImageCms) in 8 bits.
 
 
 def _icc_tags(profile: bytes) -> dict:
-    count = int.from_bytes(profile[128:132], "big")
+    # the tag count as the profile states it, bounded by the entries its bytes can hold (a damaged or hostile
+    # profile states 4 billion)
+    count = min(int.from_bytes(profile[128:132], "big"), max(0, len(profile) - 132) // 12)
     tags = {}
     for i in range(count):
         entry = profile[132 + 12 * i:144 + 12 * i]
@@ -558,8 +666,10 @@ def _tone_curve(tag: bytes) -> Callable[[np.ndarray], np.ndarray]:
         if n == 1:
             gamma = int.from_bytes(tag[12:14], "big") / 256
             return lambda x: np.power(x, gamma)
-        table = np.frombuffer(tag[12:12 + 2 * n], ">u2").astype(np.float64) / 65535
-        return lambda x: np.interp(x, np.linspace(0, 1, n), table)
+        table = np.frombuffer(tag[12:12 + 2 * n], ">u2").astype(np.float64) / 65535  # as many as the tag holds
+        if len(table) < 2:
+            raise ValueError("a tone curve without its table")
+        return lambda x: np.interp(x, np.linspace(0, 1, len(table)), table)
     if tag[:4] == b"para":  # Y = (aX + b)^g + e above a threshold d, else cX + f, in five kinds
         kind = int.from_bytes(tag[8:10], "big")
         p = list(_s15(tag[12:12 + 4 * [1, 3, 4, 5, 7][kind]]))
@@ -657,6 +767,12 @@ def to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
 
 
+# A photo whose mean chroma (the distance from gray, sqrt(a*^2 + b*^2), over its prepared square) is below this is
+# black and white: JPEG noise and a print's faint tone stay below it; a faded colour photo does not (on lfw_wild,
+# make lfw-data leaves out 32 of 5,924 photos so, each a black-and-white print: docs/results/README.md)
+GRAY_CHROMA = 2.0
+
+
 def prepare_photo(path: Path, size: int) -> np.ndarray:
     """One photo as the prepared data holds it: its centre square at size x size, uint8 RGB. BadImage
     for a photo smaller than that (it would be blown up) or without colour (nothing to learn or score)."""
@@ -664,9 +780,18 @@ def prepare_photo(path: Path, size: int) -> np.ndarray:
     if min(rgb.shape[:2]) < size:
         raise BadImage(f"smaller than the {size}x{size} images prepared ({rgb.shape[1]}x{rgb.shape[0]})",
                        "use a larger copy, or remove it")
-    if np.ptp(rgb - rgb.mean(axis=2, keepdims=True)) < 1e-3:
-        raise BadImage("grayscale: it holds no colour to learn from or to score against", "colorize.py colours it")
-    return to_uint8(center_square(rgb, size))
+    square = to_uint8(center_square(rgb, size))
+    chroma = mean_chroma(square)
+    if chroma < GRAY_CHROMA:
+        raise BadImage(f"black and white (mean chroma {chroma:.1f}, below {GRAY_CHROMA:g}): it holds no colour to "
+                       "learn from or to score against", "colorize.py colours it")
+    return square
+
+
+def mean_chroma(image_uint8: np.ndarray) -> float:
+    """The mean distance from gray, sqrt(a*^2 + b*^2) in Lab units, of a uint8 RGB image (H, W, 3)."""
+    lab01 = images_to_lab01(torch.from_numpy(image_uint8)[None])[0].double()
+    return float(torch.hypot(*ab01_to_ab(lab01[1:])).mean())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -678,7 +803,7 @@ SPLITS = ("train", "val", "test")
 LAB_SUFFIX = "_lab"
 PREPARED_FORMAT = 2  # 2: {split}_lab.npy beside {split}.npy
 MANIFEST = "manifest.json"
-_MANIFEST_KEYS = ("size", "seed", "augment_factor", "counts", "files", "source", "demo")
+MANIFEST_KEYS = ("format", "size", "seed", "augment_factor", "counts", "files", "source", "demo")
 DEFAULT_BATCH_SIZE = 64  # the trainers' default: prepare_data.py makes sure one such batch fits
 
 
@@ -695,7 +820,7 @@ def read_manifest(data_dir: str | Path) -> dict:
     if isinstance(manifest, dict) and manifest.get("format", 1) < PREPARED_FORMAT:
         raise UserError(f"{path}: prepared by an older version of prepare_data.py (no Lab arrays); "
                         f"run prepare_data.py again with --out {data_dir}")
-    missing = [k for k in _MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
+    missing = [k for k in MANIFEST_KEYS if not isinstance(manifest, dict) or k not in manifest]
     if missing:
         raise UserError(f"{path}: not a manifest written by prepare_data.py (no {', '.join(missing)}); "
                         "prepare the data again")
@@ -703,9 +828,11 @@ def read_manifest(data_dir: str | Path) -> dict:
 
 
 def dataset_id(manifest: dict) -> str:
-    """What makes a prepared set itself: its files, their split and the settings that made its bytes.
-    Runs record it, so that a run is never resumed on other data."""
-    keys = ("format", "size", "seed", "held_out", "split_by", "augment_factor", "files", "demo")
+    """What makes a prepared set itself: its images' bytes (photos from two memory cards share their names), their
+    files and split, and the settings that made them. Runs record it, so that a run is never resumed on other
+    data. (Sets prepared before the content was hashed have none: their names and settings stand for them.)"""
+    keys = ("format", "size", "seed", "held_out", "split_by", "augment_factor", "files", "demo") + \
+        (("content",) if "content" in manifest else ())
     identity = json.dumps({k: manifest.get(k) for k in keys}, sort_keys=True)
     return hashlib.sha256(identity.encode("utf-8", "surrogateescape")).hexdigest()[:16]
 
@@ -958,7 +1085,8 @@ class ClassifyingColorizer(nn.Module):
         logits = self.body(x)
         if self.training:
             return logits
-        p = torch.softmax(logits / self.temperature, dim=1)
+        # the largest logit subtracted first: no logit divided by a small temperature overflows
+        p = torch.softmax((logits - logits.amax(dim=1, keepdim=True)) / self.temperature, dim=1)
         ab01 = torch.einsum("nqhw,qc->nchw", p, self.bins01)
         if self.chroma_gain != 1:
             mean = ab01.mean(dim=(2, 3), keepdim=True)
@@ -981,6 +1109,31 @@ ARCHITECTURES = {
                          lambda c, extra: f"U-Net {c['base_channels']}x{c['depth']}{extra}",
                          lambda c: c["depth"]),
 }
+
+
+REGRESSOR_MIN_SIZE = 2 ** 6  # SeedRegressor halves its input six times
+
+
+def size_problem(config: dict, size: int) -> str | None:
+    """Why the network a config describes cannot take size x size images, or None where it can: each
+    downsampling halves the side, and the way back up must meet the input's size exactly."""
+    if config["task"] == "regressor":
+        return None if size >= REGRESSOR_MIN_SIZE else \
+            f"the regressor halves its input 6 times: it needs images of at least {REGRESSOR_MIN_SIZE} pixels"
+    if config.get("regressor") and size < REGRESSOR_MIN_SIZE:  # a conditioned colorizer runs its regressor first
+        return f"its regressor halves its input 6 times: it needs images of at least {REGRESSOR_MIN_SIZE} pixels"
+    if config.get("arch") not in ARCHITECTURES:
+        return f"unknown architecture '{config.get('arch')}': use {' or '.join(ARCHITECTURES)}"
+    halvings = ARCHITECTURES[config["arch"]].downsamplings(config)
+    what = "--layers" if config["arch"] == "seed" else "--depth"
+    if config.get("head") == "classify" and 2 ** halvings < CLASSIFY_STRIDE:
+        return f"the classification head predicts at 1/{CLASSIFY_STRIDE} of the size: {what} must be at least 2"
+    if size % 2 ** halvings:
+        fits = [m for m in (size // 2 ** halvings * 2 ** halvings, -(-size // 2 ** halvings) * 2 ** halvings) if m]
+        return (f"{what} {halvings} halves the image {halvings} times, so its side must be a multiple of "
+                f"{2 ** halvings}, not {size}: prepare the data at --size {' or '.join(map(str, fits))}, "
+                f"or use a smaller {what}")
+    return None
 
 
 def build_model(config: dict) -> nn.Module:
@@ -1086,9 +1239,10 @@ MAX_IMAGE_SIZE = 4096  # the largest square a network is trained on, or colours 
 # what the settings a checkpoint's model is rebuilt from may hold
 CONFIG_TYPES = {"image_size": _whole(8, MAX_IMAGE_SIZE), "max_channels": _whole(1, 4096), "layers": _whole(2, 12),
                 "base_channels": _whole(1, 1024), "depth": _whole(1, 12),
-                "temperature": lambda v: type(v) in (int, float) and 0 < v < math.inf,
-                "chroma_gain": lambda v: type(v) in (int, float) and 0 < v < math.inf,
-                "task": lambda v: v in ("regressor", "colorizer")}
+                "temperature": lambda v: type(v) in (int, float) and TEMPERATURES[0] <= v <= TEMPERATURES[1],
+                "chroma_gain": lambda v: type(v) in (int, float) and CHROMA_GAINS[0] <= v <= CHROMA_GAINS[1],
+                "task": lambda v: v in ("regressor", "colorizer"),
+                "face_scale": lambda v: v is None or type(v) is float and 0 < v <= 1}
 
 
 def check_finite(model: nn.Module, path) -> None:
@@ -1190,9 +1344,9 @@ def plot_loss_curves(histories: dict, path: str | Path, title: str) -> None:
     fig = Figure(figsize=(6, 4))
     ax = fig.subplots()
     for name, h in histories.items():
-        line, = ax.plot(h["epoch"], h["train_loss"], label=f"{name} train")
-        ax.plot(h["epoch"], h["val_loss"], "--", color=line.get_color(), label=f"{name} validation")
-    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title=title)
+        line, = ax.plot(h["epoch"], h["train_loss"], label=f"{printable(name)} train")
+        ax.plot(h["epoch"], h["val_loss"], "--", color=line.get_color(), label=f"{printable(name)} validation")
+    ax.set(xlabel="epoch", ylabel="loss", yscale="log", title=printable(title))  # a folder's name may not be UTF-8
     ax.legend(fontsize=6)
     fig.tight_layout()
     save_figure(fig, path)

@@ -13,7 +13,6 @@ models never saw), centre-cropped and resized to the training size.
 Images are scored --batch-size at a time (memory follows the batch, not the number of images).
 Writes report.md, metrics.json (per-image numbers too) and figures into --out.
 """
-import json
 import math
 import os
 import shlex
@@ -28,12 +27,14 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from common import (ARCHITECTURES, ArgumentParser, BadImage, ClassifyingColorizer, UserError, ab01_to_ab, ab_to_ab01,
-                    atomic_write, bfloat16_autocast, check_prepared, colorize_lab01, exit_on_user_error, find_images,
-                    lab01_batches, lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, non_negative_float,
-                    open_rgb_split, plot_loss_curves, positive_float, positive_int, prepare_photo, printable,
-                    resolve_device, save_figure, take_output_folder, training_statistic, write_json)
+from common import (ARCHITECTURES, OWNER_FILE, TEMP_TAG, ArgumentParser, BadImage, ClassifyingColorizer, UserError,
+                    ab01_to_ab, ab_to_ab01, atomic_write, bfloat16_autocast, check_prepared, chroma_gain,
+                    colorize_lab01, exit_on_user_error, find_images, hold_for_reading, is_history, lab01_batches,
+                    lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, non_negative_float, open_rgb_split,
+                    plot_loss_curves, positive_int, prepare_photo, printable, read_json, resolve_device, save_figure,
+                    size_problem, take_output_folder, temperature, training_statistic, write_json)
 
+REPORT_HEADING = "# Evaluation on the "  # report.md's first words: a report folder of evaluate's is known by them
 MEAN_FACE_MAP = "mean-face map"  # the baseline that the ratios "x mean-face map" divide by
 BASELINES = ("gray", "mean colour", MEAN_FACE_MAP)
 # what evaluate writes into --out: a folder holding just these (from before .written-by.json) is its own
@@ -54,10 +55,10 @@ def parse_args(argv=None):
     p.add_argument("--runs", nargs="*", default=[], type=Path, metavar="DIR",
                    help="folders of runs: every */best.pt below each is added as a colorizer")
     p.add_argument("--regressor", default=None, metavar="CKPT", help="regressor checkpoint")
-    p.add_argument("--temperatures", nargs="*", type=positive_float, default=[], metavar="T",
+    p.add_argument("--temperatures", nargs="*", type=temperature, default=[], metavar="T",
                    help="classification colorizers: also scored at these annealed-mean temperatures, "
                         "one row each (choose one on --split val)")
-    p.add_argument("--chroma-gains", nargs="*", type=positive_float, default=[], metavar="G",
+    p.add_argument("--chroma-gains", nargs="*", type=chroma_gain, default=[], metavar="G",
                    help="classification colorizers: also scored with each image's colours spread from its mean "
                         "colour by these gains (above 1: more vivid), at every temperature; a row each")
     p.add_argument("--max-gap", type=non_negative_float, default=3.0, metavar="GAP",
@@ -79,39 +80,86 @@ def parse_args(argv=None):
 def main():
     args = parse_args()
     for folder in args.runs:
-        found = sorted(str(p) for p in folder.rglob("best.pt"))
-        if not found:
-            raise UserError(f"{folder}: no best.pt below it; train colorizers with --out {folder}/NAME first")
-        args.colorizer += found
+        colorizers, regressors = runs_below(folder)
+        args.colorizer += colorizers
+        if regressors and not args.regressor and len(regressors) == 1:  # the README's layout: runs/regressor
+            args.regressor = regressors[0]
+        for path in regressors:
+            if path != args.regressor:
+                print(f"note: {printable(path)}: a regressor, left out (--regressor scores one)", file=sys.stderr)
     if not args.colorizer and not args.regressor:
         raise UserError("nothing to evaluate: pass --colorizer CKPT [CKPT ...] and/or --regressor CKPT")
     device = resolve_device(args.device)
     args.amp = bfloat16_autocast(device.type, args.amp, "evaluating")
     manifest = check_prepared(args.data)
-    runs = load_colorizers(args.colorizer, args.temperatures, args.chroma_gains, device)
-    photos = usable_photos([f for path in args.photos for f in find_images(path)], manifest["size"])
+    reading = hold_for_reading(Path(args.data))  # held to the end: prepare_data.py does not replace it meanwhile
+    runs = load_colorizers(args.colorizer, args.temperatures, args.chroma_gains, device, manifest["size"])
+    regressor = load_regressor(args.regressor, device, manifest["size"]) if args.regressor else None
+    photos = usable_photos([f for path in args.photos for f in photo_files(path)], manifest["size"])
     if args.photos and not photos.files:
         raise UserError(f"--photos {' '.join(map(str, args.photos))}: no usable image files there")
     colours = training_colours(args.data, manifest, args.batch_size, device)  # kept beside the data: a check too
     # now, not after all the work; the last check, so that a bad input leaves no folder
     # held until the report is written: one evaluation at a time
-    _, lock = take_output_folder(args.out, "evaluate.py", ours=lambda names: set(names) <= EVALUATE_FILES)
+    _, lock = take_output_folder(args.out, "evaluate.py", ours=is_report_folder)
 
     report, results, figures = split_section(args, manifest, colours, runs, device)
     if photos.files:
         photos_section(args, photos, colours, runs, device, report, results, figures)
-    if args.regressor:
-        regressor_section(args, colours, device, runs, report, results)
+    if regressor:
+        regressor_section(args, regressor, colours, device, runs, report, results)
     if runs.histories:
         plot_loss_curves(runs.histories, args.out / "loss_curves.png", title="training curves")
         figures.insert(0, "loss_curves.png")
     report += ["## Figures", ""] + [f"![{f}]({f})" for f in figures] + [""]
-    atomic_write(args.out / "report.md", lambda tmp: Path(tmp).write_text("\n".join(report)))
+    # file names that are not UTF-8 (a Latin-1 archive) shown with their odd bytes as \xNN
+    atomic_write(args.out / "report.md", lambda tmp: Path(tmp).write_text(printable("\n".join(report))))
     write_json(args.out / "metrics.json", results)
+    lock.release()
+    reading.release()
     print(results_table(results["summary"], runs.kinds))
     if "decoding" in results:
         print("\n" + results["decoding"]["sentence"])
-    print(f"\nreport: {args.out / 'report.md'}")
+    print(f"\nreport: {printable(args.out / 'report.md')}")
+
+
+def runs_below(folder: Path) -> tuple[list[str], list[str]]:
+    """--runs: the best.pt files below folder -> (the colorizers', the regressors')."""
+    found = sorted(str(p) for p in folder.rglob("best.pt"))
+    if not found:
+        raise UserError(f"{folder}: no best.pt below it; train colorizers with --out {folder}/NAME first")
+    tasks = {path: load_checkpoint(path)[1]["task"] for path in found}
+    return [p for p in found if tasks[p] == "colorizer"], [p for p in found if tasks[p] == "regressor"]
+
+
+def is_report_folder(folder: Path) -> bool:
+    """Whether folder (without OWNER_FILE) is a report of evaluate's by what it holds: only report files, a
+    metrics.json of evaluate's and a report.md that begins as evaluate's do."""
+    names = {p.name for p in folder.iterdir() if TEMP_TAG not in p.name} - {OWNER_FILE}
+    metrics = read_json(folder / "metrics.json")
+    try:
+        heading = (folder / "report.md").read_text(errors="replace")[:len(REPORT_HEADING)]
+    except OSError:
+        return False
+    return names <= EVALUATE_FILES and isinstance(metrics, dict) and \
+        all(k in metrics for k in ("split", "summary", "kinds")) and heading == REPORT_HEADING
+
+
+def load_regressor(path: str, device, size: int):
+    """The --regressor, checked before any work: -> (model, its checkpoint dict)."""
+    regressor, config, ckpt = load_checkpoint(path, task="regressor", device=device)
+    problem = size_problem(config, size)
+    if problem:
+        raise UserError(f"{path}: the prepared images are {size}x{size}, but {problem}")
+    return regressor, ckpt
+
+
+def photo_files(path: Path) -> list[Path]:
+    """The images a --photos path names; each folder below it that cannot be searched named on a line."""
+    found = find_images(path)
+    for folder, reason in found.unsearched:
+        print(f"skipped {printable(folder)}: {printable(reason)}", file=sys.stderr)
+    return found.images
 
 
 class Photos(NamedTuple):
@@ -153,17 +201,26 @@ class Runs(NamedTuple):
     checkpoints: dict
 
 
-def load_colorizers(paths: list[str], temperatures: list[float], chroma_gains: list[float], device) -> Runs:
+def load_colorizers(paths: list[str], temperatures: list[float], chroma_gains: list[float], device,
+                    size: int) -> Runs:
     """Each checkpoint as trained; a classification checkpoint also at each pair of its own and the given
     temperatures and chroma gains (the same network, decoded otherwise: a row "RUN@T=t,chroma=g" each, trained
-    once: no history)."""
+    once: no history). Each checked before any work: that it takes size x size images."""
     runs = Runs({}, {name: "baseline" for name in BASELINES}, {}, {}, {})
+    paths = list(dict.fromkeys(paths))  # a checkpoint named twice is scored once
+    labels = run_labels(paths)
     for path in paths:
         model, regressor, config, ckpt = load_colorizer(path, device)
-        label = Path(path).parent.name + ("" if Path(path).stem == "best" else f"/{Path(path).stem}")
+        problem = size_problem(config, size)
+        if problem:
+            raise UserError(f"{path}: the prepared images are {size}x{size}, but {problem}")
+        label = labels[path]
         name = f"{label}: {describe(config)}"
         runs.models[name] = (model, regressor)
-        runs.kinds[name], runs.histories[name], runs.configs[name] = "colorizer", run_history(path, ckpt), config
+        runs.kinds[name], runs.configs[name] = "colorizer", config
+        history = run_history(path, ckpt)
+        if history is not None:
+            runs.histories[name] = history
         runs.checkpoints[name] = path
         if not isinstance(model, ClassifyingColorizer):
             continue
@@ -180,6 +237,22 @@ def load_colorizers(paths: list[str], temperatures: list[float], chroma_gains: l
         raise UserError("--temperatures, --chroma-gains: no classification colorizer among the checkpoints "
                         "(--head classify); leave them out")
     return runs
+
+
+def run_labels(paths: list[str]) -> dict[str, str]:
+    """A name for each checkpoint in the tables: its run folder's name (and the file's, if not best.pt), with as
+    many folders above it as make every name differ (runs/a/colorizer and runs/b/colorizer: a/colorizer,
+    b/colorizer)."""
+    own = {p: [Path(p).parent.name] + ([] if Path(p).stem == "best" else [Path(p).stem]) for p in paths}
+    above = {p: Path(p).resolve().parent.parent.parts for p in paths}
+    depth = dict.fromkeys(paths, 0)
+    while True:
+        labels = {p: "/".join([*above[p][len(above[p]) - depth[p]:], *own[p]]) for p in paths}
+        clashing = [p for p in paths if list(labels.values()).count(labels[p]) > 1 and depth[p] < len(above[p])]
+        if not clashing:
+            return labels
+        for p in clashing:
+            depth[p] += 1
 
 
 class TrainingColours(NamedTuple):
@@ -213,7 +286,7 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
     plot_grid(scores.shown, args.out / "grid.png")
     figures = ["grid.png"]
     models = [n for n in scores.summary if runs.kinds[n] == "colorizer"]
-    report = [f"# Evaluation on the {args.split} split ({len(images)} images)", "",
+    report = [f"{REPORT_HEADING}{args.split} split ({len(images)} images)", "",
               f"Command: `{' '.join(shlex.quote(a) for a in ['python', *sys.argv])}`", "",
               f"Data: {manifest['source']} (seed {manifest['seed']}, split by {manifest.get('split_by', 'image')}"
               f"{', DEMO data: these numbers say nothing about faces' if manifest['demo'] else ''}).", "",
@@ -322,10 +395,10 @@ def photos_section(args, photos: Photos, colours, runs: Runs, device, report, re
                          "summary": scores.summary, "per_image": scores.per_image}
 
 
-def regressor_section(args, colours: TrainingColours, device, runs: Runs, report, results) -> None:
+def regressor_section(args, loaded, colours: TrainingColours, device, runs: Runs, report, results) -> None:
     """The regressor's mean (a, b) per test image against the truth and against the training set's mean
     colour, with bootstrap intervals: added to report and results, its history to runs.histories."""
-    regressor, _, ckpt = load_checkpoint(args.regressor, task="regressor", device=device)
+    regressor, ckpt = loaded
     pred_ab, true_ab = [], []
     with torch.no_grad():
         for lab01 in lab01_batches(open_rgb_split(args.data, args.split), args.batch_size, device):
@@ -352,7 +425,9 @@ def regressor_section(args, colours: TrainingColours, device, runs: Runs, report
                markdown_table(["test image", "true a*", "predicted a*", "true b*", "predicted b*"], rows), ""]
     results["regressor"] = {"mse": mse, "constant_mean_mse": constant_mse, "mse_interval": [mse_low, mse_high],
                             "gain_over_constant_interval": [gain_low, gain_high], "predicted_ab": pa, "true_ab": ta}
-    runs.histories["regressor"] = run_history(args.regressor, ckpt)
+    history = run_history(args.regressor, ckpt)
+    if history is not None:
+        runs.histories["regressor"] = history
 
 
 class Scores(NamedTuple):
@@ -578,11 +653,13 @@ def describe(config: dict) -> str:
     return text + f", {config['loss']}"
 
 
-def run_history(checkpoint_path, ckpt: dict) -> dict:
+def run_history(checkpoint_path, ckpt: dict) -> dict | None:
     """The whole run's history: history.json beside the checkpoint (best.pt holds only the epochs
-    before it was saved), else the checkpoint's own."""
-    path = Path(checkpoint_path).with_name("history.json")
-    return json.loads(path.read_text()) if path.is_file() else ckpt["run"]["history"]
+    before it was saved) where it is one the trainers wrote, else the checkpoint's own; None where neither is."""
+    for history in (read_json(Path(checkpoint_path).with_name("history.json")), ckpt["run"].get("history")):
+        if is_history(history):
+            return history
+    return None
 
 
 def training_row(name: str, history: dict, config: dict) -> list:

@@ -11,6 +11,7 @@ that no step of the training loop converts colours), all memory-mappable, and ma
 With no --source and no data/face_images/, builds a small demo set from the colour photos that
 scikit-image and matplotlib ship, so a fresh clone runs end to end without a download.
 """
+import hashlib
 import math
 import os
 import platform
@@ -25,11 +26,12 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, LAB_SUFFIX, MANIFEST, MAX_IMAGE_SIZE, PREPARED_FORMAT, SPLITS,
-                    ArgumentParser, BadImage, MappedDataset, UserError, as_is, center_square, exit_on_user_error,
-                    find_images, fraction, lab01_batches, no_space_error, non_negative_int, positive_int, prepare_photo,
-                    printable, random_variant, read_image, real_path, release_pages, remove_stale_temporaries,
-                    temp_prefix, to_uint8, write_json)
+from common import (DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, LAB_SUFFIX, MANIFEST, MANIFEST_KEYS, MAX_IMAGE_SIZE,
+                    PREPARED_FORMAT, SPLITS, ArgumentParser, BadImage, MappedDataset, UserError, as_is,
+                    center_square, exit_on_user_error, find_images, fraction, lab01_batches, no_space_error,
+                    non_negative_int, positive_int, prepare_photo, printable, random_variant, read_image, read_json,
+                    real_path, release_pages, remove_stale_temporaries, temp_prefix, to_uint8, write_json)
+from locks import Busy, FolderLock
 
 DEFAULT_SOURCE = Path("data/face_images")
 # colour photos shipped inside installed packages: (package, file inside its data folder)
@@ -117,14 +119,18 @@ def new_array_file(path: Path, dtype, shape: tuple) -> np.memmap:
 def load_folder(source: Path, size: int, sources: Path, workers: int, person_from: str):
     """Prepare every image under source, in worker processes, straight into the array file sources
     (N x size x size x 3 uint8, in file order, usable images only): memory does not grow with the
-    number of images. -> (records [{file, person}], skipped [{file, reason}])."""
-    paths = find_images(source)
+    number of images. -> (records [{file, person}], skipped [{file or folder, reason}])."""
+    found = find_images(source)
+    paths = found.images
+    for folder, reason in found.unsearched:
+        print(f"skipped {printable(folder)}: {printable(reason)}", file=sys.stderr)
     if not paths:
         raise UserError(f"{source}: no image files found (looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
     images = new_array_file(sources, np.uint8, (len(paths), size, size, 3))
     loader = torch.utils.data.DataLoader(SourcePhotos(paths, size, person_from), batch_size=None, collate_fn=as_is,
                                          num_workers=workers)
-    records, skipped = [], []
+    records = []
+    skipped = [{"folder": str(folder.relative_to(source)), "reason": reason} for folder, reason in found.unsearched]
     for path, (image, reason, person) in zip(paths, tqdm(loader, total=len(paths), unit="image", leave=False,
                                                           disable=not sys.stderr.isatty())):
         name = str(path.relative_to(source)) if path != source else path.name
@@ -226,12 +232,13 @@ def rgb_and_lab(rows: list) -> tuple:
 
 
 def write_split(folder: Path, split: str, sources: Path, indices: list[int], factor: int, size: int, seed: int,
-                workers: int) -> None:
+                workers: int) -> str:
     """Write {split}.npy (uint8 RGB, each original followed by its factor-1 variants) and
     {split}_lab.npy (the same rows as the networks read them, float16 Lab01: float16 rounds a
     value in [0, 1] by at most 2.4e-4, far below any error that matters here), batch by batch
-    into memory maps: memory stays flat however large the set."""
+    into memory maps: memory stays flat however large the set. -> the SHA-256 of the images' bytes."""
     rows = PreparedRows(sources, indices, factor, size, seed)
+    content = hashlib.sha256()  # of the images' bytes: the set's identity is its content, not its file names
     # one thread in every process, this one too: the float rounding of the conversion depends on
     # how the work is split among threads, and the bytes must not depend on the machine
     torch.set_num_threads(1)
@@ -242,11 +249,13 @@ def write_split(folder: Path, split: str, sources: Path, indices: list[int], fac
     row = 0
     for rgb_batch, lab_batch in loader:
         rgb[row:row + len(rgb_batch)], lab[row:row + len(lab_batch)] = rgb_batch, lab_batch
+        content.update(rgb_batch.numpy().tobytes())
         row += len(rgb_batch)
         release_pages(rgb)
         release_pages(lab)
     rgb.flush()
     lab.flush()
+    return content.hexdigest()
 
 
 def versions() -> dict:
@@ -258,14 +267,18 @@ def versions() -> dict:
             "torchvision": torchvision.__version__, "opencv": cv2.__version__, "scikit-image": skimage.__version__}
 
 
-# every file a prepared folder holds: an --out holding anything else is not replaced
-PREPARED_FILES = {MANIFEST, "ab_prior.npy"} | {f"{split}{kind}.npy" for split in SPLITS for kind in ("", LAB_SUFFIX)}
+# every file a prepared folder holds (the statistics the trainers and evaluate keep there too): an --out holding
+# anything else is not replaced
+STATISTICS = ("ab_prior", "mean_face_map", "face_scale")
+PREPARED_FILES = {MANIFEST} | {f"{name}.npy" for name in STATISTICS} | \
+    {f"{split}{kind}.npy" for split in SPLITS for kind in ("", LAB_SUFFIX)}
 SOURCES = ".sources.npy"  # while preparing: every usable source image, prepared, before the split
 
 
 def check_out(out: Path, source: Path | None) -> Path:
-    """-> --out with links resolved, once it is safe to replace: refuses a folder that is, holds or
-    lies inside the source, a file, and a non-empty folder that is not a set this script prepared."""
+    """-> --out with links resolved, once it is safe to replace: refuses a folder that is, holds or lies inside the
+    source, a file, and a non-empty folder that is not a set this script prepared (by what its files hold: a
+    manifest of ours, arrays whose headers agree with it)."""
     target = real_path(out)
     if source is not None:
         src = real_path(source)
@@ -277,12 +290,43 @@ def check_out(out: Path, source: Path | None) -> Path:
         raise UserError(f"{out}: exists and is not a folder; pass a new folder as --out")
     entries = sorted(p.name for p in target.iterdir())
     foreign = [name for name in entries if name not in PREPARED_FILES]
-    if foreign or (entries and not (target / MANIFEST).is_file()):
+    if foreign or (entries and not prepared_here(target)):
         others = foreign or entries
         more = f" and {len(others) - 1} more" if len(others) > 1 else ""
         raise UserError(f"{out}: holds {printable(others[0])}{more}, not written by prepare_data.py; pass a new or "
                         "empty folder as --out (this script replaces only sets it prepared)")
     return target
+
+
+def prepared_here(folder: Path) -> bool:
+    """Whether folder holds a set this script prepared: its manifest as this script writes it, and every array
+    there a .npy file whose rows agree with the manifest's counts (its header alone is read)."""
+    manifest = read_json(folder / MANIFEST)
+    if not isinstance(manifest, dict) or any(k not in manifest for k in (*MANIFEST_KEYS, "layout", "versions")):
+        return False
+    counts = manifest["counts"]
+    for path in folder.glob("*.npy"):
+        split = path.stem.removesuffix(LAB_SUFFIX)
+        try:
+            array = np.load(path, mmap_mode="r")
+        except (OSError, ValueError, EOFError):
+            return False
+        if split in SPLITS and (not isinstance(counts, dict) or
+                                len(array) != counts.get("train_augmented" if split == "train" else split)):
+            return False
+    return True
+
+
+def replace_lock(target: Path) -> FolderLock:
+    """-> the lock that keeps runs from reading --out while this run replaces it, held until released; a set that a
+    training or evaluation reads now is not replaced: one line."""
+    if not target.is_dir():
+        return FolderLock(target)  # nothing to replace: a lock that holds nothing
+    try:
+        return FolderLock(target, exclusive=True).acquire()
+    except Busy:
+        raise UserError(f"{target}: a training or evaluation is reading this prepared set now; prepare into "
+                        "another --out, or wait for it to end") from None
 
 
 def staging_folder(target: Path) -> Path:
@@ -322,6 +366,7 @@ def main():
     demo = args.demo or (args.source is None and not DEFAULT_SOURCE.is_dir())
     source = None if demo else (args.source if args.source is not None else DEFAULT_SOURCE)
     target = check_out(args.out, source)  # before reading any image
+    replacing = replace_lock(target)
     remove_stale_temporaries(target.parent)
     if demo:
         print("=" * 78 + f"\nNO DATASET: no --source and no {DEFAULT_SOURCE}/ folder, so this builds a small DEMO\n"
@@ -341,6 +386,8 @@ def main():
         if full is not None:
             raise full from None
         raise
+    finally:
+        replacing.release()
     seconds = time.perf_counter() - start
     c = manifest["counts"]
     gigabytes = sum(f.stat().st_size for f in target.iterdir()) / 1e9
@@ -373,8 +420,8 @@ def prepare(args, source: Path | None, folder: Path) -> dict:
         "size": args.size, "held_out": args.held_out, "val_share": args.val_share, "split_by": args.split_by,
         "person_from": args.person_from,
         "augment_factor": args.augment_factor,
-        "counts": {"source_images": len(records) + len(skipped), "skipped": len(skipped), "train": len(train_idx),
-                   "train_augmented": n_written, "val": len(val_idx), "test": len(test_idx)},
+        "counts": {"source_images": len(records) + sum("file" in s for s in skipped), "skipped": len(skipped),
+                   "train": len(train_idx), "train_augmented": n_written, "val": len(val_idx), "test": len(test_idx)},
         "files": {"train": [records[i] for i in train_idx], "val": [records[i] for i in val_idx],
                   "test": [records[i] for i in test_idx]},
         "skipped": skipped, "versions": versions(),
@@ -382,8 +429,8 @@ def prepare(args, source: Path | None, folder: Path) -> dict:
                   "{split}_lab.npy row k is {split}.npy row k in float16 Lab01, channels first",
     }
     splits = {"train": (train_idx, args.augment_factor), "val": (val_idx, 1), "test": (test_idx, 1)}
-    for split, (indices, factor) in splits.items():
-        write_split(folder, split, sources, indices, factor, args.size, args.seed, args.workers)
+    manifest["content"] = {split: write_split(folder, split, sources, indices, factor, args.size, args.seed,
+                                              args.workers) for split, (indices, factor) in splits.items()}
     sources.unlink()
     write_json(folder / MANIFEST, manifest)
     return manifest

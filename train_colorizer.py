@@ -18,8 +18,8 @@ import torch.nn.functional as F
 
 from common import (CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS, ArgumentParser, LabSplit, ab01_to_ab,
                     ab_bins, build_model, colorize_lab01, colorizer_input, exit_on_user_error, lab01_to_lab,
-                    load_checkpoint, load_colorizer, non_negative_float, positive_float, positive_int, read_manifest,
-                    real_path, training_statistic)
+                    load_checkpoint, load_colorizer, non_negative_float, positive_int, read_manifest, real_path,
+                    temperature, training_statistic)
 from training import LOSSES, TrainingSetup, add_training_args, train
 
 
@@ -48,7 +48,7 @@ def parse_args(argv=None):
     m.add_argument("--rebalance", type=non_negative_float, default=0.5,
                    help="classify: the paper's class rebalancing lambda, from 0 (each colour weighed by the inverse "
                         "of its frequency: the most vivid) to 1 (no rebalancing)")
-    m.add_argument("--temperature", type=positive_float, default=DEFAULT_TEMPERATURE,
+    m.add_argument("--temperature", type=temperature, default=DEFAULT_TEMPERATURE,
                    help="classify: annealed-mean temperature")
     args = p.parse_args(argv)
     architecture = MODEL_DEFAULTS

@@ -15,9 +15,11 @@ import gc
 import logging
 import math
 import os
+import shutil
 import signal
 import sys
 import traceback
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -32,17 +34,20 @@ from ignite.handlers import Checkpoint, CosineAnnealingScheduler, DiskSaver, Ear
 from ignite.metrics import Loss
 from ignite.utils import manual_seed
 
-from common import (DEFAULT_BATCH_SIZE, FOLDER_LOCK, OWNER_FILE, LabSplit, UserError, as_is, atomic_write,
-                    bfloat16_autocast, check_prepared, dataset_id, images_to_lab01, no_space_error, non_negative_float,
-                    non_negative_int, open_rgb_split, plot_loss_curves, positive_float, positive_int, random_variant,
-                    resolve_device, take_output_folder, torch_load, writable_folder, write_json)
+from common import (DEFAULT_BATCH_SIZE, FOLDER_LOCK, OWNER_FILE, TEMP_TAG, LabSplit, UserError, as_is, atomic_write,
+                    bfloat16_autocast, check_prepared, dataset_id, hold_for_reading, images_to_lab01, is_history,
+                    no_space_error, non_negative_float, non_negative_int, open_rgb_split, plot_loss_curves,
+                    positive_float, positive_int, random_variant, read_json, resolve_device, size_problem,
+                    take_output_folder, torch_load, writable_folder, write_json)
+from faces import face_scale
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
 RUN_FILES = {"best.pt", "last.pt", "history.json", "loss.png", FOLDER_LOCK}  # what a run writes in its folder
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
 # settings that may change between an interrupted run and its resumption
 _OPERATIONAL_KEYS = {"device", "num_workers", "backend", "world_size", "dry_run", "resume", "out", "data",
-                     "epochs", "patience", "epoch_length", "data_on_device", "amp", "channels_last", "compile"}
+                     "epochs", "patience", "epoch_length", "data_on_device", "amp", "channels_last", "compile",
+                     "face_scale"}
 # settings newer than some checkpoints: their default
 _ADDED_KEYS = {"augment": False, "lr_schedule": "constant", "init_from": None}
 
@@ -138,30 +143,53 @@ def train(config: dict, setup: Callable[[dict, torch.device], TrainingSetup]) ->
     once (the checks that need no GPU among it), the folder claimed, then one training() per process."""
     config = settled(config)
     out = Path(config["out"])
-    # rank 0 as torchrun or srun numbered it (there is no process group yet) claims and locks the folder
-    rank0 = int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) == 0
+    # rank 0 as torchrun or srun numbered it (there is no process group yet) claims and locks the folder; one
+    # process is rank 0 whatever a login shell left in its environment
+    rank0 = config["world_size"] == 1 or int(os.environ.get("RANK") or os.environ.get("SLURM_PROCID") or 0) == 0
     script = f"train_{config['task']}.py"
-    created, lock = take_output_folder(out, script, ours=lambda names: "last.pt" in names and set(names) <= RUN_FILES) \
-        if rank0 else (writable_folder(out), None)  # the lock is held until this returns
-    try:
-        with idist.Parallel(backend=_choose_backend(config["backend"], config["device"])[0]) as parallel:
-            # ignite's launcher logs at INFO, and its engines log an exception before raising it: our own lines say
-            # what a user needs (a UserError from a handler: one line)
-            logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
-            logging.getLogger("ignite.engine").setLevel(logging.CRITICAL)
-            try:
-                parallel.run(training, config, setup)
-            finally:
-                _free_run_objects()
-    except BaseException as exc:
-        if created and {p.name for p in out.iterdir()} <= {FOLDER_LOCK, OWNER_FILE}:
-            for name in (FOLDER_LOCK, OWNER_FILE):
-                (out / name).unlink(missing_ok=True)
-            out.rmdir()  # a run that failed before writing anything leaves no empty folder
-        full = no_space_error(exc, out)
-        if full is not None:
-            raise full from None
-        raise
+    with ExitStack() as held:  # the prepared set held for reading, the run folder locked: both until this returns
+        held.callback(hold_for_reading(Path(config["data"])).release)
+        created, lock = take_output_folder(out, script, ours=run_folder_of(config["task"])) \
+            if rank0 else (writable_folder(out), None)
+        if lock is not None:
+            held.callback(lock.release)
+        try:
+            with idist.Parallel(backend=_choose_backend(config["backend"], config["device"])[0]) as parallel:
+                # ignite's launcher logs at INFO, and its engines log an exception before raising it: our own lines
+                # say what a user needs (a UserError from a handler: one line)
+                logging.getLogger("ignite.distributed.launcher.Parallel").setLevel(logging.WARNING)
+                logging.getLogger("ignite.engine").setLevel(logging.CRITICAL)
+                try:
+                    parallel.run(training, config, setup)
+                finally:
+                    _free_run_objects()
+        except BaseException as exc:
+            held.close()
+            if created and {p.name for p in out.iterdir()} <= {FOLDER_LOCK, OWNER_FILE}:
+                for name in (FOLDER_LOCK, OWNER_FILE):
+                    (out / name).unlink(missing_ok=True)
+                out.rmdir()  # a run that failed before writing anything leaves no empty folder
+            full = no_space_error(exc, out)
+            if full is not None:
+                raise full from None
+            raise
+
+
+def run_folder_of(task: str) -> Callable[[Path], bool]:
+    """-> whether a folder (without OWNER_FILE) is a run of this task by what its files hold: only run files,
+    a last.pt of this project for the task, and history.json, if there, as the trainers write it."""
+
+    def ours(folder: Path) -> bool:
+        names = {p.name for p in folder.iterdir() if TEMP_TAG not in p.name} - {OWNER_FILE}
+        if "last.pt" not in names or not names <= RUN_FILES:
+            return False
+        if "history.json" in names and not is_history(read_json(folder / "history.json")):
+            return False
+        try:
+            return torch_load(folder / "last.pt")["run"]["config"]["task"] == task
+        except Exception:  # another tool's file: anything can go wrong reading it
+            return False
+    return ours
 
 
 def settled(config: dict) -> dict:
@@ -178,9 +206,17 @@ def settled(config: dict) -> dict:
     if config["batch_size"] < world:
         raise UserError(f"--batch-size {config['batch_size']}: smaller than the {world} processes; "
                         f"pass at least {world}")
+    problem = size_problem(config, manifest["size"])
+    if problem:
+        raise UserError(f"{config['data']}: {manifest['size']}x{manifest['size']} images, but {problem}")
+    if config["compile"] and device == "cpu" and not any(map(shutil.which, (os.environ.get("CXX") or "g++",
+                                                                            "c++", "clang++"))):
+        raise UserError("--compile on the CPU builds C++ kernels, and no C++ compiler is on PATH (g++, c++, "
+                        "clang++ or $CXX): install one (Debian: apt-get install g++), or leave out --compile")
     amp = bfloat16_autocast(device, config["amp"], "training")
+    scale = {"face_scale": face_scale(config["data"], manifest)} if config["task"] == "colorizer" else {}
     return {**config, "device": device, "image_size": manifest["size"], "data_id": dataset_id(manifest),
-            "world_size": world, "amp": amp}
+            "world_size": world, "amp": amp, **scale}
 
 
 def training(local_rank: int, config: dict, setup: Callable) -> None:
@@ -532,10 +568,27 @@ def _check_same_run(saved: dict, config: dict, path: Path) -> None:
         raise UserError(f"{path}: the run there {what}; pass another --out, or --no-resume to overwrite it")
 
 
+# the number of processes each launcher announces, and what else it sets in every process it starts: a number
+# without the rest was left in the environment by another shell (srun's is not set in a batch script itself)
+_LAUNCHERS = {"WORLD_SIZE": ("torchrun", ("RANK", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")),
+              "SLURM_STEP_NUM_TASKS": ("srun", ("SLURM_PROCID", "SLURM_STEP_ID"))}
+
+
 def _choose_backend(name: str, device_type: str) -> tuple[str | None, int]:
     """--backend -> (the torch.distributed backend, None for one process; the number of processes)."""
-    # torchrun says WORLD_SIZE; srun says SLURM_STEP_NUM_TASKS (not set in the batch script itself)
-    announced = int(os.environ.get("WORLD_SIZE") or os.environ.get("SLURM_STEP_NUM_TASKS") or 1)
+    announced = 1
+    for variable, (launcher, companions) in _LAUNCHERS.items():
+        value = os.environ.get(variable)
+        if not value:
+            continue
+        missing = [c for c in companions if not os.environ.get(c)]
+        if missing or not value.isdigit() or int(value) < 1:
+            why = f"no {missing[0]} beside it" if missing else "not a number of processes"
+            raise UserError(f"{variable}={value} is set, but {launcher} did not start this process ({why}): unset "
+                            f"{variable} to train in one process, or start the run with {launcher} as slurm/README.md "
+                            "shows")
+        announced = int(value)
+        break
     if name == "auto":
         name = ("nccl" if device_type == "cuda" else "gloo") if announced > 1 else "none"
     return (None, 1) if name == "none" else (name, announced)

@@ -240,9 +240,8 @@ def colorize_speed(files, photo, out, device):
         items = [(p, out / p.name, colorize.load(p, colorizer)) for p in paths]
         for i in range(0, len(items), batch_size):
             chunk = items[i:i + batch_size]
-            ab = colorizer.predict_ab(np.stack([it[2]["L_small"] for it in chunk]))
-            for (_, target, item), ab_small in zip(chunk, ab):
-                colorize.finish(item, ab_small, target, False)
+            for (_, target, item), ab in zip(chunk, colorize.predict(colorizer, [it[2] for it in chunk], batch_size)):
+                colorize.finish(item, ab, target, False)
 
     run(files[:64], 64)  # warm-up
     start = time.perf_counter()

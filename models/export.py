@@ -13,19 +13,25 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from common import (ArgumentParser, ClassifyingColorizer, UserError, atomic_write, exit_on_user_error,  # noqa: E402
-                    load_checkpoint, positive_float)
+                    check_prepared, chroma_gain, load_checkpoint, temperature)
+from faces import face_scale  # noqa: E402
 
 
 def main():
     p = ArgumentParser(__doc__)
     p.add_argument("checkpoint", help="a colorizer checkpoint written by train_colorizer.py (best.pt)")
     p.add_argument("out", type=Path, help="the file to write, e.g. models/face_colorizer.pt")
-    p.add_argument("--temperature", type=positive_float, default=None,
+    p.add_argument("--temperature", type=temperature, default=None,
                    help="classification checkpoints: the annealed-mean temperature to ship (chosen on validation)")
-    p.add_argument("--chroma-gain", type=positive_float, default=None,
+    p.add_argument("--chroma-gain", type=chroma_gain, default=None,
                    help="classification checkpoints: the chroma gain to ship (chosen on validation)")
+    p.add_argument("--face-scale-from", type=Path, default=None, metavar="DATA",
+                   help="measure the scale of the faces in this prepared set's training images (the set the model "
+                        "was trained on), for a checkpoint from before checkpoints carried it")
     args = p.parse_args()
     model, config, ckpt = load_checkpoint(args.checkpoint, task="colorizer")
+    if args.face_scale_from:
+        config = {**config, "face_scale": face_scale(args.face_scale_from, check_prepared(args.face_scale_from))}
     if config.get("regressor"):
         raise UserError(f"{args.checkpoint}: a colorizer conditioned on a regressor; ship an unconditioned one")
     for key, value in (("temperature", args.temperature), ("chroma_gain", args.chroma_gain)):

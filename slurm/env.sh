@@ -29,15 +29,17 @@ echo "job ${SLURM_JOB_ID:-local} on $(hostname) in $(pwd) with $(command -v pyth
 # With several tasks (sbatch --ntasks=N), the command runs once per task through srun, and the
 # tasks form one distributed run (the trainers' --backend auto reads srun's variables).
 run_resumable() {
-  local pid status
+  local pid status signalled
   if [ "${SLURM_NTASKS:-1}" -gt 1 ] && [ -z "${SLURM_STEP_NUM_TASKS:-}" ]; then set -- srun "$@"; fi
   "$@" &
   pid=$!
-  trap 'kill -USR1 "$pid" 2>/dev/null' USR1
-  trap 'kill -TERM "$pid" 2>/dev/null' TERM
-  status=0; wait "$pid" || status=$?
-  while kill -0 "$pid" 2>/dev/null; do  # wait was interrupted by a trapped signal
-    status=0; wait "$pid" || status=$?
+  trap 'signalled=1; kill -USR1 "$pid" 2>/dev/null' USR1
+  trap 'signalled=1; kill -TERM "$pid" 2>/dev/null' TERM
+  # wait returns early when a trapped signal arrives: wait again until it returns for the command's end
+  # (not by asking whether its pid lives: on a busy machine a new process may have taken that number)
+  signalled=1
+  while [ "$signalled" = 1 ]; do
+    signalled=0; status=0; wait "$pid" || status=$?
   done
   if [ "$status" -eq 3 ] && [ -n "${SLURM_JOB_ID:-}" ]; then
     local restarts=${SLURM_RESTART_COUNT:-0} limit=${MAX_REQUEUES:-3}

@@ -100,8 +100,7 @@ def tiny_colorize(device):
         cv2.imwrite(str(photo), (np.random.default_rng(0).random((200, 300, 3)) * 255).astype(np.uint8))
         colorizer = colorize.Colorizer(ckpt, None, None, device)
         item = colorize.load(photo, colorizer)
-        ab = colorizer.predict_ab(item["L_small"][None])[0]
-        colorize.finish(item, ab, Path(tmp) / "out.png", side_by_side=False)
+        colorize.finish(item, colorize.predict(colorizer, [item], 1)[0], Path(tmp) / "out.png", side_by_side=False)
         shape = cv2.imread(str(Path(tmp) / "out.png")).shape
     if shape != (200, 300, 3):
         raise RuntimeError(f"colorize wrote an image of {shape}, not (200, 300, 3)")

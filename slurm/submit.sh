@@ -2,9 +2,8 @@
 # Every setting is an environment variable with a default; SLURM's own SBATCH_* variables
 # (SBATCH_TIMELIMIT, SBATCH_QOS, ...) apply to every job as usual.
 set -euo pipefail
-ROOT=${PROJECT_DIR:-${SLURM_SUBMIT_DIR:-$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)}}
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)  # the caller found this file in the project folder
 cd "$ROOT"
-[ -f common.py ] || { echo "error: $ROOT is not the project folder; submit from it or set PROJECT_DIR" >&2; exit 2; }
 export PROJECT_DIR=$ROOT
 RUN_DIR=${RUN_DIR:-runs/pipeline}          # everything a run writes: data, checkpoints, logs, report
 DATA_SOURCE=${DATA_SOURCE:-}               # image folder; empty: data/face_images/ if present, else demo
@@ -35,7 +34,6 @@ submit() {
     --output "$RUN_DIR/logs/%x-%j.out" $SBATCH_ARGS "${opts[@]}" "slurm/$template" "$@" | cut -d';' -f1
 }
 
-prepare_args() {
-  # shellcheck disable=SC2086
-  echo ${DATA_SOURCE:+--source "$DATA_SOURCE"} --out "$RUN_DIR/data" $PREPARE_ARGS
-}
+# prepare.sbatch's flags, as an array: a folder's name may hold spaces ("My Family Photos")
+read -ra extra_prepare_args <<< "$PREPARE_ARGS"
+PREPARE_FLAGS=(${DATA_SOURCE:+--source "$DATA_SOURCE"} --out "$RUN_DIR/data" "${extra_prepare_args[@]}")

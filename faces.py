@@ -1,0 +1,134 @@
+"""Faces in photos: where they are, and the scale at which a model saw faces in training.
+
+Faces are found by scikit-image's LBP frontal-face cascade (OpenCV's cascade file, which scikit-image ships:
+nothing to download), on a copy of the photo's lightness with DETECT_SIDE pixels along its short side: faces of
+at least MIN_FACE pixels there, a tenth of the short side, are found (smaller ones are coloured as the rest of
+the photo). A face's scale is its side as a fraction of the image's short side; a model's training scale is the
+median of that over its training images, kept in its checkpoint's config (face_scale).
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+DETECT_SIDE = 256     # the short side faces are searched at (pixels)
+MIN_FACE = 24         # the cascade's window: the smallest face it finds, at DETECT_SIDE (pixels)
+MAX_FACES = 64        # the largest faces of a photo are kept: memory and time stay bounded whatever it holds
+SCALE_SAMPLE = 128    # training images a face scale is measured on
+_CASCADE = {}
+
+
+class Face(NamedTuple):
+    """A face's square, in the photo's pixels: its left, top and side."""
+    x: float
+    y: float
+    side: float
+
+
+def cascade():
+    """scikit-image's LBP frontal-face cascade, loaded once per process."""
+    if "cascade" not in _CASCADE:
+        from skimage import data
+        from skimage.feature import Cascade
+
+        _CASCADE["cascade"] = Cascade(data.lbp_frontal_face_cascade_filename())
+    return _CASCADE["cascade"]
+
+
+def find_faces(lightness: np.ndarray, largest: float | None = None) -> list[Face]:
+    """The faces in a photo, largest first, at most MAX_FACES: lightness is its L* (H x W, 0 to 100), at any
+    size; largest: the largest side (photo pixels) worth finding, if not any (fewer scales searched). A photo the
+    detector cannot search (too small, or anything it raises on) has none."""
+    import cv2
+
+    h, w = lightness.shape
+    scale = min(1.0, DETECT_SIDE / min(h, w))
+    small = lightness if scale == 1 else cv2.resize(lightness, (max(1, round(w * scale)), max(1, round(h * scale))),
+                                                     interpolation=cv2.INTER_AREA)
+    biggest = min(min(small.shape), round(largest * scale * 1.2) if largest else min(small.shape))  # a step more
+    if biggest < MIN_FACE:
+        return []
+    try:
+        found = cascade().detect_multi_scale(np.ascontiguousarray(small, np.float32) / 100, scale_factor=1.2,
+                                             step_ratio=1, min_size=(MIN_FACE, MIN_FACE), max_size=(biggest, biggest))
+    except Exception:  # the detector's own failure: the photo is coloured without faces
+        return []
+    faces = sorted((Face(d["c"] / scale, d["r"] / scale, d["width"] / scale) for d in found), key=lambda f: -f.side)
+    return faces[:MAX_FACES]
+
+
+def face_scale(data_dir, manifest: dict) -> float | None:
+    """The scale of a prepared set's faces, measured on its training images (training_face_scale) once and kept
+    beside the data (0 there: not a set of faces)."""
+    from common import open_rgb_split, training_statistic
+
+    originals = open_rgb_split(data_dir, "train")[::manifest["augment_factor"]]
+    kept = training_statistic(data_dir, "face_scale", (1,), lambda: np.array([training_face_scale(originals) or 0.0]),
+                              "the scale of the training images' faces")
+    return float(kept[0]) or None
+
+
+def training_face_scale(images: np.ndarray) -> float | None:
+    """The median scale of the largest face in up to SCALE_SAMPLE of the images (uint8 RGB, N x S x S x 3,
+    evenly drawn): the side of a face as a fraction of the image's; None where faces are found in fewer than a
+    quarter of them (not a set of faces)."""
+    import torch
+
+    from common import images_to_lab01
+
+    picks = np.linspace(0, len(images) - 1, min(SCALE_SAMPLE, len(images))).round().astype(int)
+    scales = []
+    for i in picks:
+        lightness = images_to_lab01(torch.from_numpy(np.array(images[i]))[None])[0, 0].numpy() * 100
+        faces = find_faces(lightness)
+        if faces:
+            scales.append(faces[0].side / min(lightness.shape))
+    return float(np.median(scales)) if len(scales) >= len(picks) / 4 else None
+
+
+# A face the whole-photo pass sees at less than this share of its training size is coloured in a square of its own;
+# the margin below 1 is for the cascade's boxes, which step by its scale factor of 1.2 (a close portrait is
+# coloured as it always was)
+SEEN_SMALL = 0.6
+FADE = 0.1  # the band along a face square's edges in which its colour fades into the whole photo's
+
+
+class Square(NamedTuple):
+    """A square of a photo, in whole pixels: left, top, side."""
+    x: int
+    y: int
+    side: int
+
+
+def squares_to_colour(faces: list[Face], shape: tuple[int, int], network_scale: float, face_scale: float,
+                      size: int) -> list[Square]:
+    """For each face that the whole photo, shown to the network at network_scale, shows smaller than
+    SEEN_SMALL of its training size (face_scale of size): the square around it in which it fills face_scale, as a
+    face filled its training images; moved inside the photo, at most as large as its short side."""
+    h, w = shape
+    squares = []
+    for face in faces:
+        if face.side * network_scale >= SEEN_SMALL * face_scale * size:
+            continue
+        side = min(round(face.side / face_scale), h, w)
+        cx, cy = face.x + face.side / 2, face.y + face.side / 2
+        x = int(np.clip(round(cx - side / 2), 0, w - side))
+        y = int(np.clip(round(cy - side / 2), 0, h - side))
+        squares.append(Square(x, y, side))
+    return squares
+
+
+def blend(ab: np.ndarray, square: Square, ab_square: np.ndarray) -> None:
+    """ab (H x W x 2, the whole photo's colour), in place: ab_square (the square's own colour, side x side x 2)
+    over its square, fully but for a band along its edges (FADE of its side) where it fades into the photo's, so
+    no seam shows."""
+    side = square.side
+    fade = max(1.0, side * FADE)
+    t = np.minimum(np.arange(side) + 0.5, side - np.arange(side) - 0.5) / fade
+    ramp = np.clip(t, 0, 1)
+    ramp = ramp * ramp * (3 - 2 * ramp)  # smoothstep: no crease where the fade begins or ends
+    weight = (ramp[:, None] * ramp[None, :])[..., None].astype(ab.dtype)
+    region = ab[square.y:square.y + side, square.x:square.x + side]
+    h, w = region.shape[:2]  # a square rounded onto a smaller copy of the photo may cross its edge by a pixel
+    region += weight[:h, :w] * (ab_square[:h, :w] - region)
