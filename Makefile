@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 FACES  ?= ../shared/data/face_images
 RUNS   ?= runs
 
-.PHONY: venv conda-env demo test results results-regressor-study bench bench-pipeline bench-scale bench-metrics \
+.PHONY: venv conda-env demo test results results-regressor-study bench bench-pipeline bench-scale bench-folders bench-metrics \
   slurm-start clean
 
 # TORCH_CUDA=cu126 (or cu128, ...): torch and torchvision built for that CUDA, from PyTorch's own
@@ -260,6 +260,10 @@ bench-pipeline: venv
 # memory with 100,000 photos against 10,000: prepare_data.py and training (about 15 minutes on 2 cores)
 bench-scale: venv
 	$(PY) benchmarks/scale.py
+
+# colorize.py on folders of 12-MP JPEGs, 24-MP 16-bit TIFFs and a mix, beside decoding and encoding them alone
+bench-folders: venv
+	$(PY) benchmarks/photo_folders.py
 
 # evaluate's metrics eager against torch.compile, with a fresh compile cache (about a minute; needs make lfw-data)
 bench-metrics: venv

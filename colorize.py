@@ -22,9 +22,12 @@ import io
 import os
 import struct
 import sys
+import threading
 import zlib
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -33,9 +36,9 @@ import torch.nn.functional as F
 
 from common import (ARCHITECTURES, IMAGE_SUFFIXES, L_RANGE, MAX_IMAGE_SIZE, REGRESSOR_MIN_SIZE, ArgumentParser,
                     BadImage, UserError, ab01_to_ab, atomic_write, bfloat16_autocast, chroma_gain, colorizer_input,
-                    exit_on_user_error, find_images, load_colorizer, positive_float, positive_int, printable,
-                    read_image, read_json, real_path, remove_stale_temporaries, resolve_device, srgb_profile,
-                    temperature, writable_folder, write_json)
+                    exit_on_user_error, find_images, lab_to_samples, load_colorizer, positive_float, positive_int,
+                    printable, read_json, read_lightness, real_path, remove_stale_temporaries, resolve_device,
+                    srgb_profile, temperature, writable_folder, write_json)
 from faces import SEEN_SMALL, Square, blend, find_faces, squares_to_colour
 from locks import turn_in
 
@@ -44,9 +47,9 @@ RECORD_LOCK = ".colorized.lock"  # where the system has no lock on a folder itse
 WRITTEN_SUFFIXES = IMAGE_SUFFIXES - {".pgm", ".gif"}  # formats written as the input's; others become PNG
 SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "face_colorizer.pt"  # beside the script, not the cwd
 MAX_ASPECT = 8  # the network sees at most --size x MAX_ASPECT*--size: a thin strip is shrunk to fit, not a crash
-# memory per pixel of the photo being colorized, at its peak: decoded float RGB, Lab, the upsampled colour, the
-# output and its encoding (about 60, from benchmarks/scale.py's figures; 64 leaves a little room)
-WORKING_BYTES_PER_PIXEL = 64
+# memory per pixel of a photo being written, at its peak: L, the upsampled colour (a*, b*), the output's samples
+# (up to 16-bit RGBA) and its encoding
+WORKING_BYTES_PER_PIXEL = 32
 
 
 def parse_args(argv=None):
@@ -63,9 +66,10 @@ def parse_args(argv=None):
     p.add_argument("--size", type=positive_int, default=None, help="network input size (default: the training size)")
     p.add_argument("--batch-size", type=positive_int, default=32, help="photos of one network-input shape per batch")
     p.add_argument("--max-megapixels", type=positive_float, default=64,
-                   help="full-resolution megapixels held for one batch, whatever the photos' sizes: memory is about "
-                        "4 bytes per held pixel (8 with transparency) plus about 60 per pixel of the photo being "
-                        "written; raise it to batch more large photos, lower it on a small machine")
+                   help="full-resolution megapixels held for one batch, and as many read ahead and waiting to be "
+                        "written, whatever the photos' sizes: memory is about 4 bytes per held pixel (8 with "
+                        "transparency) plus about 32 per pixel of the photo being written; raise it to batch more "
+                        "large photos, lower it on a small machine")
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     p.add_argument("--amp", action="store_true",
                    help="the network in bfloat16 where the device has it: faster; colours move by up to a few "
@@ -235,12 +239,9 @@ class Colorizer:
 
 
 def load(path: Path, colorizer: Colorizer):
-    photo = read_image(path, bytes_per_pixel=WORKING_BYTES_PER_PIXEL)
-    # OpenCV's float Lab conversion follows the same CIE formulas as the training code; L copied out of the
-    # Lab array, so that a photo waiting for its batch holds 4 bytes a pixel, not the whole Lab image's 12
-    L = cv2.cvtColor(photo.rgb, cv2.COLOR_RGB2Lab)[..., 0].copy()
-    return {**lightness_item(L, colorizer), "alpha": photo.alpha, "depth16": photo.bits == 16, "exif": photo.exif,
-            "dpi": photo.dpi}
+    photo = read_lightness(path, bytes_per_pixel=WORKING_BYTES_PER_PIXEL)  # a photo waiting holds its L alone
+    return {**lightness_item(photo.L, colorizer), "alpha": photo.alpha, "depth16": photo.bits == 16,
+            "exif": photo.exif, "dpi": photo.dpi}
 
 
 def lightness_item(L: np.ndarray, colorizer: Colorizer) -> dict:
@@ -256,10 +257,11 @@ def lightness_item(L: np.ndarray, colorizer: Colorizer) -> dict:
     return {"L": L, "L_small": L_small, "squares": squares}
 
 
-def predict(colorizer: Colorizer, items: list[dict], batch_size: int) -> list[np.ndarray]:
-    """The colour (a*, b*) of each item at full resolution: its whole photo at the network's input size (the items
-    share that shape: one batch), upsampled, then each face square's own, blended in. Face squares are coloured
-    batch_size at a time: memory stays bounded however many faces a photo holds."""
+def predict(colorizer: Colorizer, items: list[dict], batch_size: int) -> list[np.ndarray | None]:
+    """The colour (a*, b*; Lab units, h x w x 2) of each item at a size of its own, smaller than the photo's
+    (at_full_size upsamples it; None: not a finite number): its whole photo at the network's input size (the items
+    share that shape: one batch), then each face square's own, blended in. Face squares are coloured batch_size at
+    a time: memory stays bounded however many faces a photo holds."""
     whole = colorizer.predict_ab(np.stack([item["L_small"] for item in items]))
     # the faces' squares are cut from, and their colours blended into, a copy of the photo on which the smallest
     # square is as large as the network's input (never larger than the photo): the work does not grow with the
@@ -286,8 +288,27 @@ def predict(colorizer: Colorizer, items: list[dict], batch_size: int) -> list[np
             ab_small = cv2.resize(ab_small, resized_shape(w, h, scale), interpolation=cv2.INTER_CUBIC)
             for at, ab in faces:
                 blend(ab_small, at, cv2.resize(ab, (at.side, at.side), interpolation=cv2.INTER_CUBIC))
-        colours.append(cv2.resize(ab_small, (w, h), interpolation=cv2.INTER_CUBIC))
+        colours.append(ab_small)
     return colours
+
+
+def at_full_size(ab: np.ndarray, shape: tuple[int, int], out: np.ndarray | None = None) -> np.ndarray:
+    """predict's colour upsampled to the photo's height and width (into out if given)."""
+    return cv2.resize(ab, shape[::-1], dst=out, interpolation=cv2.INTER_CUBIC)
+
+
+_SCRATCH = threading.local()
+
+
+def scratch(name: str, shape: tuple, dtype) -> np.ndarray:
+    """An array of this shape for name, reused by this thread from photo to photo (grown to the largest): a
+    12-megapixel array allocated anew costs the system's work of mapping its pages every time."""
+    size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    buffer = getattr(_SCRATCH, name, None)
+    if buffer is None or buffer.size < size:
+        buffer = np.empty(size, np.uint8)
+        setattr(_SCRATCH, name, buffer)
+    return buffer[:size].view(dtype).reshape(shape)
 
 
 def resized_shape(w: int, h: int, scale: float) -> tuple[int, int]:
@@ -306,20 +327,27 @@ def square_lightness(L: np.ndarray, square: Square, size: int) -> np.ndarray:
     return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA if square.side > size else cv2.INTER_CUBIC)
 
 
-_PILLOW_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".png": "PNG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF",
-                   ".bmp": "BMP"}
+# 8-bit files Pillow writes (it writes their metadata); PNG goes through OpenCV, whose encoder is several times
+# faster than Pillow's at a smaller file (benchmarks/README.md), its metadata added as chunks
+_PILLOW_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
 SIXTEEN_BIT_SUFFIXES = {".png", ".tif", ".tiff", ".jp2", ".ppm", ".pnm"}  # 16 bits out where 16 came in
 
 
-def encode(image: np.ndarray, suffix: str, depth16: bool, exif: bytes | None = None, dpi=None) -> bytes:
-    """RGB(A) float in [0, 1] -> bytes in the input's format, 16 bits where the input had them and the format
-    holds them, with the input's EXIF and resolution and an sRGB profile where the format holds them (8-bit
-    files through Pillow; 16-bit PNG through OpenCV, the metadata added as PNG chunks; 16-bit TIFF with its
-    resolution only; JPEG 2000, PPM and PNM with none)."""
+def output_type(suffix: str, depth16: bool) -> type:
+    """The sample type an output of this suffix is written in: 16 bits where the input had them and the format
+    holds them."""
+    return np.uint16 if depth16 and suffix in SIXTEEN_BIT_SUFFIXES else np.uint8
+
+
+def encode(image: np.ndarray, suffix: str, exif: bytes | None = None, dpi=None) -> bytes:
+    """RGB(A) samples (uint8, or uint16 where output_type says) -> bytes in the input's format, with the input's
+    EXIF and resolution and an sRGB profile where the format holds them (8-bit JPEG, WebP, TIFF and BMP through
+    Pillow; PNG through OpenCV, the metadata added as PNG chunks; 16-bit TIFF with its resolution only; JPEG 2000,
+    PPM and PNM with none)."""
     from PIL import Image
 
     srgb = srgb_profile()
-    if not (depth16 and suffix in SIXTEEN_BIT_SUFFIXES) and suffix in _PILLOW_FORMATS:
+    if image.dtype == np.uint8 and suffix in _PILLOW_FORMATS:
         fmt = _PILLOW_FORMATS[suffix]
         options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
         if fmt != "BMP":
@@ -327,10 +355,9 @@ def encode(image: np.ndarray, suffix: str, depth16: bool, exif: bytes | None = N
         if dpi and fmt != "WEBP":
             options["dpi"] = dpi
         buffer = io.BytesIO()
-        Image.fromarray(np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)).save(buffer, format=fmt, **options)
+        Image.fromarray(image).save(buffer, format=fmt, **options)
         return buffer.getvalue()
-    bgr = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
-    data = np.clip(np.rint(bgr * 65535), 0, 65535).astype(np.uint16) if depth16 else cv2.convertScaleAbs(bgr, alpha=255)
+    data = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
     params = [cv2.IMWRITE_TIFF_XDPI, round(dpi[0]), cv2.IMWRITE_TIFF_YDPI, round(dpi[1]), cv2.IMWRITE_TIFF_RESUNIT, 2] \
         if dpi and suffix in {".tif", ".tiff"} else []
     ok, buf = cv2.imencode(suffix, data, params)
@@ -354,21 +381,27 @@ def with_png_metadata(png: bytes, icc: bytes, exif: bytes | None, dpi) -> bytes:
 
 
 def finish(item: dict, ab: np.ndarray | None, target: Path, side_by_side: bool) -> None:
-    """Merge the predicted colour (full resolution) with the photo's own lightness and write target (its suffix
-    says the format); with side_by_side also NAME_compare.EXT, the faces coloured apart boxed on its gray half."""
+    """Merge the predicted colour (predict's, upsampled here) with the photo's own lightness and write target (its
+    suffix says the format); with side_by_side also NAME_compare.EXT, the faces coloured apart boxed on its gray
+    half."""
     if ab is None:
         raise BadImage("the network's colour for it is not a finite number (NaN or inf): nothing written",
                        "the checkpoint may be damaged: try another")
-    rgb = np.clip(cv2.cvtColor(np.dstack([item["L"], ab]).astype(np.float32), cv2.COLOR_Lab2RGB), 0, 1)
-    suffix = target.suffix
-    out = np.dstack([rgb, item["alpha"]]) if item["alpha"] is not None and suffix not in {".jpg", ".jpeg"} else rgb
+    dtype = output_type(target.suffix, item["depth16"])
+    h, w = item["L"].shape
+    ab = at_full_size(ab, (h, w), scratch("ab", (h, w, 2), np.float32))
+    rgb = lab_to_samples(item["L"], ab, dtype, scratch("rgb", (h, w, 3), dtype))
+    alpha = item["alpha"]
+    out = rgb if alpha is None or target.suffix in {".jpg", ".jpeg"} else \
+        np.dstack([rgb, np.rint(alpha * np.iinfo(dtype).max).astype(dtype)])
     data = encoded(out, target, item)
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     if side_by_side:
-        gray = np.repeat((item["L"] / L_RANGE)[..., None], 3, axis=2)
+        gray = lab_to_samples(item["L"], None, dtype)
         thickness = max(1, round(max(gray.shape) / 400))
+        green = tuple(np.iinfo(dtype).max * share for share in (0.1, 0.9, 0.2))
         for x, y, side in item["squares"]:  # the square each was coloured in; the face fills its middle
-            cv2.rectangle(gray, (x, y), (x + side - 1, y + side - 1), (0.1, 0.9, 0.2), thickness)
+            cv2.rectangle(gray, (x, y), (x + side - 1, y + side - 1), green, thickness)
         pair = encoded(np.concatenate([gray, rgb], axis=1), compare_name(target), item)
         atomic_write(compare_name(target), lambda tmp: Path(tmp).write_bytes(pair))
 
@@ -377,11 +410,11 @@ def encoded(image: np.ndarray, target: Path, item: dict) -> bytes:
     """encode() for target, the input's metadata kept where the format takes it: an EXIF larger than the format
     holds (a JPEG's 64 kB) is left out, with a line saying so; an image the encoder refuses is a BadImage."""
     try:
-        return encode(image, target.suffix, item["depth16"], item["exif"], item["dpi"])
+        return encode(image, target.suffix, item["exif"], item["dpi"])
     except Exception as exc:  # Pillow's and OpenCV's encoders raise what they like
         if item["exif"]:
             try:
-                data = encode(image, target.suffix, item["depth16"], None, item["dpi"])
+                data = encode(image, target.suffix, None, item["dpi"])
             except Exception:
                 pass
             else:
@@ -393,25 +426,64 @@ def encoded(image: np.ndarray, target: Path, item: dict) -> bytes:
                        "convert it to PNG first") from None
 
 
-def read_ahead(jobs, colorizer: Colorizer):
-    """(path, output, its loaded item or why it could not be loaded) for each job in order, the next photo read
-    (decoded, converted, its faces found: work that lets go of Python's lock) in a thread while this one is
-    coloured and written: the two cores work at once, and one photo more is held."""
-    with ThreadPoolExecutor(max_workers=1) as reader:
-        def loading(path):
-            try:
-                return load(path, colorizer)
-            except (BadImage, OSError) as exc:
-                return exc
+# a photo larger than this is coloured in a batch of its own: the work at its full size outweighs the network's,
+# and the writer would wait for a batch of them to fill
+ALONE_PIXELS = 2 ** 20
+READERS = 2  # photos read at once: reading (decoding, lightness, faces) costs more than writing one
 
-        ahead = None
-        for path, output in jobs:
-            future = reader.submit(loading, path)
-            if ahead is not None:
-                yield ahead[0], ahead[1], ahead[2].result()
-            ahead = (path, output, future)
-        if ahead is not None:
-            yield ahead[0], ahead[1], ahead[2].result()
+
+def read_ahead(jobs, colorizer: Colorizer, budget: float):
+    """(path, output, its loaded item or why it could not be loaded) for each job in order, read (decoded, its lightness computed, its faces found: work that lets go of Python's lock) by
+    READERS threads of their own while the caller colours and writes earlier ones, as far ahead as budget pixels
+    of photos read and not yet taken allow."""
+    jobs = list(jobs)
+    loaded, turn = {}, threading.Condition()  # job index -> its item (or exception); the lock for all of it
+    state = {"next": 0, "waiting": 0, "stop": False}  # the next job to read; pixels read and not taken; caller left
+
+    def pixels(item) -> int:
+        return item["L"].size if isinstance(item, dict) else 0
+
+    def reader():
+        while True:
+            with turn:
+                turn.wait_for(lambda: state["waiting"] < budget or state["stop"])
+                if state["stop"] or state["next"] == len(jobs):
+                    return
+                index = state["next"]
+                state["next"] += 1
+            try:
+                item = load(jobs[index][0], colorizer)
+            except (BadImage, OSError) as exc:
+                item = exc
+            except BaseException as exc:  # the caller raises it: never a thread dying in silence
+                item = Raise(exc)
+            with turn:
+                loaded[index] = item
+                state["waiting"] += pixels(item)
+                turn.notify_all()
+
+    threads = [threading.Thread(target=reader, daemon=True) for _ in range(min(READERS, len(jobs)))]
+    for thread in threads:  # daemons: Ctrl-C ends the program, not a read
+        thread.start()
+    try:
+        for index, (path, output) in enumerate(jobs):
+            with turn:
+                turn.wait_for(lambda: index in loaded)
+                item = loaded.pop(index)
+                state["waiting"] -= pixels(item)
+                turn.notify_all()
+            if isinstance(item, Raise):
+                raise item.exception
+            yield path, output, item
+    finally:
+        with turn:
+            state["stop"] = True
+            turn.notify_all()
+
+
+class Raise(NamedTuple):
+    """An exception a reader met that is not the photo's fault: the caller raises it."""
+    exception: BaseException
 
 
 def main():
@@ -437,42 +509,67 @@ def main():
         elif why:
             print(f"{printable(path)} -> {printable(args.out / output)} ({why})", file=sys.stderr)
     jobs = [(path, output) for (path, _), (output, _) in zip(jobs, planned) if output is not None]
+    if len(jobs) > 1 and device.type == "cpu":
+        # reading and writing run in threads of their own, one core each: threads inside each operation as well
+        # would only wait on each other
+        torch.set_num_threads(1)
+        cv2.setNumThreads(1)
     for path, reason in skipped:
         print(f"skipped {printable(path)}: {printable(reason)}", file=sys.stderr)
 
     done, failed = 0, []
     pending = []  # loaded images waiting for a batch of one network-input shape
+    writing = deque()  # (path, pixels, the future of its finish), oldest first
     budget = args.max_megapixels * 1e6
+    progress = tqdm(total=len(jobs), unit="image", disable=not sys.stderr.isatty())
 
     def fail(path, reason):
         failed.append(path)
         tqdm.write(f"failed {printable(path)}: {printable(reason)}", file=sys.stderr)
 
-    def flush():
+    def settle_oldest():
         nonlocal done
+        path, _, future = writing.popleft()
+        try:
+            future.result()
+            done += 1
+        except (BadImage, OSError) as exc:
+            fail(path, exc)
+        progress.update()
+
+    def flush(writer):
+        # the network here; merging, encoding and writing in the writer's thread, as many as budget pixels behind
         if not pending:
             return
         colours = predict(colorizer, [item for _, _, item in pending], args.batch_size)
         for (path, output, item), ab in zip(pending, colours):
-            try:
-                finish(item, ab, args.out / output, args.side_by_side)
-                done += 1
-            except (BadImage, OSError) as exc:
-                fail(path, exc)
+            writing.append((path, item["L"].size,
+                            writer.submit(finish, item, ab, args.out / output, args.side_by_side)))
         pending.clear()
+        while sum(pixels for _, pixels, _ in writing) > budget:
+            settle_oldest()
 
-    for path, output, item in tqdm(read_ahead(jobs, colorizer), total=len(jobs), unit="image",
-                                   disable=not sys.stderr.isatty()):
-        if isinstance(item, Exception):
-            fail(path, item)
-            continue
-        held = sum(waiting["L"].size for _, _, waiting in pending)
-        if pending and (pending[0][2]["L_small"].shape != item["L_small"].shape or held + item["L"].size > budget):
-            flush()
-        pending.append((path, output, item))
-        if len(pending) == args.batch_size:
-            flush()
-    flush()
+    with ThreadPoolExecutor(max_workers=1) as writer:
+        try:
+            for path, output, item in read_ahead(jobs, colorizer, budget):
+                if isinstance(item, Exception):
+                    fail(path, item)
+                    progress.update()
+                    continue
+                held = sum(waiting["L"].size for _, _, waiting in pending)
+                if pending and (pending[0][2]["L_small"].shape != item["L_small"].shape or
+                                held + item["L"].size > budget):
+                    flush(writer)
+                pending.append((path, output, item))
+                if len(pending) == args.batch_size or item["L"].size > ALONE_PIXELS:
+                    flush(writer)
+            flush(writer)
+            while writing:
+                settle_oldest()
+        except BaseException:
+            writer.shutdown(cancel_futures=True)  # Ctrl-C or an error: what is being written is finished, no more
+            raise
+    progress.close()
 
     print(f"{done} colorized into {printable(args.out)}, {len(failed)} failed, {len(skipped)} skipped")
     if failed or not done:

@@ -33,6 +33,7 @@ import warnings
 from pathlib import Path
 from typing import Callable, NamedTuple
 
+import cv2
 import numpy as np
 import torch
 import torch.nn as nn
@@ -394,6 +395,103 @@ def lab01_to_rgb(lab01: torch.Tensor) -> torch.Tensor:
     return lab_to_rgb(lab01_to_lab(lab01))
 
 
+# Whole photos, at their own size (colorize.py): the same formulas, done a strip of rows at a time so that the
+# float temporaries of a 12-megapixel photo stay in the caches, from and to the file's own integer samples.
+STRIP_PIXELS = 2 ** 16
+_Y_FROM_LINEAR_BGR = _XYZN_FROM_RGB[1].flip(0).float().numpy()[None]  # Y of linear (B, G, R): OpenCV's order
+# Lab -> linear sRGB with the white folded in: (fx^3, fy^3, fz^3) -> (R, G, B)
+_LINEAR_RGB_FROM_F3 = (_RGB_FROM_XYZ * torch.tensor(_WHITE_D65, dtype=torch.float64)).float().numpy()
+_SRGB_TO_LINEAR_TABLES = {}  # per sample type: the sRGB curve at each value a sample can take
+
+
+def _strips(height: int, width: int):
+    rows = max(1, STRIP_PIXELS // width)
+    return (slice(top, min(top + rows, height)) for top in range(0, height, rows))
+
+
+def _srgb_to_linear_table(dtype: np.dtype) -> np.ndarray:
+    if dtype not in _SRGB_TO_LINEAR_TABLES:
+        top = np.iinfo(dtype).max
+        _SRGB_TO_LINEAR_TABLES[dtype] = srgb_to_linear(torch.arange(top + 1, dtype=torch.float64) / top).float().numpy()
+    return _SRGB_TO_LINEAR_TABLES[dtype]
+
+
+def lightness_of_samples(samples: np.ndarray) -> np.ndarray:
+    """A photo's L* (float32, H x W, 0 to 100) from its samples as OpenCV decodes them: uint8 or uint16, gray
+    (H x W), gray and alpha, BGR or BGRA; sRGB. rgb_to_lab's L, read through a table of the sRGB curve."""
+    table = _srgb_to_linear_table(samples.dtype)
+    gray = samples.ndim == 2 or samples.shape[2] <= 2
+    lightness = np.empty(samples.shape[:2], np.float32)
+    for rows in _strips(*samples.shape[:2]):
+        strip = samples[rows] if samples.ndim == 2 else samples[rows, :, 0] if gray else samples[rows, :, :3]
+        strip = np.ascontiguousarray(strip)
+        linear = cv2.LUT(strip, table) if strip.dtype == np.uint8 else table[strip]
+        lightness[rows] = _lightness_of_y(linear if gray else cv2.transform(linear, _Y_FROM_LINEAR_BGR))
+    return lightness
+
+
+def lightness_of_rgb(rgb: np.ndarray) -> np.ndarray:
+    """L* (float32, H x W) of float sRGB in [0, 1], H x W x 3: rgb_to_lab's L."""
+    lightness = np.empty(rgb.shape[:2], np.float32)
+    y_from_rgb = np.ascontiguousarray(_Y_FROM_LINEAR_BGR[:, ::-1])
+    for rows in _strips(*rgb.shape[:2]):
+        linear = srgb_to_linear(torch.from_numpy(np.ascontiguousarray(rgb[rows], np.float32))).numpy()
+        lightness[rows] = _lightness_of_y(cv2.transform(linear, y_from_rgb))
+    return lightness
+
+
+def _lightness_of_y(y: np.ndarray) -> np.ndarray:
+    """L* = 116 f(Y) - 16, f the cube root above 0.008856 and its tangent there below (the CIE curve: no branch)."""
+    f = np.cbrt(cv2.max(y, 0.008856))
+    f += _scale(cv2.threshold(y, 0.008856, 0, cv2.THRESH_TRUNC, dst=y)[1], 7.787, -0.008856 * 7.787, y)
+    return _scale(f, 116, -16, f)
+
+
+def _scale(x: np.ndarray, gain: float, offset: float, out: np.ndarray) -> np.ndarray:
+    """out = x * gain + offset, in float32 (numpy's scalar arithmetic: faster here than OpenCV's)."""
+    np.multiply(x, np.float32(gain), out=out)
+    return np.add(out, np.float32(offset), out=out)
+
+
+def lab_to_samples(lightness: np.ndarray, ab: np.ndarray | None, dtype=np.uint8, out: np.ndarray | None = None):
+    """L* (H x W) and a*, b* (H x W x 2; None: gray) in Lab units -> sRGB samples, H x W x 3 of dtype (uint8 or
+    uint16; into out if given): lab_to_rgb's colours, rounded to the nearest sample value."""
+    height, width = lightness.shape
+    top = np.iinfo(dtype).max
+    samples = np.empty((height, width, 3), dtype) if out is None else out
+    rows = max(1, STRIP_PIXELS // width)
+    f, high, cube = (np.empty((rows, width * 3), np.float32) for _ in range(3))  # (x, y, z) interleaved, 2-D:
+    fy, fx, fz = (np.empty((rows, width), np.float32) for _ in range(3))  # OpenCV's scalars then reach every channel
+    for strip in _strips(height, width):
+        n = strip.stop - strip.start
+        fs, hs, cs, fys, fxs, fzs = f[:n], high[:n], cube[:n], fy[:n], fx[:n], fz[:n]
+        _scale(lightness[strip], 1 / 116, 16 / 116, fys)  # fy = (L + 16) / 116
+        if ab is None:
+            fxs, fzs = fys, fys
+        else:
+            cv2.scaleAdd(ab[strip, :, 0], 1 / 500, fys, dst=fxs)
+            cv2.threshold(cv2.scaleAdd(ab[strip, :, 1], -1 / 200, fys, dst=fzs), 0, 0, cv2.THRESH_TOZERO, dst=fzs)
+        cv2.merge([fxs, fys, fzs], dst=fs.reshape(n, width, 3))
+        # f^3 above 0.2068966, its tangent there below: max(f, t)^3 + (min(f, t) - t) / 7.787, lab_to_rgb's branches
+        cv2.max(fs, 0.2068966, dst=hs)
+        _scale(cv2.threshold(fs, 0.2068966, 0, cv2.THRESH_TRUNC, dst=fs)[1], 1 / 7.787, -0.2068966 / 7.787, fs)
+        cv2.multiply(cv2.multiply(hs, hs, dst=cs), hs, dst=cs)
+        cv2.add(fs, cs, dst=fs)
+        linear = cv2.transform(fs.reshape(n, width, 3), _LINEAR_RGB_FROM_F3).reshape(n, width * 3)
+        # the sRGB curve: 1.055 x^(1 / 2.4) - 0.055 above 0.0031308, 12.92 x below (the two meet there)
+        cv2.log(cv2.max(linear, 0.0031308, dst=hs), dst=hs)
+        cv2.exp(np.multiply(hs, np.float32(1 / 2.4), out=hs), dst=hs)
+        _scale(cv2.threshold(linear, 0.0031308, 0, cv2.THRESH_TRUNC, dst=linear)[1], 12.92, -0.0031308 * 12.92 - 0.055,
+               linear)
+        cv2.threshold(cv2.scaleAdd(hs, 1.055, linear, dst=linear), 0, 0, cv2.THRESH_TOZERO, dst=linear)
+        if top == 255:  # rounded, saturated at 255
+            samples[strip] = cv2.convertScaleAbs(linear, alpha=255).reshape(n, width, 3)
+        else:
+            linear = cv2.threshold(np.multiply(linear, np.float32(top), out=linear), top, 0, cv2.THRESH_TRUNC)[1]
+            samples[strip] = np.rint(linear).reshape(n, width, 3)
+    return samples
+
+
 def lab01_batches(images: np.ndarray, batch_size=32, device="cpu"):
     """uint8 RGB (N, H, W, 3), e.g. a memory map -> small Lab01 batches (their temporaries stay in the caches)."""
     for i in range(0, len(images), batch_size):
@@ -480,8 +578,19 @@ class Photo(NamedTuple):
     dpi: tuple | None = None   # the file's resolution, if it states one
 
 
+class Lightness(NamedTuple):
+    """A photo read for its lightness alone (colorize.py): the rest as Photo's."""
+    L: np.ndarray              # float32 L* in [0, 100], H x W, upright
+    alpha: np.ndarray | None
+    bits: int
+    exif: bytes | None = None
+    dpi: tuple | None = None
+
+
 # what a decode holds at its peak, per pixel: the file's samples, float32 RGB(A) and a temporary of it
 DECODE_BYTES_PER_PIXEL = 40
+# the same for its lightness: the samples (at most 8 bytes), L and alpha in float32
+LIGHTNESS_BYTES_PER_PIXEL = 16
 # EXIF orientation -> how to turn the stored pixels upright (rows and columns of an H x W x C array)
 _UPRIGHT = {2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
             5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: a.swapaxes(0, 1)[::-1, ::-1],
@@ -494,6 +603,16 @@ def read_image(path: str | Path, bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) 
     before opening, what is not a regular file (a pipe would block); before reading it whole, a file larger than
     any image of MAX_PIXELS, an image over MAX_PIXELS by its header, or one whose bytes and bytes_per_pixel working
     memory would not fit in the memory this process may still take."""
+    return _read(path, bytes_per_pixel, _photo)
+
+
+def read_lightness(path: str | Path, bytes_per_pixel: int = LIGHTNESS_BYTES_PER_PIXEL) -> Lightness:
+    """read_image's photo as its L* alone, computed from the file's own samples (no float copy of the photo)
+    unless its ICC profile is not sRGB's."""
+    return _read(path, bytes_per_pixel, _lightness)
+
+
+def _read(path: str | Path, bytes_per_pixel: int, convert: Callable[[np.ndarray, dict], tuple]):
     path = Path(path)
     try:
         status = path.stat()  # follows links; opens nothing
@@ -524,7 +643,7 @@ def read_image(path: str | Path, bytes_per_pixel: int = DECODE_BYTES_PER_PIXEL) 
     except OSError as exc:
         raise BadImage(f"cannot be read ({exc.strerror or type(exc).__name__})", CHECK_PATH) from None
     try:
-        return _decode(data, header)
+        return convert(_decode(data, header), header)
     except BadImage:
         raise
     except Exception as exc:  # OpenCV, numpy or memory errors on a hostile file
@@ -586,9 +705,8 @@ def memory_available() -> float:
     return max(0.0, min(room))
 
 
-def _decode(data: bytes, header: dict) -> Photo:
-    import cv2
-
+def _decode(data: bytes, header: dict) -> np.ndarray:
+    """The file's samples as OpenCV decodes them (uint8 or uint16; gray, gray and alpha, BGR or BGRA), upright."""
     if data[:2] == b"\xff\xd8":
         data = data[:_jpeg_end(data)]  # what follows the image (a phone's motion photo: a video) is not decoded
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)  # alpha kept, EXIF not applied
@@ -596,20 +714,46 @@ def _decode(data: bytes, header: dict) -> Photo:
         raise BadImage("not an image, or corrupt", COPY_AGAIN)
     if img.shape[0] < 2 or img.shape[1] < 2:
         raise BadImage(f"too small ({img.shape[1]}x{img.shape[0]})", "use a larger copy, or remove it")
+    if img.dtype not in (np.uint8, np.uint16):
+        raise BadImage(f"unsupported sample type {img.dtype}", "save it again with 8 or 16 bits a sample")
     if header["format"] != "TIFF":  # libtiff turns TIFFs itself
         img = _UPRIGHT.get(header["orientation"], lambda a: a)(img)
-    scale = {np.dtype(np.uint8): 255.0, np.dtype(np.uint16): 65535.0}.get(img.dtype)
-    if scale is None:
-        raise BadImage(f"unsupported sample type {img.dtype}", "save it again with 8 or 16 bits a sample")
-    img = img.astype(np.float32)
-    img *= 1 / scale  # in place: a 12-megapixel photo makes big temporaries
-    channels = 1 if img.ndim == 2 else img.shape[2]
-    alpha = img[..., -1].copy() if channels in (2, 4) else None  # a copy: the view would hold all of img
-    rgb = np.repeat((img if channels == 1 else img[..., 0])[..., None], 3, axis=2) if channels <= 2 else \
+    return img
+
+
+def _channels(samples: np.ndarray) -> int:
+    return 1 if samples.ndim == 2 else samples.shape[2]
+
+
+def _alpha(samples: np.ndarray) -> np.ndarray | None:
+    """The transparency of samples in [0, 1] (float32, H x W), if they have it."""
+    if _channels(samples) not in (2, 4):
+        return None
+    return samples[..., -1].astype(np.float32) * np.float32(1 / np.iinfo(samples.dtype).max)
+
+
+def _float_rgb(samples: np.ndarray) -> np.ndarray:
+    """Samples -> float32 RGB in [0, 1], H x W x 3, as the file holds it (its own colour space)."""
+    img = samples.astype(np.float32)
+    img *= 1 / np.iinfo(samples.dtype).max  # in place: a 12-megapixel photo makes big temporaries
+    channels = _channels(img)
+    return np.repeat((img if channels == 1 else img[..., 0])[..., None], 3, axis=2) if channels <= 2 else \
         cv2.cvtColor(img[..., :3], cv2.COLOR_BGR2RGB)
-    if header["icc"] and channels >= 3:
-        rgb = icc_to_srgb(header["icc"])(rgb)
-    return Photo(rgb, alpha, 16 if scale > 255 else 8, header["exif"], header["dpi"])
+
+
+def _to_srgb(samples: np.ndarray, header: dict) -> Callable[[np.ndarray], np.ndarray]:
+    return icc_to_srgb(header["icc"]) if header["icc"] and _channels(samples) >= 3 else _unchanged
+
+
+def _photo(samples: np.ndarray, header: dict) -> Photo:
+    rgb = _to_srgb(samples, header)(_float_rgb(samples))
+    return Photo(rgb, _alpha(samples), samples.dtype.itemsize * 8, header["exif"], header["dpi"])
+
+
+def _lightness(samples: np.ndarray, header: dict) -> Lightness:
+    to_srgb = _to_srgb(samples, header)
+    L = lightness_of_samples(samples) if to_srgb is _unchanged else lightness_of_rgb(to_srgb(_float_rgb(samples)))
+    return Lightness(L, _alpha(samples), samples.dtype.itemsize * 8, header["exif"], header["dpi"])
 
 
 def _jpeg_end(data: bytes) -> int:
@@ -710,6 +854,10 @@ def srgb_profile() -> bytes:
     return _SRGB_PROFILE["bytes"]
 
 
+def _unchanged(rgb: np.ndarray) -> np.ndarray:
+    return rgb
+
+
 def icc_to_srgb(profile: bytes) -> Callable[[np.ndarray], np.ndarray]:
     """-> convert(float32 RGB in [0, 1], H x W x 3) -> sRGB in [0, 1], for a photo that carries this ICC
     profile (the identity for sRGB itself, or a profile that cannot be read: such a photo is taken as sRGB)."""
@@ -722,7 +870,7 @@ def icc_to_srgb(profile: bytes) -> Callable[[np.ndarray], np.ndarray]:
     srgb_curve = srgb_to_linear(torch.from_numpy(samples)).numpy()
     if np.allclose(matrix, _SRGB_PROFILE["matrix"], atol=2e-3) and \
             all(np.allclose(curve(samples), srgb_curve, atol=2e-3) for curve in curves):
-        return lambda rgb: rgb  # sRGB already: its bytes untouched
+        return _unchanged  # sRGB already: its bytes untouched
     to_srgb = np.linalg.solve(_SRGB_PROFILE["matrix"], matrix)  # linear profile RGB -> linear sRGB, both D50
 
     def convert(rgb: np.ndarray) -> np.ndarray:
@@ -743,7 +891,7 @@ def _littlecms_to_srgb(profile: bytes) -> Callable[[np.ndarray], np.ndarray]:
         transform = ImageCms.buildTransform(ImageCms.ImageCmsProfile(io.BytesIO(profile)),
                                             ImageCms.ImageCmsProfile(io.BytesIO(srgb_profile())), "RGB", "RGB")
     except Exception:  # a damaged or unsupported profile: the photo is taken as sRGB
-        return lambda rgb: rgb
+        return _unchanged
 
     def convert(rgb: np.ndarray) -> np.ndarray:
         image = Image.fromarray(to_uint8(rgb))
@@ -753,8 +901,6 @@ def _littlecms_to_srgb(profile: bytes) -> Callable[[np.ndarray], np.ndarray]:
 
 def center_square(image: np.ndarray, size: int) -> np.ndarray:
     """Centre-crop to a square and resize to size x size (area interpolation when shrinking)."""
-    import cv2
-
     h, w = image.shape[:2]
     s = min(h, w)
     top, left = (h - s) // 2, (w - s) // 2

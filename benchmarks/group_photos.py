@@ -31,8 +31,8 @@ import colorize  # noqa: E402
 import evaluate  # noqa: E402
 from bench import describe_machine, machine, write_results  # noqa: E402
 from common import (ArgumentParser, UserError, ab_to_ab01, check_prepared, exit_on_user_error,  # noqa: E402
-                    images_to_lab01, lab01_to_rgb, non_negative_int, open_rgb_split, positive_int, resolve_device,
-                    writable_folder)
+                    images_to_lab01, lab01_to_rgb, lightness_of_samples, non_negative_int, open_rgb_split,
+                    positive_int, resolve_device, writable_folder)
 
 GRID_SIDES = (2, 3, 4, 5, 6)
 PASTE_ENLARGE = 3        # the background photo, enlarged this much
@@ -98,7 +98,7 @@ def build_photos(faces: np.ndarray, args, rng) -> dict:
 def colour(colorizer, L: np.ndarray) -> np.ndarray:
     """colorize.py's colour (a*, b*; H x W x 2, Lab units) for a photo of lightness L."""
     item = colorize.lightness_item(L, colorizer)
-    return colorize.predict(colorizer, [item], 32)[0]
+    return colorize.at_full_size(colorize.predict(colorizer, [item], 32)[0], L.shape)
 
 
 def measure(photo: Photo, prediction_ab01: torch.Tensor, truth: torch.Tensor) -> dict:
@@ -177,14 +177,12 @@ def main():
     map_ab = evaluate.training_colours(args.data, manifest, 128, device).map_ab.cpu().numpy()
     kinds = build_photos(faces, args, np.random.default_rng(args.seed))
     results, seconds = {}, {}
-    import cv2
-
     for kind, photos in kinds.items():
         rows = {method: [] for method in (*SETTINGS, "mean-face map", "gray")}
         found = []
         for photo in photos:
             truth = images_to_lab01(torch.from_numpy(photo.rgb)[None]).double()
-            L = cv2.cvtColor(photo.rgb.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)[..., 0]  # as colorize.py reads
+            L = lightness_of_samples(photo.rgb[..., ::-1])  # as colorize.py reads a file's (B, G, R) samples
             for setting in SETTINGS:
                 start = time.perf_counter()
                 ab = colour(colorizers[setting], L)

@@ -160,3 +160,17 @@ def test_metrics_benchmark_names_a_folder_that_is_not_prepared(tmp_path):
     assert result.returncode == 2 and result.stdout == ""
     assert result.stderr == (f"error: {tmp_path}: not a prepared folder; run `make lfw-data`, or pass --data a "
                              "folder that prepare_data.py wrote\n")
+
+
+def test_the_photo_folder_benchmark_runs(tmp_path):
+    """benchmarks/photo_folders.py --quick: colorize.py on each folder with 1 and 2 cores beside the limit."""
+    run_script("benchmarks/photo_folders.py", "--quick", "--out", tmp_path, timeout=900)
+    results = json.loads((tmp_path / "photo_folders.json").read_text())
+    assert set(results["folders"]) == {"12mp", "24mp-tiff16", "mix"}
+    for by_cores in results["folders"].values():
+        assert set(by_cores) == {"1", "2"}
+        for m in by_cores.values():
+            assert m["limit"]["photos_per_s"] > 0 and m["limit"]["library"] in ("opencv", "pillow")
+            for faces in ("auto", "off"):  # three photos: a difference of two timings, its sign left to noise
+                assert math.isfinite(m[faces]["photos_per_s"]) and m[faces]["peak_anon_mib_folder"] > 0
+    assert len(results["one_12mp_photo_s"]) == 1 and "| 12mp | 2 |" in (tmp_path / "photo_folders.md").read_text()

@@ -1,5 +1,6 @@
 """colorize.py on a folder of mixed real-world files, and its errors."""
 import cv2
+import pytest
 import numpy as np
 from PIL import Image
 from skimage import data
@@ -104,3 +105,97 @@ def test_memory_is_bounded_by_held_pixels_not_by_the_number_of_photos(trained, t
         assert batches == {"64": [6], "0.5": [3, 3], "0.01": [1] * 6}[budget]  # a photo over budget goes alone
     for budget in ("0.5", "0.01"):  # the batching changes how much is held, not the colours (beyond rounding)
         assert all(np.abs(a - b).max() <= 2 for a, b in zip(outputs["64"], outputs[budget]))
+
+
+def run_main(monkeypatch, *args):
+    import sys
+
+    import colorize
+
+    monkeypatch.setattr(sys, "argv", ["colorize.py", *map(str, args)])
+    colorize.main()
+
+
+def camera_folder(folder, n, side=(300, 400)):
+    folder.mkdir()
+    rng = np.random.default_rng(4)
+    for i in range(n):
+        photo = cv2.resize(data.astronaut()[..., ::-1], side[::-1]).astype(int) + rng.integers(-20, 21, (*side, 3))
+        cv2.imwrite(str(folder / f"{i:02d}.jpg"), np.clip(photo, 0, 255).astype(np.uint8))
+    return folder
+
+
+def test_the_pipeline_writes_the_same_bytes_however_many_readers(trained, tmp_path, monkeypatch):
+    """Photos are read by threads of their own while others are coloured and written: the outputs are those of
+    one photo after another, byte for byte, in the order of the inputs."""
+    import colorize
+
+    folder = camera_folder(tmp_path / "in", 7)
+    written = {}
+    for readers in (1, 2, 3):
+        monkeypatch.setattr(colorize, "READERS", readers)
+        run_main(monkeypatch, folder, "--checkpoint", trained / "colorizer" / "best.pt", "--out",
+                 tmp_path / str(readers), "--device", "cpu", "--max-megapixels", 0.3)
+        written[readers] = [(tmp_path / str(readers) / f"{i:02d}.jpg").read_bytes() for i in range(7)]
+    assert written[1] == written[2] == written[3]
+
+
+def test_photos_read_ahead_and_waiting_to_be_written_stay_within_the_budget(trained, tmp_path, monkeypatch):
+    """However fast reading runs ahead of writing, the photos held (read, not yet written) stay bounded by
+    --max-megapixels: memory does not grow with the folder."""
+    import threading
+    import time
+
+    import colorize
+
+    folder = camera_folder(tmp_path / "in", 24)  # 0.12 MP each
+    held, peak, lock = [0], [0], threading.Lock()
+    load, finish = colorize.load, colorize.finish
+
+    def counted_load(*args):
+        item = load(*args)
+        with lock:
+            held[0] += 1
+            peak[0] = max(peak[0], held[0])
+        return item
+
+    def slow_finish(*args):
+        time.sleep(0.05)  # writing slower than reading: reading would run ahead of it unbounded
+        finish(*args)
+        with lock:
+            held[0] -= 1
+
+    monkeypatch.setattr(colorize, "load", counted_load)
+    monkeypatch.setattr(colorize, "finish", slow_finish)
+    run_main(monkeypatch, folder, "--checkpoint", trained / "colorizer" / "best.pt", "--out", tmp_path / "o",
+             "--device", "cpu", "--max-megapixels", 0.25)
+    # each of three stages (read and waiting, the batch, being written) holds what the budget holds and the photo
+    # that crosses it (3); each reader one more
+    assert len(list((tmp_path / "o").glob("*.jpg"))) == 24 and peak[0] <= 3 * 3 + colorize.READERS
+
+
+def test_a_reader_that_meets_an_error_not_of_the_photo_stops_the_run(trained, tmp_path, monkeypatch):
+    """An error that is not the photo's (here the system's) reaches the user: never a reader thread dying in
+    silence and the run waiting for it forever."""
+    import signal
+
+    import colorize
+
+    folder = camera_folder(tmp_path / "in", 5)
+    load = colorize.load
+
+    def failing_load(path, colorizer):
+        if path.name == "02.jpg":
+            raise MemoryError("the system refused")
+        return load(path, colorizer)
+
+    monkeypatch.setattr(colorize, "load", failing_load)
+    signal.alarm(120)  # a hang fails the test instead of the suite
+    try:
+        with pytest.raises(MemoryError):
+            run_main(monkeypatch, folder, "--checkpoint", trained / "colorizer" / "best.pt", "--out", tmp_path / "o",
+                     "--device", "cpu")
+    finally:
+        signal.alarm(0)
+    for written in (tmp_path / "o").glob("*.jpg"):  # what was written is whole
+        assert cv2.imread(str(written)) is not None

@@ -11,7 +11,7 @@ from skimage import data
 
 import colorize
 import faces
-from common import torch_load
+from common import lightness_of_samples, torch_load
 from conftest import ROOT, run_script, synthetic_photo
 
 SHIPPED = ROOT / "models" / "face_colorizer.pt"
@@ -28,7 +28,7 @@ def astronaut_face():
 
 
 def lightness(rgb):
-    return cv2.cvtColor(rgb.astype(np.float32) / 255, cv2.COLOR_RGB2Lab)[..., 0]
+    return lightness_of_samples(rgb[..., ::-1])  # as colorize.py reads a file's (B, G, R) samples
 
 
 def grid_of(face, k):
@@ -103,7 +103,7 @@ def test_detection_that_fails_or_finds_a_thousand_faces_still_colours(astronaut_
     batches = []
     predict_ab = colorizer.predict_ab
     colorizer.predict_ab = lambda L: batches.append(len(L)) or predict_ab(L)
-    ab = colorize.predict(colorizer, [item], batch_size=16)[0]
+    ab = colorize.at_full_size(colorize.predict(colorizer, [item], batch_size=16)[0], group.shape)
     assert ab.shape == (*group.shape, 2) and np.isfinite(ab).all()
     assert max(batches) <= 16  # squares coloured a batch at a time: memory bounded whatever the count
 

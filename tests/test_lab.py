@@ -7,8 +7,9 @@ import pytest
 import torch
 from skimage import color, data
 
+import common
 from common import (lab01_to_lab, images_to_lab01, lab01_batches, lab01_to_rgb, lab_to_rgb, lab_to_lab01,
-                    read_image, rgb_to_lab)
+                    lab_to_samples, lightness_of_rgb, lightness_of_samples, read_image, read_lightness, rgb_to_lab)
 
 
 def to_chw(image):
@@ -90,3 +91,56 @@ def test_lab_batches_of_a_memory_map_keep_its_pages_released(tmp_path, step):
     before = resident_file_mib()
     assert sum(len(lab01) for lab01 in lab01_batches(mapped, 128)) == len(mapped)
     assert resident_file_mib() - before < 16
+
+
+# ---------------------------------------------------------------------------------------------
+# Whole photos (colorize.py): the same conversion, a strip at a time, from and to a file's own samples
+
+
+@pytest.fixture(params=[7, 4096], ids=["narrow strips", "one strip"])
+def strip_pixels(request, monkeypatch):
+    """Strips of a few rows, and the whole test image in one: the result must not depend on where strips end."""
+    monkeypatch.setattr(common, "STRIP_PIXELS", request.param * 100)
+
+
+@pytest.mark.parametrize("layout", ["BGR", "BGRA", "gray", "gray and alpha"])
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_the_lightness_of_a_photos_samples_is_skimages(layout, dtype, strip_pixels):
+    top = np.iinfo(dtype).max
+    rgb = np.random.default_rng(2).integers(0, top + 1, (37, 100, 3)).astype(dtype)
+    if layout.startswith("gray"):
+        rgb[:] = rgb[..., :1]
+    samples = {"BGR": rgb[..., ::-1], "BGRA": np.dstack([rgb[..., ::-1], rgb[..., :1]]), "gray": rgb[..., 0],
+               "gray and alpha": np.dstack([rgb[..., 0], rgb[..., 1]])}[layout]
+    expected = color.rgb2lab(rgb / top)[..., 0]
+    np.testing.assert_allclose(lightness_of_samples(np.ascontiguousarray(samples)), expected, atol=2e-4)
+    np.testing.assert_allclose(lightness_of_samples(samples[::-1, ::-1]), expected[::-1, ::-1], atol=2e-4)  # views
+    np.testing.assert_allclose(lightness_of_rgb((rgb / top).astype(np.float32)), expected, atol=2e-4)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_photo_samples_from_lab_are_skimages_rounded(dtype, strip_pixels):
+    """The stated tolerance: float32 arithmetic, not scikit-image's float64, may round a sample the other way
+    where the exact value lies within a hair of half a step: a step at most, in a few pixels in ten thousand
+    (8 bits) or a hundred (16 bits); out-of-gamut colours clipped as scikit-image clips them."""
+    rng = np.random.default_rng(3)
+    lab = np.dstack([rng.uniform(0, 100, (40, 100)), rng.uniform(-100, 100, (40, 100, 2))])
+    with pytest.warns(UserWarning):  # the negative Z values it clips
+        expected = np.rint(color.lab2rgb(lab) * np.iinfo(dtype).max)
+    ours = lab_to_samples(lab[..., 0].astype(np.float32), lab[..., 1:].astype(np.float32), dtype)
+    assert ours.dtype == dtype and ours.shape == (40, 100, 3)
+    off = np.abs(ours.astype(int) - expected)
+    assert off.max() <= 1 and (off > 0).mean() < (1e-3 if dtype == np.uint8 else 2e-2)
+    gray = lab_to_samples(lab[..., 0].astype(np.float32), None, dtype)
+    assert np.abs(gray.astype(int) - np.rint(color.lab2rgb(lab * [1, 0, 0]) * np.iinfo(dtype).max)).max() <= 1
+
+
+def test_a_photo_read_for_its_lightness_is_read_image_s_photo(tmp_path):
+    """colorize.py reads L from the file's samples; everything else reads float RGB: the same L, the same rest."""
+    import cv2
+
+    photo = data.astronaut()
+    cv2.imwrite(str(tmp_path / "a.png"), np.dstack([photo[..., ::-1], photo[..., 0]]).astype(np.uint16) * 257)
+    whole, lightness = read_image(tmp_path / "a.png"), read_lightness(tmp_path / "a.png")
+    np.testing.assert_allclose(lightness.L, color.rgb2lab(whole.rgb.astype(np.float64))[..., 0], atol=2e-4)
+    assert lightness.bits == whole.bits == 16 and np.array_equal(lightness.alpha, whole.alpha)

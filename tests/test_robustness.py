@@ -219,7 +219,7 @@ def test_a_photo_too_large_for_the_memory_left_is_skipped_before_decoding(traine
     decoded = []
     decode = common._decode
     monkeypatch.setattr(common, "_decode", lambda data, header: decoded.append(header["size"]) or decode(data, header))
-    # 0.1 GB left: 900 x 900 at colorize's 64 bytes a pixel needs 0.05 GB more than a 100 x 100 photo's 0.6 MB
+    # 20 MB left: 900 x 900 at colorize's 32 bytes a pixel needs 26 MB; a 100 x 100 photo 0.3 MB
     monkeypatch.setattr(common, "memory_available", lambda: 2e7)
     monkeypatch.setattr(sys, "argv", ["colorize.py", *map(str, colorize_args(trained, folder, out=tmp_path / "o"))])
     with pytest.raises(SystemExit) as exit_:

@@ -1,0 +1,191 @@
+"""colorize.py on folders of camera-size photos, beside this machine's limit measured in the same run: decoding and
+encoding the same files alone.
+
+    python benchmarks/photo_folders.py [--photos 16] [--out benchmarks/results] [--quick]
+
+Three folders, made here from scikit-image's colour photos (scale.made_up_photo) with camera noise added, so that
+the files compress as a camera's do:
+  * 12mp: JPEG (quality 92), 4000 x 3000;
+  * 24mp-tiff16: 16-bit TIFF (deflate), 6000 x 4000, a quarter as many;
+  * mix: JPEG and PNG of 0.3 to 24 megapixels, a third of them black and white.
+For each folder, with the process held to 1 core and to 2 (sched_setaffinity, inherited by colorize.py):
+  * the limit: every file decoded and encoded again in its own format (JPEG at colorize's quality 95), by OpenCV
+    and by Pillow, in as many threads as cores; the faster of the two counts;
+  * colorize.py as a user runs it, --faces auto (the default) and --faces off, given a 64 x 64 photo and the
+    folder: its photos/s, n / (its time - its time for the small photo alone), so that the interpreter's start
+    and the model's loading count in neither; its peak memory (anonymous) on the folder and on the small photo;
+  * the ratio: colorize's photos/s over the limit's, both with the same cores.
+The time of one 12-megapixel photo from the command line, interpreter start included, comes with it.
+Writes photo_folders.json and photo_folders.md into --out.
+"""
+import io
+import os
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from bench import benchmark_parser, describe_machine, machine, parse_benchmark_args, run_measured, write_results
+from scale import made_up_photo
+
+ROOT = Path(__file__).resolve().parents[1]
+CORES = (1, 2)
+FACES = ("auto", "off")
+
+
+def camera_photo(rng, height: int, width: int, gray=False) -> np.ndarray:
+    """A made-up photo with a camera's noise (RGB uint8; gray: its three channels equal)."""
+    rgb = made_up_photo(rng, height, width).astype(np.float32)
+    rgb += rng.normal(0, 4, rgb.shape).astype(np.float32)
+    if gray:
+        rgb[:] = rgb.mean(axis=2, keepdims=True)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def make_folders(root: Path, n: int, seed: int) -> dict[str, Path]:
+    rng = np.random.default_rng(seed)
+    folders = {name: root / name for name in ("12mp", "24mp-tiff16", "mix")}
+    for folder in folders.values():
+        folder.mkdir()
+    for i in range(n):
+        cv2.imwrite(str(folders["12mp"] / f"{i:03d}.jpg"), camera_photo(rng, 3000, 4000)[..., ::-1],
+                    [cv2.IMWRITE_JPEG_QUALITY, 92])
+    for i in range(max(2, n // 4)):
+        deep = camera_photo(rng, 4000, 6000)[..., ::-1].astype(np.uint16) * 257
+        cv2.imwrite(str(folders["24mp-tiff16"] / f"{i:03d}.tif"), deep)
+    for i in range(n):
+        megapixels = float(np.exp(rng.uniform(np.log(0.3), np.log(24))))
+        width = int(np.sqrt(megapixels * 1e6 * 4 / 3))
+        photo = camera_photo(rng, width * 3 // 4, width, gray=i % 3 == 0)[..., ::-1]
+        if i % 3 == 0:
+            photo = np.ascontiguousarray(photo[..., 0])  # stored gray, as a scan of a black-and-white print is
+        if i % 2:
+            cv2.imwrite(str(folders["mix"] / f"{i:03d}.png"), photo)
+        else:
+            cv2.imwrite(str(folders["mix"] / f"{i:03d}.jpg"), photo, [cv2.IMWRITE_JPEG_QUALITY, 92])
+    return folders
+
+
+def opencv_round_trip(path: Path) -> int:
+    image = cv2.imdecode(np.fromfile(path, np.uint8), cv2.IMREAD_UNCHANGED)
+    params = [cv2.IMWRITE_JPEG_QUALITY, 95] if path.suffix == ".jpg" else []
+    return len(cv2.imencode(path.suffix, image, params)[1])
+
+
+def pillow_round_trip(path: Path) -> int:
+    from PIL import Image
+
+    with Image.open(path) as image:
+        image.load()
+        buffer = io.BytesIO()
+        options = {"quality": 95} if image.format == "JPEG" else {}
+        image.save(buffer, format=image.format, **options)
+    return buffer.tell()
+
+
+def limit(files: list[Path], cores: int, repeats: int) -> dict:
+    """Photos/s of decoding and encoding the files alone, in as many threads as cores; best library, median of
+    repeats."""
+    speeds = {}
+    with ThreadPoolExecutor(cores) as pool:
+        for name, round_trip in (("opencv", opencv_round_trip), ("pillow", pillow_round_trip)):
+            times = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                list(pool.map(round_trip, files))
+                times.append(time.perf_counter() - start)
+            speeds[name] = len(files) / statistics.median(times)
+    best = max(speeds, key=speeds.get)
+    return {"photos_per_s": speeds[best], "library": best, "each": speeds}
+
+
+def colorize_run(inputs: list[Path], out: Path, faces: str) -> tuple[float, float]:
+    """colorize.py as a user runs it: (wall seconds, interpreter start included; peak anonymous memory in MiB:
+    the resident size the kernel reports would include what this process held when it started the child)."""
+    start = time.perf_counter()
+    _, _, anon = run_measured([sys.executable, "colorize.py", *map(str, inputs), "--out", str(out), "--faces", faces,
+                               "--device", "cpu"])
+    return time.perf_counter() - start, anon
+
+
+def colorize_speed(folder: Path, small: Path, work: Path, faces: str, repeats: int) -> dict:
+    from PIL import Image
+
+    walls, small_walls, memory = [], [], {}
+    for r in range(repeats):
+        wall, memory["folder"] = colorize_run([small, folder], work / f"out-{faces}-{r}", faces)
+        alone, memory["small"] = colorize_run([small], work / f"small-{faces}-{r}", faces)
+        walls.append(wall)
+        small_walls.append(alone)
+    wall, alone = statistics.median(walls), statistics.median(small_walls)
+    files = sorted(folder.iterdir())
+    megapixels = sum(np.prod(Image.open(f).size) for f in files) / 1e6
+    return {"photos_per_s": len(files) / (wall - alone), "seconds_per_megapixel": (wall - alone) / megapixels,
+            "wall_s": wall, "wall_s_each": walls, "small_photo_wall_s": alone, "small_photo_wall_s_each": small_walls,
+            "peak_anon_mib_folder": memory["folder"], "peak_anon_mib_small": memory["small"]}
+
+
+def one_photo(photo: Path, work: Path, repeats: int) -> list[float]:
+    """Seconds for one photo from the command line, interpreter start included, default flags."""
+    return [colorize_run([photo], work / f"one-{r}", "auto")[0] for r in range(repeats)]
+
+
+def markdown(r: dict) -> str:
+    lines = [describe_machine(r["machine"]), "",
+             f"{r['photos']} photos a folder (24mp-tiff16: {max(2, r['photos'] // 4)}); medians of {r['repeats']} "
+             "runs. colorize.py photos/s, its run on a 64x64 photo alone subtracted; the limit: the same files "
+             "decoded and encoded alone (the faster library) in as many threads as cores.", "",
+             "| folder | cores | limit (photos/s) | colorize --faces auto (photos/s) | ratio | s/MP | "
+             "--faces off (photos/s) | ratio | s/MP | peak memory: folder / a small photo (MiB) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, by_cores in r["folders"].items():
+        for cores, m in by_cores.items():
+            auto, off, lim = m["auto"], m["off"], m["limit"]["photos_per_s"]
+            lines.append(f"| {name} | {cores} | {lim:.2f} ({m['limit']['library']}) | {auto['photos_per_s']:.2f} | "
+                         f"**{auto['photos_per_s'] / lim:.2f}** | {auto['seconds_per_megapixel']:.3f} | "
+                         f"{off['photos_per_s']:.2f} | **{off['photos_per_s'] / lim:.2f}** | "
+                         f"{off['seconds_per_megapixel']:.3f} | {auto['peak_anon_mib_folder']:.0f} / "
+                         f"{auto['peak_anon_mib_small']:.0f} |")
+    lines += ["", "One 12-megapixel JPEG from the command line, interpreter start included (all cores, default "
+              "flags): " + ", ".join(f"{s:.2f}" for s in r["one_12mp_photo_s"]) + " s."]
+    return "\n".join(lines)
+
+
+def main():
+    p = benchmark_parser(__doc__)
+    p.add_argument("--photos", type=int, default=16, help="photos in the 12mp and mix folders")
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quick", action="store_true", help="a smoke run: 3 photos, 1 repeat; its numbers mean nothing")
+    args = parse_benchmark_args(p)
+    if args.quick:
+        args.photos, args.repeats = 3, 1
+    results = {"machine": machine(), "photos": args.photos, "repeats": args.repeats, "folders": {}}
+    all_cores = sorted(os.sched_getaffinity(0))
+    with tempfile.TemporaryDirectory() as tmp:
+        folders = make_folders(Path(tmp), args.photos, args.seed)
+        small = Path(tmp) / "small.jpg"
+        cv2.imwrite(str(small), camera_photo(np.random.default_rng(args.seed), 64, 64))
+        (Path(tmp) / "one").mkdir()
+        results["one_12mp_photo_s"] = one_photo(sorted(folders["12mp"].iterdir())[0], Path(tmp) / "one", args.repeats)
+        for name, folder in folders.items():
+            results["folders"][name] = {}
+            for cores in CORES:
+                os.sched_setaffinity(0, all_cores[:cores])  # this process and what it starts
+                work = Path(tmp) / f"work-{name}-{cores}"
+                work.mkdir()
+                print(f"{name}, {cores} core(s) ...", flush=True)
+                results["folders"][name][str(cores)] = {
+                    "limit": limit(sorted(folder.iterdir()), cores, args.repeats),
+                    **{faces: colorize_speed(folder, small, work, faces, args.repeats) for faces in FACES}}
+            os.sched_setaffinity(0, all_cores)
+    write_results(args.out, "photo_folders", results, markdown(results))
+
+
+if __name__ == "__main__":
+    main()
