@@ -35,10 +35,10 @@ import torch
 import torch.nn.functional as F
 
 from common import (ARCHITECTURES, IMAGE_SUFFIXES, L_RANGE, MAX_IMAGE_SIZE, REGRESSOR_MIN_SIZE, ArgumentParser,
-                    BadImage, UserError, ab01_to_ab, atomic_write, bfloat16_autocast, chroma_gain, colorizer_input,
-                    exit_on_user_error, find_images, lab_to_samples, load_colorizer, positive_float, positive_int,
-                    printable, read_json, read_lightness, real_path, remove_stale_temporaries, resolve_device,
-                    srgb_profile, temperature, writable_folder, write_json)
+                    BadImage, UserError, ab01_to_ab, add_device_argument, atomic_write, bfloat16_autocast, chroma_gain,
+                    colorizer_input, exit_on_user_error, find_images, lab_to_samples, load_colorizer, positive_float,
+                    positive_int, printable, read_json, read_lightness, real_path, remove_stale_temporaries,
+                    resolve_device, srgb_profile, temperature, writable_folder, write_json)
 from faces import SEEN_SMALL, Square, blend, find_faces, squares_to_colour
 from locks import turn_in
 
@@ -70,7 +70,7 @@ def parse_args(argv=None):
                         "written, whatever the photos' sizes: memory is about 4 bytes per held pixel (8 with "
                         "transparency) plus about 32 per pixel of the photo being written; raise it to batch more "
                         "large photos, lower it on a small machine")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_device_argument(p)
     p.add_argument("--amp", action="store_true",
                    help="the network in bfloat16 where the device has it: faster; colours move by up to a few "
                         "Lab units (benchmarks/README.md)")

@@ -106,11 +106,27 @@ def real_path(path: str | Path) -> Path:
     return Path(os.path.realpath(path))
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """Each flag's default after its help, unless the help names it already or the flag is a switch (its help says
+    what it turns on); the description and the examples as the docstring lays them out."""
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if "default" in text or any(action.default is value for value in (None, False, True, argparse.SUPPRESS)) \
+                or not action.option_strings:
+            return text
+        return f"{text} (default: %(default)s)"
+
+
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, with a bad flag reported as one line ('error: argument --lr: ...') and exit status 2."""
+    """argparse, with a bad flag reported as one line ('error: argument --lr: ...') and exit status 2; the
+    description is the first paragraph of the script's docstring, and its lines that start with "python " are
+    the examples --help ends with."""
 
     def __init__(self, doc: str, **kwargs):
-        super().__init__(description=doc.split("\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        examples = [line.strip() for line in doc.splitlines() if line.strip().startswith("python ")]
+        super().__init__(description=doc.split("\n\n")[0], formatter_class=HelpFormatter,
+                         epilog="examples:\n" + "\n".join(f"  {line}" for line in examples) if examples else None,
                          **kwargs)
 
     def error(self, message):
@@ -1440,6 +1456,12 @@ def gpus_granted() -> str | None:
         if value and not (name in ("SLURM_GPUS_ON_NODE", "SLURM_GPUS") and value == "0"):
             return f"{name}={value}"
     return None
+
+
+def add_device_argument(parser) -> None:
+    parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto",
+                        help="auto: the GPU where one answers, else the CPU; a job that holds a GPU never falls back "
+                             "to the CPU (it stops with one line); cpu: the CPU on purpose")
 
 
 def resolve_device(name: str) -> torch.device:

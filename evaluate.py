@@ -12,6 +12,9 @@ With --photos: the same table on photos that are not in the prepared data (faces
 models never saw), centre-cropped and resized to the training size.
 Images are scored --batch-size at a time (memory follows the batch, not the number of images).
 Writes report.md, metrics.json (per-image numbers too) and figures into --out.
+
+    python evaluate.py --data data/prepared --runs runs/ --out runs/report      # every run in runs/, and baselines
+    python evaluate.py --data runs/lfw/data --colorizer models/face_colorizer.pt --out runs/lfw/report
 """
 import math
 import os
@@ -28,11 +31,11 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 from common import (ARCHITECTURES, OWNER_FILE, TEMP_TAG, ArgumentParser, BadImage, ClassifyingColorizer, UserError,
-                    ab01_to_ab, ab_to_ab01, atomic_write, bfloat16_autocast, check_prepared, chroma_gain,
-                    colorize_lab01, exit_on_user_error, find_images, hold_for_reading, is_history, lab01_batches,
-                    lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, non_negative_float, open_rgb_split,
-                    plot_loss_curves, positive_int, prepare_photo, printable, read_json, resolve_device, save_figure,
-                    size_problem, take_output_folder, temperature, training_statistic, write_json)
+                    ab01_to_ab, ab_to_ab01, add_device_argument, atomic_write, bfloat16_autocast, check_prepared,
+                    chroma_gain, colorize_lab01, exit_on_user_error, find_images, hold_for_reading, is_history,
+                    lab01_batches, lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, non_negative_float,
+                    open_rgb_split, plot_loss_curves, positive_int, prepare_photo, printable, read_json, resolve_device,
+                    save_figure, size_problem, take_output_folder, temperature, training_statistic, write_json)
 
 REPORT_HEADING = "# Evaluation on the "  # report.md's first words: a report folder of evaluate's is known by them
 MEAN_FACE_MAP = "mean-face map"  # the baseline that the ratios "x mean-face map" divide by
@@ -66,11 +69,14 @@ def parse_args(argv=None):
                         "among those whose colorfulness is within GAP of the truth's (on --split val)")
     p.add_argument("--photos", nargs="*", default=[], type=Path, metavar="PATH",
                    help="image files or folders outside the prepared data: scored in a second table")
-    p.add_argument("--out", type=Path, default=Path("runs/report"))
-    p.add_argument("--split", choices=["test", "val"], default="test")
+    p.add_argument("--out", type=Path, default=Path("runs/report"),
+                   help="report folder: a new or empty one, or a report this script wrote (then replaced)")
+    p.add_argument("--split", choices=["test", "val"], default="test",
+                   help="the prepared split scored; val to choose a decoding, test to report")
     p.add_argument("--show", type=positive_int, default=6, help="test images in the figures")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    add_device_argument(p)
+    p.add_argument("--batch-size", type=positive_int, default=128,
+                   help="images scored at a time: memory follows it, not the number of images")
     p.add_argument("--amp", action="store_true",
                    help="the networks in bfloat16 where the device has it: faster, but the scores move (seed MSE by "
                         "about 1%%, benchmarks/README.md): compare models in float32")

@@ -10,6 +10,9 @@ that no step of the training loop converts colours), all memory-mappable, and ma
 
 With no --source and no data/face_images/, builds a small demo set from the colour photos that
 scikit-image and matplotlib ship, so a fresh clone runs end to end without a download.
+
+    python prepare_data.py --source data/face_images --out data/prepared
+    python prepare_data.py --source photos/ --out runs/mine/data --split-by person --person-from file-name
 """
 import hashlib
 import math
@@ -50,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--out", type=Path, default=Path("data/prepared"),
                    help="a new or empty folder, or one this script prepared before (then replaced)")
     p.add_argument("--size", type=positive_int, default=128, help="side of the square images")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed: the shuffle, the split and the augmentation")
     p.add_argument("--held-out", type=fraction, default=0.1, help="fraction held out for validation and test")
     p.add_argument("--val-share", type=fraction, default=0.5,
                    help="share of the held-out part (images or people) that validates; the rest is the test split")

@@ -10,6 +10,9 @@ after Zhang, Isola and Efros 2016).
 An epoch (training.py): every training batch once through predict, the loss and an Adam step;
 then the validation loss and MSE, best.pt when the MSE is the best yet, last.pt, history.json and
 loss.png in --out.
+
+    python train_colorizer.py --data data/prepared --out runs/colorizer             # the seed's colorizer
+    python train_colorizer.py --data data/prepared --out runs/unet --arch unet --head classify --augment
 """
 
 import numpy as np

@@ -6,6 +6,9 @@ validation MSE is RUN/best.pt; RUN/last.pt resumes an interrupted run (rerun the
 An epoch (training.py): every training batch once through predict, the loss and an Adam step;
 then the validation loss and MSE, best.pt when the MSE is the best yet, last.pt, history.json and
 loss.png in --out.
+
+    python train_regressor.py --data data/prepared --out runs/regressor             # the seed: 200 epochs
+    python train_regressor.py --data data/prepared --out runs/try --epochs 3 --dry-run
 """
 from common import ArgumentParser, SeedRegressor, exit_on_user_error
 from training import LOSSES, TrainingSetup, add_training_args, train

@@ -34,11 +34,11 @@ from ignite.handlers import Checkpoint, CosineAnnealingScheduler, DiskSaver, Ear
 from ignite.metrics import Loss
 from ignite.utils import manual_seed
 
-from common import (DEFAULT_BATCH_SIZE, FOLDER_LOCK, OWNER_FILE, TEMP_TAG, LabSplit, UserError, as_is, atomic_write,
-                    bfloat16_autocast, check_prepared, dataset_id, hold_for_reading, images_to_lab01, is_history,
-                    no_space_error, non_negative_float, non_negative_int, open_rgb_split, plot_loss_curves,
-                    positive_float, positive_int, random_variant, read_json, resolve_device, size_problem,
-                    take_output_folder, torch_load, writable_folder, write_json)
+from common import (DEFAULT_BATCH_SIZE, FOLDER_LOCK, OWNER_FILE, TEMP_TAG, LabSplit, UserError, add_device_argument,
+                    as_is, atomic_write, bfloat16_autocast, check_prepared, dataset_id, hold_for_reading,
+                    images_to_lab01, is_history, no_space_error, non_negative_float, non_negative_int, open_rgb_split,
+                    plot_loss_curves, positive_float, positive_int, random_variant, read_json, resolve_device,
+                    size_problem, take_output_folder, torch_load, writable_folder, write_json)
 from faces import face_scale
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
@@ -56,18 +56,19 @@ def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int,
     g = parser.add_argument_group("training")
     g.add_argument("--data", default="data/prepared", help="folder written by prepare_data.py")
     g.add_argument("--out", default=out, help="run folder: checkpoints, history, loss plot")
-    g.add_argument("--epochs", type=positive_int, default=epochs)
+    g.add_argument("--epochs", type=positive_int, default=epochs, help="passes over the training set, at most")
     g.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE,
                    help="global batch size, split across processes")
-    g.add_argument("--lr", type=positive_float, default=lr)
+    g.add_argument("--lr", type=positive_float, default=lr, help="Adam's learning rate")
     g.add_argument("--lr-schedule", choices=["constant", "cosine"], default="constant",
                    help="cosine: the learning rate falls from --lr to 0 along a half cosine over the --epochs")
-    g.add_argument("--weight-decay", type=non_negative_float, default=weight_decay)
+    g.add_argument("--weight-decay", type=non_negative_float, default=weight_decay, help="Adam's weight decay")
     g.add_argument("--patience", type=non_negative_int, default=patience,
                    help="early stopping on validation MSE after this many epochs without progress (0: off)")
-    g.add_argument("--loss", choices=sorted(LOSSES), default="mse")
+    g.add_argument("--loss", choices=sorted(LOSSES), default="mse",
+                   help="the training loss of a regressing model (a classifying one learns by cross-entropy)")
     g.add_argument("--seed", type=int, default=0, help="random seed: weights, batch order, augmentation")
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    add_device_argument(g)
     g.add_argument("--num-workers", type=non_negative_int, default=None,
                    help="DataLoader workers; default 0 on CPU (a batch is one read of converted arrays, and "
                         "workers would take cores from the model), 4 on GPU (pinned memory, non-blocking copies)")
