@@ -6,7 +6,7 @@ PY     := $(VENV)/bin/python
 FACES  ?= ../shared/data/face_images
 RUNS   ?= runs
 
-.PHONY: venv conda-env demo test results results-regressor-study bench bench-pipeline bench-scale bench-folders bench-metrics \
+.PHONY: venv conda-env demo test app tensorboard results results-regressor-study bench bench-pipeline bench-scale bench-folders bench-tensorboard bench-metrics \
   slurm-start clean
 
 # TORCH_CUDA=cu126 (or cu128, ...): torch and torchvision built for that CUDA, from PyTorch's own
@@ -44,6 +44,14 @@ demo: venv
 
 test: venv
 	$(PY) -m pytest
+
+# a page to colour photos in, with the shipped model: open the address it prints
+app: venv
+	$(PY) app.py
+
+# every run's TensorBoard event files under $(RUNS) (on the cluster: see README, "Watch a training")
+tensorboard: venv
+	$(VENV)/bin/tensorboard --logdir $(RUNS)
 
 # The study on the real faces, every run the README's results come from (CPU: about 5 hours,
 # most of it the U-Nets; the regressor's 200 epochs take hours more).
@@ -264,6 +272,10 @@ bench-scale: venv
 # colorize.py on folders of 12-MP JPEGs, 24-MP 16-bit TIFFs and a mix, beside decoding and encoding them alone
 bench-folders: venv
 	$(PY) benchmarks/photo_folders.py
+
+# what TensorBoard's event files cost a training (needs a prepared set: make lfw-data)
+bench-tensorboard: venv
+	$(PY) benchmarks/tensorboard_cost.py --data $(LFW_RUNS)/data
 
 # evaluate's metrics eager against torch.compile, with a fresh compile cache (about a minute; needs make lfw-data)
 bench-metrics: venv

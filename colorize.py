@@ -46,6 +46,7 @@ RECORD = ".colorized.json"  # inside --out: {output: the input file it came from
 RECORD_LOCK = ".colorized.lock"  # where the system has no lock on a folder itself (Windows)
 WRITTEN_SUFFIXES = IMAGE_SUFFIXES - {".pgm", ".gif"}  # formats written as the input's; others become PNG
 SHIPPED_MODEL = Path(__file__).resolve().parent / "models" / "face_colorizer.pt"  # beside the script, not the cwd
+BATCH_SIZE = 32  # --batch-size's default (the colours of a batch differ from one image's in the last bits)
 MAX_ASPECT = 8  # the network sees at most --size x MAX_ASPECT*--size: a thin strip is shrunk to fit, not a crash
 # memory per pixel of a photo being written, at its peak: L, the upsampled colour (a*, b*), the output's samples
 # (up to 16-bit RGBA) and its encoding
@@ -64,7 +65,8 @@ def parse_args(argv=None):
     p.add_argument("--regressor", default=None,
                    help="regressor checkpoint for a conditioned colorizer (default: the one it was trained with)")
     p.add_argument("--size", type=positive_int, default=None, help="network input size (default: the training size)")
-    p.add_argument("--batch-size", type=positive_int, default=32, help="photos of one network-input shape per batch")
+    p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
+                   help="photos of one network-input shape per batch, and face squares per batch")
     p.add_argument("--max-megapixels", type=positive_float, default=64,
                    help="full-resolution megapixels held for one batch, and as many read ahead and waiting to be "
                         "written, whatever the photos' sizes: memory is about 4 bytes per held pixel (8 with "

@@ -274,6 +274,65 @@ def take_output_folder(path: Path, script: str, ours: Callable[[Path], bool] = l
     return created, lock
 
 
+RUN_CONFIG = "config.json"  # in a run or report folder: which code, settings, versions and machine made it
+PROJECT_DIR = Path(__file__).resolve().parent
+
+
+def write_run_config(folder: Path, settings: dict, device: torch.device) -> None:
+    """folder/config.json: the command line, every setting, the code (git commit, and whether the checkout had
+    changes), the versions of the libraries the numbers depend on, the machine and the device; paths relative
+    to the working folder where they lie inside it. Written when a run or report starts (a resumed run: the
+    command that resumed it)."""
+    import platform
+
+    import ignite
+    import PIL
+    import skimage
+    import torchvision
+
+    cpu = next((line.split(":", 1)[1].strip() for line in _read_text("/proc/cpuinfo").splitlines()
+                if line.startswith("model name")), platform.processor() or platform.machine())
+    write_json(folder / RUN_CONFIG, {
+        "command": ["python", *map(relative_to_cwd, sys.argv)],
+        "settings": {key: relative_to_cwd(value) for key, value in settings.items()},
+        "code": code_version(),
+        "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                     "torchvision": torchvision.__version__, "ignite": ignite.__version__, "numpy": np.__version__,
+                     "opencv": cv2.__version__, "scikit-image": skimage.__version__,
+                     "pillow": PIL.__version__},
+        "machine": {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "device": str(device),
+                    "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}})
+
+
+def relative_to_cwd(value):
+    """A path (or a list of them) as the working folder reaches it, where it lies inside it; anything else as it
+    is: a record that another checkout can read, without this machine's folders."""
+    if isinstance(value, (list, tuple)):
+        return [relative_to_cwd(v) for v in value]
+    if isinstance(value, (str, Path)) and os.path.isabs(value) and real_path(value).is_relative_to(Path.cwd()):
+        return os.path.relpath(value)
+    return str(value) if isinstance(value, Path) else value
+
+
+def _read_text(path: str) -> str:
+    try:
+        return Path(path).read_text()
+    except OSError:
+        return ""
+
+
+def code_version() -> dict:
+    """{"commit": the git commit of this project's checkout, "dirty": whether its files differ from it}; both None
+    where it is not a git checkout (an unpacked release) or git is missing."""
+    try:
+        def git(*args):
+            return subprocess.run(["git", "-C", str(PROJECT_DIR), *args], capture_output=True, text=True, timeout=30,
+                                  check=True).stdout.strip()
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain"))}
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None}
+
+
 def read_json(path: Path):
     """The JSON a file holds, or None where it is missing, unreadable or not JSON."""
     try:

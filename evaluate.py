@@ -30,19 +30,20 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from common import (ARCHITECTURES, OWNER_FILE, TEMP_TAG, ArgumentParser, BadImage, ClassifyingColorizer, UserError,
-                    ab01_to_ab, ab_to_ab01, add_device_argument, atomic_write, bfloat16_autocast, check_prepared,
-                    chroma_gain, colorize_lab01, exit_on_user_error, find_images, hold_for_reading, is_history,
-                    lab01_batches, lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, non_negative_float,
-                    open_rgb_split, plot_loss_curves, positive_int, prepare_photo, printable, read_json, resolve_device,
-                    save_figure, size_problem, take_output_folder, temperature, training_statistic, write_json)
+from common import (ARCHITECTURES, OWNER_FILE, RUN_CONFIG, TEMP_TAG, ArgumentParser, BadImage, ClassifyingColorizer,
+                    UserError, ab01_to_ab, ab_to_ab01, add_device_argument, atomic_write, bfloat16_autocast,
+                    check_prepared, chroma_gain, colorize_lab01, exit_on_user_error, find_images, hold_for_reading,
+                    is_history, lab01_batches, lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer,
+                    non_negative_float, open_rgb_split, plot_loss_curves, positive_int, prepare_photo, printable,
+                    read_json, relative_to_cwd, resolve_device, save_figure, size_problem, take_output_folder,
+                    temperature, training_statistic, write_json, write_run_config)
 
 REPORT_HEADING = "# Evaluation on the "  # report.md's first words: a report folder of evaluate's is known by them
 MEAN_FACE_MAP = "mean-face map"  # the baseline that the ratios "x mean-face map" divide by
 BASELINES = ("gray", "mean colour", MEAN_FACE_MAP)
 # what evaluate writes into --out: a folder holding just these (from before .written-by.json) is its own
-EVALUATE_FILES = {".lock", "report.md", "metrics.json", "loss_curves.png", "grid.png", "lab_channels.png",
-                  "best_worst.png", "photos.png"}
+EVALUATE_FILES = {".lock", "report.md", "metrics.json", RUN_CONFIG, "loss_curves.png", "grid.png",
+                  "lab_channels.png", "best_worst.png", "photos.png"}
 GRAY_AB01 = ab_to_ab01(0.0)  # a* = b* = 0
 # images colorized and scored at a time (--batch-size is read at a time): the network's layers and the metrics'
 # dozens of passes then stay in the CPU's cache, and memory comes back to the allocator instead of being mapped
@@ -108,6 +109,7 @@ def main():
     # now, not after all the work; the last check, so that a bad input leaves no folder
     # held until the report is written: one evaluation at a time
     _, lock = take_output_folder(args.out, "evaluate.py", ours=is_report_folder)
+    write_run_config(args.out, vars(args), device)
 
     report, results, figures = split_section(args, manifest, colours, runs, device)
     if photos.files:
@@ -293,7 +295,7 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
     figures = ["grid.png"]
     models = [n for n in scores.summary if runs.kinds[n] == "colorizer"]
     report = [f"{REPORT_HEADING}{args.split} split ({len(images)} images)", "",
-              f"Command: `{' '.join(shlex.quote(a) for a in ['python', *sys.argv])}`", "",
+              f"Command: `{' '.join(shlex.quote(relative_to_cwd(a)) for a in ['python', *sys.argv])}`", "",
               f"Data: {manifest['source']} (seed {manifest['seed']}, split by {manifest.get('split_by', 'image')}"
               f"{', DEMO data: these numbers say nothing about faces' if manifest['demo'] else ''}).", "",
               "Seed MSE: mean over the three [0,1]-scaled Lab channels, L from the input. PSNR and SSIM on RGB "

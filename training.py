@@ -34,20 +34,23 @@ from ignite.handlers import Checkpoint, CosineAnnealingScheduler, DiskSaver, Ear
 from ignite.metrics import Loss
 from ignite.utils import manual_seed
 
-from common import (DEFAULT_BATCH_SIZE, FOLDER_LOCK, OWNER_FILE, TEMP_TAG, LabSplit, UserError, add_device_argument,
-                    as_is, atomic_write, bfloat16_autocast, check_prepared, dataset_id, hold_for_reading,
-                    images_to_lab01, is_history, no_space_error, non_negative_float, non_negative_int, open_rgb_split,
-                    plot_loss_curves, positive_float, positive_int, random_variant, read_json, resolve_device,
-                    size_problem, take_output_folder, torch_load, writable_folder, write_json)
+from common import (DEFAULT_BATCH_SIZE, FOLDER_LOCK, HISTORY_KEYS, OWNER_FILE, RUN_CONFIG, TEMP_TAG, LabSplit,
+                    UserError, ab_to_ab01, add_device_argument, as_is, atomic_write, bfloat16_autocast, check_prepared,
+                    colorize_lab01, dataset_id, hold_for_reading, images_to_lab01, is_history, lab01_to_rgb,
+                    no_space_error, non_negative_float, non_negative_int, open_rgb_split, plot_loss_curves,
+                    positive_float, positive_int, printable, random_variant, read_json, resolve_device, size_problem,
+                    take_output_folder, torch_load, writable_folder, write_json, write_run_config)
 from faces import face_scale
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
-RUN_FILES = {"best.pt", "last.pt", "history.json", "loss.png", FOLDER_LOCK}  # what a run writes in its folder
+TENSORBOARD = "tensorboard"  # in a run folder: TensorBoard's event files (tensorboard --logdir RUN)
+# what a run writes in its folder
+RUN_FILES = {"best.pt", "last.pt", "history.json", "loss.png", RUN_CONFIG, TENSORBOARD, FOLDER_LOCK}
 LOSSES = {"mse": F.mse_loss, "l1": F.l1_loss, "huber": F.smooth_l1_loss}
 # settings that may change between an interrupted run and its resumption
 _OPERATIONAL_KEYS = {"device", "num_workers", "backend", "world_size", "dry_run", "resume", "out", "data",
                      "epochs", "patience", "epoch_length", "data_on_device", "amp", "channels_last", "compile",
-                     "face_scale"}
+                     "face_scale", "tensorboard"}
 # settings newer than some checkpoints: their default
 _ADDED_KEYS = {"augment": False, "lr_schedule": "constant", "init_from": None}
 
@@ -77,6 +80,8 @@ def add_training_args(parser: argparse.ArgumentParser, *, out: str, epochs: int,
                         "starts form one run, with nccl on GPUs, gloo on CPUs")
     g.add_argument("--no-resume", dest="resume", action="store_false",
                    help="start afresh even if the run folder holds last.pt")
+    g.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                   help="write no TensorBoard event files into the run folder")
     g.add_argument("--epoch-length", type=positive_int, default=None,
                    help="batches per epoch (default: the whole set)")
     g.add_argument("--dry-run", action="store_true", help="one epoch of two batches, to check the setup")
@@ -154,6 +159,8 @@ def train(config: dict, setup: Callable[[dict, torch.device], TrainingSetup]) ->
             if rank0 else (writable_folder(out), None)
         if lock is not None:
             held.callback(lock.release)
+        if rank0:
+            write_run_config(out, config, torch.device(config["device"]))
         try:
             with idist.Parallel(backend=_choose_backend(config["backend"], config["device"])[0]) as parallel:
                 # ignite's launcher logs at INFO, and its engines log an exception before raising it: our own lines
@@ -166,8 +173,9 @@ def train(config: dict, setup: Callable[[dict, torch.device], TrainingSetup]) ->
                     _free_run_objects()
         except BaseException as exc:
             held.close()
-            if created and {p.name for p in out.iterdir()} <= {FOLDER_LOCK, OWNER_FILE}:
-                for name in (FOLDER_LOCK, OWNER_FILE):
+            if created and {p.name for p in out.iterdir()} <= {FOLDER_LOCK, OWNER_FILE, RUN_CONFIG, TENSORBOARD}:
+                shutil.rmtree(out / TENSORBOARD, ignore_errors=True)  # this run's events: no epoch ended
+                for name in (FOLDER_LOCK, OWNER_FILE, RUN_CONFIG):
                     (out / name).unlink(missing_ok=True)
                 out.rmdir()  # a run that failed before writing anything leaves no empty folder
             full = no_space_error(exc, out)
@@ -287,11 +295,18 @@ def training(local_rank: int, config: dict, setup: Callable) -> None:
         trainer.add_event_handler(Events.EPOCH_COMPLETED, report_epoch, config, record, trainee.loss_name)
     stop = StopOnSignal(last)
     trainer.add_event_handler(Events.ITERATION_COMPLETED, stop)
+    # TensorBoard, last: what the epoch's handlers above decided (the history row) is what it shows
+    events = attach_tensorboard(config, trainer, optimizer, record, network, trainee.regressor, val_loader,
+                                prepare_batch, every) if rank0 and tensorboard_can_write(config) else None
 
     # resume, run, say how it ended
-    if not resume(config, resumable, trainer, stopper):
-        return
-    trainer.run(train_loader, max_epochs=1 if config["dry_run"] else config["epochs"])
+    try:
+        if not resume(config, resumable, trainer, stopper):
+            return
+        trainer.run(train_loader, max_epochs=1 if config["dry_run"] else config["epochs"])
+    finally:
+        if events is not None:
+            events.close()
     idist.barrier()  # leave together: a rank that tears down gloo while another still talks to it aborts
     out = Path(config["out"])
     if stop.stopped_by is not None:
@@ -494,6 +509,60 @@ class RunSaver(DiskSaver):
     def remove(self, filename: str) -> None:
         """Keep the file: ignite removes the old checkpoint before writing the new one, and a run killed in between
         would lose last.pt; every name here is fixed, so the rename replaces it."""
+
+
+TENSORBOARD_PHOTOS = 8  # validation photos in the grid TensorBoard shows each epoch
+
+
+def tensorboard_can_write(config: dict) -> bool:
+    """--tensorboard, unless the run folder's name is not UTF-8 (a Latin-1 archive's): TensorBoard's writer
+    cannot name a file there; the run goes on without event files, and a line says so."""
+    if not config["tensorboard"]:
+        return False
+    try:
+        str(Path(config["out"]).resolve()).encode("utf-8")
+    except UnicodeEncodeError:
+        print(f"note: {printable(config['out'])}: TensorBoard cannot write into a folder whose name is not UTF-8: no "
+              "event files (rename the folder to have them)", flush=True)
+        return False
+    return True
+
+
+def attach_tensorboard(config: dict, trainer: Engine, optimizer, record: RunRecord, network: nn.Module,
+                       regressor: nn.Module | None, val_loader, prepare_batch: Callable, every: int):
+    """Event files in RUN/tensorboard, through ignite's TensorboardLogger: the training loss and the learning rate
+    every `every` iterations (each read costs a GPU a wait: as often as the loss is checked), each epoch's row of
+    history.json (the same numbers), and for a colorizer the first TENSORBOARD_PHOTOS validation photos each epoch:
+    gray, coloured, the truth."""
+    from ignite.handlers.tensorboard_logger import TensorboardLogger
+    from torchvision.utils import make_grid
+
+    events = TensorboardLogger(log_dir=str(Path(config["out"]) / TENSORBOARD))
+    events.attach_output_handler(trainer, Events.ITERATION_COMPLETED(every=every), tag="training",
+                                 output_transform=lambda loss: {"loss": loss})
+    events.attach_opt_params_handler(trainer, Events.ITERATION_STARTED(every=every), optimizer)
+    # read as the loaders read a batch, not through a loader: its iterator would start its worker processes
+    dataset = val_loader.dataset
+    photos = prepare_batch(dataset.__getitems__(list(range(min(TENSORBOARD_PHOTOS, len(dataset))))))
+
+    @torch.no_grad()
+    def log_epoch(engine):
+        epoch = engine.state.epoch
+        for key in HISTORY_KEYS[1:] + ("train_images_per_s",):
+            events.writer.add_scalar(f"epoch/{key}", record.history[key][-1], epoch)
+        if config["task"] != "colorizer":
+            return
+        was_training = network.training
+        network.eval()
+        coloured = colorize_lab01(network, photos, regressor)
+        network.train(was_training)
+        gray = torch.cat([photos[:, :1], torch.full_like(photos[:, 1:], ab_to_ab01(0.0))], dim=1)
+        rows = [lab01_to_rgb(images.float()).clamp(0, 1).cpu() for images in (gray, coloured, photos)]
+        events.writer.add_image("validation/gray, coloured, truth", make_grid(torch.cat(rows), nrow=len(photos)),
+                                epoch)
+
+    trainer.add_event_handler(Events.EPOCH_COMPLETED, log_epoch)
+    return events
 
 
 def report_epoch(engine, config: dict, record: RunRecord, loss_name: str) -> None:

@@ -174,3 +174,11 @@ def test_the_photo_folder_benchmark_runs(tmp_path):
             for faces in ("auto", "off"):  # three photos: a difference of two timings, its sign left to noise
                 assert math.isfinite(m[faces]["photos_per_s"]) and m[faces]["peak_anon_mib_folder"] > 0
     assert len(results["one_12mp_photo_s"]) == 1 and "| 12mp | 2 |" in (tmp_path / "photo_folders.md").read_text()
+
+
+def test_the_tensorboard_cost_benchmark_runs(prepared, tmp_path):
+    run_script("benchmarks/tensorboard_cost.py", "--data", prepared, "--repeats", 1, "--epoch-length", 2, "--out",
+               tmp_path, timeout=600)
+    results = json.loads((tmp_path / "tensorboard_cost.json").read_text())
+    assert results["ratio"] == results["ratio_each_pair"][0] > 0
+    assert all(v > 0 for v in results["images_per_s"].values())

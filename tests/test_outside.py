@@ -1,7 +1,10 @@
-"""What a newcomer meets first: the licence, the citation, the model card's header, --help."""
+"""What a newcomer meets first: the licence, the citation, the model card's header, --help; and what a run folder
+says of itself: config.json, TensorBoard."""
+import json
 import re
 
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT, run_script
@@ -40,3 +43,46 @@ def test_help_explains_every_flag_once_with_an_example(script):
         assert entry.count("(default:") <= 1, f"{script} {name}: two defaults"
     assert "(default: True)" not in text and "(default: False)" not in text  # a switch says what it does instead
     assert "example" in text.lower() and f"python {script}" in text
+
+
+def test_run_and_report_folders_say_which_code_settings_and_machine_made_them(trained, prepared, tmp_path):
+    """config.json beside every run's and report's files: the command, every setting, the git commit and whether
+    the checkout differed from it, the versions and the device; no path of this machine that the working
+    folder reaches."""
+    import subprocess
+
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True,
+                                text=True).stdout.strip())
+    run_script("evaluate.py", "--data", prepared, "--colorizer", trained / "colorizer" / "best.pt", "--out",
+               tmp_path / "report", "--device", "cpu")
+    for folder, script in ((trained / "colorizer", "train_colorizer.py"), (trained / "regressor", "train_regressor.py"),
+                           (tmp_path / "report", "evaluate.py")):
+        config = json.loads((folder / "config.json").read_text())
+        assert config["command"][:2] == ["python", script]
+        assert config["code"] == {"commit": commit, "dirty": dirty}
+        assert config["versions"]["torch"] == torch.__version__ and config["versions"]["python"]
+        assert config["machine"]["device"] == "cpu" and config["machine"]["cores"] > 0
+        assert config["settings"]["device"] == "cpu" and str(ROOT) not in json.dumps(config["command"])
+    assert json.loads((trained / "colorizer" / "config.json").read_text())["settings"]["epochs"] == 2
+
+
+def test_tensorboard_shows_what_history_json_says(trained, prepared, tmp_path):
+    """TensorBoard's own reader finds, in the run folder: every epoch's row of history.json, the training loss and
+    learning rate of every iteration, a grid of validation photos each epoch; --no-tensorboard writes none."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    run = trained / "colorizer"
+    history = json.loads((run / "history.json").read_text())
+    events = EventAccumulator(str(run / "tensorboard"), size_guidance={"scalars": 0, "images": 0})
+    events.Reload()
+    for key in ("train_loss", "val_loss", "val_mse", "train_images_per_s"):
+        logged = events.Scalars(f"epoch/{key}")
+        assert [e.step for e in logged] == history["epoch"]
+        assert [e.value for e in logged] == pytest.approx(history[key], rel=1e-6)
+    iterations = len(events.Scalars("training/loss"))
+    assert iterations >= 2 * len(history["epoch"]) and len(events.Scalars("lr/group_0")) == iterations
+    assert len(events.Images("validation/gray, coloured, truth")) == len(history["epoch"])
+    run_script("train_colorizer.py", "--data", prepared, "--out", tmp_path / "quiet", "--dry-run", "--device", "cpu",
+               "--batch-size", 16, "--no-tensorboard")
+    assert not (tmp_path / "quiet" / "tensorboard").exists() and (tmp_path / "quiet" / "best.pt").exists()
