@@ -19,8 +19,9 @@ from pathlib import Path
 import cv2
 
 import colorize
-from common import (MAX_FILE_BYTES, ArgumentParser, BadImage, UserError, add_device_argument, bfloat16_autocast,
-                    chroma_gain, exit_on_user_error, lab_to_samples, printable, resolve_device, temperature)
+from common import (ArgumentParser, UserError, add_device_argument, bfloat16_autocast, chroma_gain, exit_on_user_error,
+                    lab_to_samples, printable, resolve_device, temperature)
+from photos import MAX_FILE_BYTES, BadImage
 
 PAGE = Path(__file__).resolve().parent / "app.html"
 TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp",
@@ -35,7 +36,8 @@ def parse_args(argv=None):
                                                        "this one may use the page")
     p.add_argument("--port", type=int, default=8000, help="port to listen on; 0: any free one (printed)")
     add_device_argument(p)
-    p.add_argument("--amp", action="store_true", help="the network in bfloat16 where the device has it, as colorize.py's")
+    p.add_argument("--amp", action="store_true",
+                   help="the network in bfloat16 where the device has it, as colorize.py's")
     return p.parse_args(argv)
 
 

@@ -18,12 +18,9 @@ Outputs keep the input's EXIF (orientation reset: the pixels are upright), resol
     python colorize.py old_photos/ --out colorized/          # the shipped model (models/README.md)
     python colorize.py old_photos/ --checkpoint runs/colorizer/best.pt --out colorized/
 """
-import io
 import os
-import struct
 import sys
 import threading
-import zlib
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,13 +31,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (ARCHITECTURES, IMAGE_SUFFIXES, L_RANGE, MAX_IMAGE_SIZE, REGRESSOR_MIN_SIZE, ArgumentParser,
-                    BadImage, UserError, ab01_to_ab, add_device_argument, atomic_write, bfloat16_autocast, chroma_gain,
-                    colorizer_input, exit_on_user_error, find_images, lab_to_samples, load_colorizer, positive_float,
-                    positive_int, printable, read_json, read_lightness, real_path, remove_stale_temporaries,
-                    resolve_device, srgb_profile, temperature, writable_folder, write_json)
+from common import (ARCHITECTURES, L_RANGE, MAX_IMAGE_SIZE, REGRESSOR_MIN_SIZE, ArgumentParser, UserError, ab01_to_ab,
+                    add_device_argument, atomic_write, bfloat16_autocast, chroma_gain, colorizer_input,
+                    exit_on_user_error, lab_to_samples, load_colorizer, positive_float, positive_int, printable,
+                    read_json, real_path, remove_stale_temporaries, resolve_device, temperature, writable_folder,
+                    write_json)
 from faces import SEEN_SMALL, Square, blend, find_faces, squares_to_colour
 from locks import turn_in
+from photos import IMAGE_SUFFIXES, BadImage, encode, find_images, output_type, read_lightness
 
 RECORD = ".colorized.json"  # inside --out: {output: the input file it came from}, written under RECORD_LOCK
 RECORD_LOCK = ".colorized.lock"  # where the system has no lock on a folder itself (Windows)
@@ -329,59 +327,6 @@ def square_lightness(L: np.ndarray, square: Square, size: int) -> np.ndarray:
     return cv2.resize(patch, (size, size), interpolation=cv2.INTER_AREA if square.side > size else cv2.INTER_CUBIC)
 
 
-# 8-bit files Pillow writes (it writes their metadata); PNG goes through OpenCV, whose encoder is several times
-# faster than Pillow's at a smaller file (benchmarks/README.md), its metadata added as chunks
-_PILLOW_FORMATS = {".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP", ".tif": "TIFF", ".tiff": "TIFF", ".bmp": "BMP"}
-SIXTEEN_BIT_SUFFIXES = {".png", ".tif", ".tiff", ".jp2", ".ppm", ".pnm"}  # 16 bits out where 16 came in
-
-
-def output_type(suffix: str, depth16: bool) -> type:
-    """The sample type an output of this suffix is written in: 16 bits where the input had them and the format
-    holds them."""
-    return np.uint16 if depth16 and suffix in SIXTEEN_BIT_SUFFIXES else np.uint8
-
-
-def encode(image: np.ndarray, suffix: str, exif: bytes | None = None, dpi=None) -> bytes:
-    """RGB(A) samples (uint8, or uint16 where output_type says) -> bytes in the input's format, with the input's
-    EXIF and resolution and an sRGB profile where the format holds them (8-bit JPEG, WebP, TIFF and BMP through
-    Pillow; PNG through OpenCV, the metadata added as PNG chunks; 16-bit TIFF with its resolution only; JPEG 2000,
-    PPM and PNM with none)."""
-    from PIL import Image
-
-    srgb = srgb_profile()
-    if image.dtype == np.uint8 and suffix in _PILLOW_FORMATS:
-        fmt = _PILLOW_FORMATS[suffix]
-        options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-        if fmt != "BMP":
-            options.update(icc_profile=srgb, **({"exif": exif} if exif else {}))
-        if dpi and fmt != "WEBP":
-            options["dpi"] = dpi
-        buffer = io.BytesIO()
-        Image.fromarray(image).save(buffer, format=fmt, **options)
-        return buffer.getvalue()
-    data = cv2.cvtColor(image, cv2.COLOR_RGBA2BGRA if image.shape[2] == 4 else cv2.COLOR_RGB2BGR)
-    params = [cv2.IMWRITE_TIFF_XDPI, round(dpi[0]), cv2.IMWRITE_TIFF_YDPI, round(dpi[1]), cv2.IMWRITE_TIFF_RESUNIT, 2] \
-        if dpi and suffix in {".tif", ".tiff"} else []
-    ok, buf = cv2.imencode(suffix, data, params)
-    if not ok:
-        raise BadImage(f"OpenCV cannot write {suffix} files", "convert it to PNG or JPEG first")
-    return with_png_metadata(buf.tobytes(), srgb, exif, dpi) if suffix == ".png" else buf.tobytes()
-
-
-def with_png_metadata(png: bytes, icc: bytes, exif: bytes | None, dpi) -> bytes:
-    """A PNG with an iCCP (the profile), eXIf and pHYs (resolution) chunk added after its header."""
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-    extra = chunk(b"iCCP", b"sRGB\0\0" + zlib.compress(icc))
-    if exif:
-        extra += chunk(b"eXIf", exif[6:] if exif.startswith(b"Exif\0\0") else exif)
-    if dpi:
-        extra += chunk(b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
-    end_of_header = 8 + 8 + 13 + 4  # signature, IHDR's length and type, its 13 bytes, its CRC
-    return png[:end_of_header] + extra + png[end_of_header:]
-
-
 def finish(item: dict, ab: np.ndarray | None, target: Path, side_by_side: bool) -> None:
     """Merge the predicted colour (predict's, upsampled here) with the photo's own lightness and write target (its
     suffix says the format); with side_by_side also NAME_compare.EXT, the faces coloured apart boxed on its gray
@@ -435,9 +380,10 @@ READERS = 2  # photos read at once: reading (decoding, lightness, faces) costs m
 
 
 def read_ahead(jobs, colorizer: Colorizer, budget: float):
-    """(path, output, its loaded item or why it could not be loaded) for each job in order, read (decoded, its lightness computed, its faces found: work that lets go of Python's lock) by
-    READERS threads of their own while the caller colours and writes earlier ones, as far ahead as budget pixels
-    of photos read and not yet taken allow."""
+    """(path, output, its loaded item or why it could not be loaded) for each job in order, read (decoded, its
+    lightness computed, its faces found: work that lets go of Python's lock) by READERS threads of their own while
+    the caller colours and writes earlier ones, as far ahead as budget pixels of photos read and not yet taken
+    allow."""
     jobs = list(jobs)
     loaded, turn = {}, threading.Condition()  # job index -> its item (or exception); the lock for all of it
     state = {"next": 0, "waiting": 0, "stop": False}  # the next job to read; pixels read and not taken; caller left

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from matplotlib.figure import Figure
 
-from common import (ARCHITECTURES, OWNER_FILE, RUN_CONFIG, TEMP_TAG, ArgumentParser, BadImage, ClassifyingColorizer,
-                    UserError, ab01_to_ab, ab_to_ab01, add_device_argument, atomic_write, bfloat16_autocast,
-                    check_prepared, chroma_gain, colorize_lab01, exit_on_user_error, find_images, hold_for_reading,
-                    is_history, lab01_batches, lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer,
-                    non_negative_float, open_rgb_split, plot_loss_curves, positive_int, prepare_photo, printable,
-                    read_json, relative_to_cwd, resolve_device, save_figure, size_problem, take_output_folder,
-                    temperature, training_statistic, write_json, write_run_config)
+from common import (ARCHITECTURES, OWNER_FILE, RUN_CONFIG, TEMP_TAG, ArgumentParser, ClassifyingColorizer, UserError,
+                    ab01_to_ab, ab_to_ab01, add_device_argument, atomic_write, bfloat16_autocast, check_prepared,
+                    chroma_gain, colorize_lab01, exit_on_user_error, hold_for_reading, is_history, lab01_batches,
+                    lab01_to_lab, lab01_to_rgb, load_checkpoint, load_colorizer, non_negative_float, open_rgb_split,
+                    plot_loss_curves, positive_int, printable, read_json, relative_to_cwd, resolve_device, save_figure,
+                    size_problem, take_output_folder, temperature, training_statistic, write_json, write_run_config)
+from photos import BadImage, find_images, prepare_photo
 
 REPORT_HEADING = "# Evaluation on the "  # report.md's first words: a report folder of evaluate's is known by them
 MEAN_FACE_MAP = "mean-face map"  # the baseline that the ratios "x mean-face map" divide by

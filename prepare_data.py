@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (DEFAULT_BATCH_SIZE, IMAGE_SUFFIXES, LAB_SUFFIX, MANIFEST, MANIFEST_KEYS, MAX_IMAGE_SIZE,
-                    PREPARED_FORMAT, SPLITS, ArgumentParser, BadImage, MappedDataset, UserError, as_is,
-                    center_square, exit_on_user_error, find_images, fraction, lab01_batches, no_space_error,
-                    non_negative_int, positive_int, prepare_photo, printable, random_variant, read_image, read_json,
-                    real_path, release_pages, remove_stale_temporaries, temp_prefix, to_uint8, write_json)
+from common import (DEFAULT_BATCH_SIZE, LAB_SUFFIX, MANIFEST, MANIFEST_KEYS, MAX_IMAGE_SIZE, PREPARED_FORMAT, SPLITS,
+                    ArgumentParser, MappedDataset, UserError, as_is, exit_on_user_error, fraction, lab01_batches,
+                    no_space_error, non_negative_int, positive_int, printable, random_variant, read_json, real_path,
+                    release_pages, remove_stale_temporaries, temp_prefix, write_json)
+from photos import IMAGE_SUFFIXES, BadImage, center_square, find_images, prepare_photo, read_image, to_uint8
 from locks import Busy, FolderLock
 
 DEFAULT_SOURCE = Path("data/face_images")

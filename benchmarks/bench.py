@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from common import (ArgumentParser, LabSplit, amp_supported, atomic_write, exit_on_user_error,  # noqa: E402
-                    load_colorizer, open_rgb_split, read_image, resolve_device, writable_folder, write_json)
+                    load_colorizer, open_rgb_split, resolve_device, writable_folder, write_json)
+from photos import read_image  # noqa: E402
 from training import training_step  # noqa: E402
 
 # the training scripts' speed flags on a GPU (the ceiling steps with the same autocast and memory format)

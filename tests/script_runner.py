@@ -13,7 +13,8 @@ import traceback
 
 # imported once, in the server, before it forks (importing starts no thread: forking stays safe)
 PRELOAD = ["torch", "torchvision.transforms.v2", "ignite.distributed", "ignite.engine", "ignite.handlers",
-           "ignite.metrics", "cv2", "PIL.Image", "skimage.color", "matplotlib.figure", "tqdm", "common", "training"]
+           "ignite.metrics", "cv2", "PIL.Image", "skimage.color", "matplotlib.figure", "tqdm", "common", "photos",
+           "training"]
 
 _context = multiprocessing.get_context("forkserver")
 _context.set_forkserver_preload(PRELOAD)

@@ -8,8 +8,9 @@ import torch
 from skimage import color, data
 
 import common
-from common import (lab01_to_lab, images_to_lab01, lab01_batches, lab01_to_rgb, lab_to_rgb, lab_to_lab01,
-                    lab_to_samples, lightness_of_rgb, lightness_of_samples, read_image, read_lightness, rgb_to_lab)
+from common import (images_to_lab01, lab01_batches, lab01_to_lab, lab01_to_rgb, lab_to_lab01, lab_to_rgb,
+                    lab_to_samples, lightness_of_rgb, lightness_of_samples, rgb_to_lab)
+from photos import read_image, read_lightness
 
 
 def to_chw(image):

@@ -10,7 +10,8 @@ from ignite.metrics import PSNR, SSIM
 from skimage import data
 from skimage.color import deltaE_ciede2000
 
-from common import center_square, images_to_lab01, lab01_to_lab, lab01_to_rgb, prepare_photo
+from common import images_to_lab01, lab01_to_lab, lab01_to_rgb
+from photos import center_square, prepare_photo
 from conftest import FACES_DIR
 from evaluate import (Runs, SsimTruth, choose_decoding, ciede2000_per_image, colorfulness, psnr_per_image,
                       ssim_per_image)

@@ -1,4 +1,5 @@
 """Model shapes and the seed's architecture, for every variant the flags allow."""
+import re
 import subprocess
 import sys
 
@@ -107,6 +108,18 @@ def test_only_the_trainers_load_the_training_loop(module):
     assert loaded.stdout.strip() == "[]"
     top = [line for line in (ROOT / "common.py").read_text().splitlines() if line.startswith(("import ", "from "))]
     assert not any("ignite" in line for line in top)
+
+
+@pytest.mark.parametrize("module", ["common", "photos", "training", "locks", "faces"])
+def test_the_shared_modules_import_one_way(module):
+    """locks <- common <- photos, training, faces <- the scripts: a shared module imports only those before it
+    (so common.py never reaches for a photo file or the training loop, and photos.py never for a model)."""
+    allowed = {"locks": set(), "common": {"locks"}, "photos": {"common"}, "training": {"common", "faces"},
+               "faces": {"common"}}[module]
+    project = {path.stem for path in ROOT.glob("*.py")}
+    source = (ROOT / f"{module}.py").read_text()
+    imported = set(re.findall(r"^\s*(?:from|import) (\w+)", source, re.M)) & project
+    assert imported <= allowed, f"{module}.py imports {sorted(imported - allowed)}"
 
 
 def test_chroma_gain_spreads_each_images_colours_from_its_mean():

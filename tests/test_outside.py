@@ -51,7 +51,8 @@ def test_run_and_report_folders_say_which_code_settings_and_machine_made_them(tr
     folder reaches."""
     import subprocess
 
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
+    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()
     dirty = bool(subprocess.run(["git", "-C", str(ROOT), "status", "--porcelain"], capture_output=True,
                                 text=True).stdout.strip())
     run_script("evaluate.py", "--data", prepared, "--colorizer", trained / "colorizer" / "best.pt", "--out",

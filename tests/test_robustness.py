@@ -18,10 +18,12 @@ from PIL import Image, ImageCms, ImageOps
 
 import colorize
 import common
+import photos
 import prepare_data
-from common import read_image, torch_load
+from common import torch_load
+from photos import read_image
 from conftest import ROOT, run_script, synthetic_photo
-from test_safety import fingerprint, one_line_error, photos
+from test_safety import fingerprint, one_line_error, write_photos
 
 
 def colorize_args(trained, *inputs, out):
@@ -40,7 +42,8 @@ def dead_pid() -> int:
 
 
 def test_concurrent_colorize_runs_into_one_folder_keep_every_output(trained, tmp_path):
-    x, y = photos(tmp_path / "X", 12, seed=1), photos(tmp_path / "Y", 12, seed=2)  # the same names, other photos
+    # the same names, other photos
+    x, y = write_photos(tmp_path / "X", 12, seed=1), write_photos(tmp_path / "Y", 12, seed=2)
     out = tmp_path / "O"
     procs = [subprocess.Popen([sys.executable, str(ROOT / "colorize.py"), *map(str, colorize_args(trained, folder,
                                                                                                    out=out))],
@@ -63,7 +66,7 @@ def test_concurrent_colorize_runs_into_one_folder_keep_every_output(trained, tmp
     result = run_script("colorize.py", *colorize_args(trained, x / "p00.png", out=out))
     assert fingerprint(out).keys() == before.keys()  # its own output replaced, whatever its name
     assert own == "p00.png" or f"-> {out / own}" in result.stderr
-    z = photos(tmp_path / "Z", 1, seed=3)
+    z = write_photos(tmp_path / "Z", 1, seed=3)
     result = run_script("colorize.py", *colorize_args(trained, z / "p00.png", out=out))
     assert f"{z / 'p00.png'} -> {out / 'p00-3.png'} (its name was taken)" in result.stderr
     after = fingerprint(out)
@@ -145,7 +148,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(prepared, trained, tmp_
     ckpt["model"][name] = torch.full_like(ckpt["model"][name], float("nan"))
     path = tmp_path / "nan.pt"
     torch.save(ckpt, path)
-    photo = photos(tmp_path / "in", 1)
+    photo = write_photos(tmp_path / "in", 1)
     one_line_error(run_script("colorize.py", photo, "--checkpoint", path, "--out", tmp_path / "c", "--device", "cpu",
                               check=False), path, "not finite")
     one_line_error(run_script("evaluate.py", "--data", prepared, "--colorizer", path, "--out", tmp_path / "r",
@@ -154,7 +157,7 @@ def test_a_checkpoint_with_non_finite_weights_is_refused(prepared, trained, tmp_
 
 
 def test_colorize_never_writes_an_image_computed_from_nan(trained, tmp_path, monkeypatch):
-    folder = photos(tmp_path / "in", 2)
+    folder = write_photos(tmp_path / "in", 2)
     monkeypatch.setattr(colorize.Colorizer, "predict_ab", lambda self, L: np.full((*L.shape, 2), np.nan, np.float32))
     monkeypatch.setattr(sys, "argv", ["colorize.py", *map(str, colorize_args(trained, folder, out=tmp_path / "o"))])
     with pytest.raises(SystemExit) as exit_:
@@ -172,7 +175,7 @@ def test_a_conditioned_colorizer_carries_its_regressor(prepared, trained, tmp_pa
     subprocess.run([sys.executable, str(ROOT / "train_colorizer.py"), "--data", str(prepared), "--out", "col",
                     "--epochs", "1", "--batch-size", "16", "--device", "cpu", "--regressor", "reg/best.pt"],
                    cwd=folder_a, check=True, capture_output=True)
-    photo = photos(tmp_path / "in", 1)
+    photo = write_photos(tmp_path / "in", 1)
     args = [sys.executable, str(ROOT / "colorize.py"), str(photo), "--checkpoint", str(folder_a / "col" / "best.pt"),
             "--device", "cpu"]
     subprocess.run([*args, "--out", str(tmp_path / "before")], check=True, capture_output=True)
@@ -197,7 +200,7 @@ def test_a_conditioned_colorizer_carries_its_regressor(prepared, trained, tmp_pa
 
 
 def test_pipes_and_thin_strips_neither_hang_nor_stop_a_run(trained, tmp_path):
-    folder = photos(tmp_path / "mixed", 12, size=96)
+    folder = write_photos(tmp_path / "mixed", 12, size=96)
     os.mkfifo(folder / "pipe.jpg")
     strip = synthetic_photo(np.random.default_rng(4), 96)[:2].repeat(100, 1)  # 2 x 9600
     cv2.imwrite(str(folder / "p05_strip.png"), strip)
@@ -214,13 +217,13 @@ def test_pipes_and_thin_strips_neither_hang_nor_stop_a_run(trained, tmp_path):
 
 
 def test_a_photo_too_large_for_the_memory_left_is_skipped_before_decoding(trained, tmp_path, monkeypatch):
-    folder = photos(tmp_path / "in", 4, size=100)
+    folder = write_photos(tmp_path / "in", 4, size=100)
     cv2.imwrite(str(folder / "p01_large.jpg"), cv2.resize(synthetic_photo(np.random.default_rng(0), 100), (900, 900)))
     decoded = []
-    decode = common._decode
-    monkeypatch.setattr(common, "_decode", lambda data, header: decoded.append(header["size"]) or decode(data, header))
+    decode = photos._decode
+    monkeypatch.setattr(photos, "_decode", lambda data, header: decoded.append(header["size"]) or decode(data, header))
     # 20 MB left: 900 x 900 at colorize's 32 bytes a pixel needs 26 MB; a 100 x 100 photo 0.3 MB
-    monkeypatch.setattr(common, "memory_available", lambda: 2e7)
+    monkeypatch.setattr(photos, "memory_available", lambda: 2e7)
     monkeypatch.setattr(sys, "argv", ["colorize.py", *map(str, colorize_args(trained, folder, out=tmp_path / "o"))])
     with pytest.raises(SystemExit) as exit_:
         colorize.main()
@@ -230,7 +233,7 @@ def test_a_photo_too_large_for_the_memory_left_is_skipped_before_decoding(traine
 
 def test_a_photo_waiting_for_its_batch_holds_four_bytes_a_pixel(trained, tmp_path):
     """The memory README and --max-megapixels state: L is copied out of the Lab image, not a view of it."""
-    photo = photos(tmp_path / "in", 1, size=300) / "p00.png"
+    photo = write_photos(tmp_path / "in", 1, size=300) / "p00.png"
     item = colorize.load(photo, colorize.Colorizer(trained / "colorizer" / "best.pt", None, None, torch.device("cpu")))
     assert item["L"].base is None and item["L"].nbytes == 300 * 300 * 4
 
@@ -263,7 +266,7 @@ def test_prepare_on_a_full_disk_says_so_and_keeps_the_old_set(photo_folder, tmp_
 
 
 def test_colorize_on_a_full_disk_says_so_and_leaves_no_temporary_file(trained, tmp_path, monkeypatch, capsys):
-    folder = photos(tmp_path / "in", 3)
+    folder = write_photos(tmp_path / "in", 3)
     out = tmp_path / "o"
     run_script("colorize.py", *colorize_args(trained, folder / "p00.png", out=out))
     before = fingerprint(out)
@@ -301,7 +304,7 @@ def test_the_next_run_removes_temporary_files_a_killed_run_left(trained, prepare
     other_host = out / f".p02.png.{common.TEMP_TAG}-elsewhere-{dead_pid()}-abc123.tmp"  # unknowable: kept
     for path in (live, other_host):
         path.write_bytes(b"\0")
-    result = run_script("colorize.py", *colorize_args(trained, photos(tmp_path / "in", 1), out=out))
+    result = run_script("colorize.py", *colorize_args(trained, write_photos(tmp_path / "in", 1), out=out))
     assert f"removed {leftovers[0]}, left by an interrupted run" in result.stderr
     shutil.copytree(trained / "colorizer", run, dirs_exist_ok=True)
     result = run_script("train_colorizer.py", "--data", prepared, "--out", run, "--epochs", 3, "--batch-size", 16,
@@ -405,7 +408,7 @@ def test_a_sixteen_bit_png_keeps_its_metadata(trained, tmp_path):
     folder.mkdir()
     cv2.imwrite(str(folder / "deep.png"), synthetic_photo(np.random.default_rng(4), 64).astype(np.uint16) * 257)
     png = (folder / "deep.png").read_bytes()
-    (folder / "deep.png").write_bytes(colorize.with_png_metadata(png, adobe_rgb_profile(), exif_with(1), (300, 300)))
+    (folder / "deep.png").write_bytes(photos.with_png_metadata(png, adobe_rgb_profile(), exif_with(1), (300, 300)))
     run_script("colorize.py", *colorize_args(trained, folder, out=tmp_path / "o"))
     with Image.open(tmp_path / "o" / "deep.png") as out:
         assert out.getexif().get(0x010F) == "Test camera" and out.info["dpi"] == pytest.approx((300, 300), abs=0.01)
@@ -418,7 +421,7 @@ def test_a_sixteen_bit_png_keeps_its_metadata(trained, tmp_path):
 
 
 def test_impossible_sizes_and_settings_are_one_line_and_leave_nothing(prepared, trained, tmp_path):
-    photo = photos(tmp_path / "in", 1)
+    photo = write_photos(tmp_path / "in", 1)
     one_line_error(run_script("prepare_data.py", "--size", 300000, "--out", tmp_path / "p", check=False), "--size")
     one_line_error(run_script("colorize.py", *colorize_args(trained, photo, out=tmp_path / "c"), "--size", 100000,
                               check=False), "--size")

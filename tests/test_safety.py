@@ -29,7 +29,7 @@ def fingerprint(folder):
             for p in sorted(folder.rglob("*")) if p.is_file() and not p.is_symlink()}
 
 
-def photos(folder, n, size=80, seed=0):
+def write_photos(folder, n, size=80, seed=0):
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     for i in range(n):
@@ -52,7 +52,7 @@ def one_line_error(result, *fragments):
 
 @pytest.mark.parametrize("where", ["the source", "its parent", "inside it", "a link to it"])
 def test_prepare_refuses_an_out_that_is_holds_or_lies_inside_the_source(tmp_path, where):
-    source = photos(tmp_path / "shots" / "photos", 4)
+    source = write_photos(tmp_path / "shots" / "photos", 4)
     (tmp_path / "shots" / "notes.txt").write_text("the user's")
     (tmp_path / "link").symlink_to(source)
     out = {"the source": source, "its parent": tmp_path / "shots", "inside it": source / "prepared",
@@ -87,7 +87,7 @@ def test_prepare_replaces_only_a_set_it_prepared(tmp_path, photo_folder):
 
 
 def test_trainer_hint_for_an_unprepared_folder_cannot_lose_photos(tmp_path):
-    folder = photos(tmp_path / "photos", 3)
+    folder = write_photos(tmp_path / "photos", 3)
     before = fingerprint(folder)
     result = run_script("train_colorizer.py", "--data", folder, "--out", tmp_path / "run", check=False)
     one_line_error(result, "no prepared data here", "--out NEW_FOLDER")
@@ -117,11 +117,11 @@ def faces_or_photos(tmp_path_factory):
     """A source big enough that writing it takes a moment: the faces, or 300 synthetic photos."""
     faces = ROOT.parent / "shared" / "data" / "face_images"
     faces = type(faces)(os.environ.get("FACES_DIR", faces))
-    return faces if faces.is_dir() else photos(tmp_path_factory.mktemp("many"), 300, size=128)
+    return faces if faces.is_dir() else write_photos(tmp_path_factory.mktemp("many"), 300, size=128)
 
 
 def test_too_few_images_are_refused_with_the_number_needed(tmp_path, prepared):
-    result = run_script("prepare_data.py", "--source", photos(tmp_path / "three", 3, size=128), "--out",
+    result = run_script("prepare_data.py", "--source", write_photos(tmp_path / "three", 3, size=128), "--out",
                         tmp_path / "o", check=False)
     one_line_error(result, "3 usable images", "at least 9 usable images")
     assert not (tmp_path / "o").exists() and sorted(p.name for p in tmp_path.iterdir()) == ["three"]
@@ -172,7 +172,7 @@ def assert_reason_and_remedy(stderr: str, start: str) -> None:
 
 
 def test_colorize_into_a_folder_inside_its_input_reads_only_the_input(trained, tmp_path):
-    folder = photos(tmp_path / "album", 3)
+    folder = write_photos(tmp_path / "album", 3)
     args = [folder, "--checkpoint", trained / "colorizer" / "best.pt", "--out", folder / "colorized",
             "--device", "cpu", "--side-by-side"]
     for _ in range(3):

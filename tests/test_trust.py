@@ -18,10 +18,12 @@ import torch
 from PIL import Image
 
 import common
-from common import BadImage, OWNER_FILE, dataset_id, find_images, read_image, torch_load
+import photos
+from common import OWNER_FILE, dataset_id, torch_load
+from photos import BadImage, find_images, read_image
 from conftest import ROOT, run_script, synthetic_photo
 from locks import FolderLock
-from test_safety import fingerprint, one_line_error, photos
+from test_safety import fingerprint, one_line_error, write_photos
 
 
 def colorize_args(trained, *inputs, out):
@@ -88,10 +90,10 @@ def test_prepare_replaces_a_folder_only_when_its_files_are_a_prepared_set(photo_
 
 
 def test_colorize_never_writes_through_a_link_inside_out(trained, tmp_path):
-    originals = photos(tmp_path / "originals", 2, seed=4)
+    originals = write_photos(tmp_path / "originals", 2, seed=4)
     album = tmp_path / "album"
-    photos(album / "family", 2, seed=5)
-    photos(album / "trips", 1, seed=6)
+    write_photos(album / "family", 2, seed=5)
+    write_photos(album / "trips", 1, seed=6)
     out = tmp_path / "out"
     (out).mkdir()
     (out / "family").symlink_to(originals, target_is_directory=True)
@@ -138,7 +140,7 @@ def test_photos_of_the_same_names_are_other_data(tmp_path):
     """Two memory cards, the same file names (IMG_0001.jpg, ...), other photos: two sets, two identities."""
     ids = []
     for card, seed in (("card1", 1), ("card2", 2)):
-        folder = photos(tmp_path / card, 24, seed=seed)
+        folder = write_photos(tmp_path / card, 24, seed=seed)
         run_script("prepare_data.py", "--source", folder, "--out", tmp_path / f"{card}_data", "--size", 32,
                    "--augment-factor", 4)
         ids.append(json.loads((tmp_path / f"{card}_data" / "manifest.json").read_text()))
@@ -174,7 +176,7 @@ def test_a_prepared_set_that_a_run_reads_is_not_replaced(photo_folder, prepared,
 
 
 def test_a_damaged_record_of_outputs_is_named_never_dropped(trained, tmp_path):
-    folder = photos(tmp_path / "in", 2)
+    folder = write_photos(tmp_path / "in", 2)
     out = tmp_path / "out"
     run_script("colorize.py", *colorize_args(trained, folder, out=out))
     (out / ".colorized.json").write_text('{"written": {"p00.png": ')  # cut short
@@ -189,8 +191,8 @@ def test_a_damaged_record_of_outputs_is_named_never_dropped(trained, tmp_path):
 
 
 def test_linked_folders_are_searched_and_a_loop_is_named(trained, tmp_path):
-    elsewhere = photos(tmp_path / "elsewhere", 2, seed=7)
-    album = photos(tmp_path / "album", 1, seed=8)
+    elsewhere = write_photos(tmp_path / "elsewhere", 2, seed=7)
+    album = write_photos(tmp_path / "album", 1, seed=8)
     (album / "linked").symlink_to(elsewhere, target_is_directory=True)
     (album / "loop").symlink_to(album, target_is_directory=True)
     found = find_images(album)
@@ -202,8 +204,8 @@ def test_linked_folders_are_searched_and_a_loop_is_named(trained, tmp_path):
 
 
 def test_an_unreadable_folder_is_named(tmp_path, monkeypatch):
-    album = photos(tmp_path / "album", 1)
-    photos(album / "locked", 1)
+    album = write_photos(tmp_path / "album", 1)
+    write_photos(album / "locked", 1)
     scandir = os.scandir
 
     def refuse(path):  # as root, permissions do not stop a read: the refusal is made here
@@ -230,8 +232,8 @@ def test_black_and_white_photos_are_told_from_faded_colour(tmp_path):
         Image.fromarray(image).save(tmp_path / name, quality=90)
     for name in ("gray_as_rgb.jpg", "toned.jpg"):
         with pytest.raises(BadImage, match="black and white"):
-            common.prepare_photo(tmp_path / name, 64)
-    assert common.prepare_photo(tmp_path / "faded.png", 64).shape == (64, 64, 3)
+            photos.prepare_photo(tmp_path / name, 64)
+    assert photos.prepare_photo(tmp_path / "faded.png", 64).shape == (64, 64, 3)
 
 
 def test_any_temperature_decodes_to_finite_colour_and_the_flags_are_bounded(prepared, trained, tmp_path):
@@ -283,7 +285,7 @@ def hostile_icc_png(path, rng):
 
 
 def test_a_count_a_file_states_is_bounded_by_its_size(trained, tmp_path):
-    folder = photos(tmp_path / "in", 2)
+    folder = write_photos(tmp_path / "in", 2)
     hostile_icc_png(folder / "hostile_icc.png", np.random.default_rng(1))
     result = run_script("colorize.py", *colorize_args(trained, folder, out=tmp_path / "out"), timeout=120)
     assert "3 colorized" in result.stdout  # the profile cannot be read: the photo is taken as sRGB
@@ -388,7 +390,7 @@ def test_the_last_variant_runs_without_a_final_newline(tmp_path):
 
 
 def test_an_output_the_encoder_refuses_is_written_without_what_it_cannot_hold(trained, tmp_path):
-    folder = photos(tmp_path / "in", 3)
+    folder = write_photos(tmp_path / "in", 3)
     exif = Image.Exif()
     exif[0x9286] = "x" * 100_000  # a 100 kB user comment: more than a JPEG's EXIF segment holds
     Image.fromarray(synthetic_photo(np.random.default_rng(9), 80)).save(folder / "big_exif.jpg", format="PNG",
@@ -433,7 +435,7 @@ def test_a_full_disk_while_a_checkpoint_is_saved_is_one_line(prepared, tmp_path)
 
 
 def test_names_that_are_not_utf8_reach_the_report_and_the_figures(prepared, trained, tmp_path):
-    folder = photos(tmp_path / "in", 2)
+    folder = write_photos(tmp_path / "in", 2)
     os.rename(folder / "p00.png", os.path.join(os.fsencode(folder), b"caf\xe9.png"))
     out = tmp_path / "report"
     result = run_script("evaluate.py", "--data", prepared, "--colorizer", trained / "colorizer" / "best.pt",
@@ -499,7 +501,7 @@ def test_evaluate_runs_on_the_readmes_own_layout(prepared, trained, tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_leaves_whole_files(trained, tmp_path):
-    folder = photos(tmp_path / "in", 150, size=200)
+    folder = write_photos(tmp_path / "in", 150, size=200)
     out = tmp_path / "out"
     proc = subprocess.Popen([sys.executable, str(ROOT / "colorize.py"),
                              *map(str, colorize_args(trained, folder, out=out)), "--batch-size", "1"],
@@ -521,7 +523,7 @@ def test_ctrl_c_is_one_line_and_leaves_whole_files(trained, tmp_path):
 def test_colorize_runs_where_fcntl_does_not_exist(trained, tmp_path):
     """Windows has no fcntl: the locks fall back to what it has (msvcrt), and where neither imports, to a lock
     file created exclusively."""
-    folder = photos(tmp_path / "in", 2)
+    folder = write_photos(tmp_path / "in", 2)
     code = ("import sys, runpy; sys.modules['fcntl'] = None; sys.argv = sys.argv[1:]; sys.path.insert(0, '.');"
             "runpy.run_path(sys.argv[0], run_name='__main__')")
     args = [str(ROOT / "colorize.py"), *map(str, colorize_args(trained, folder, out=tmp_path / "out"))]
