@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 
 import colorize
-from common import (ArgumentParser, UserError, add_device_argument, bfloat16_autocast, chroma_gain, exit_on_user_error,
-                    lab_to_samples, printable, resolve_device, temperature)
-from photos import MAX_FILE_BYTES, BadImage
+from common import (ArgumentParser, UserError, add_device_argument, bfloat16_autocast, chroma_gain,
+                    exit_on_user_error, lab_to_samples, port, printable, resolve_device, temperature)
+from photos import MAX_FILE_BYTES, BadImage, read_lightness
 
 PAGE = Path(__file__).resolve().parent / "app.html"
 TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp",
@@ -34,7 +34,7 @@ def parse_args(argv=None):
                    help="a colorizer checkpoint; default: the model shipped in models/")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; 0.0.0.0: every machine that reaches "
                                                        "this one may use the page")
-    p.add_argument("--port", type=int, default=8000, help="port to listen on; 0: any free one (printed)")
+    p.add_argument("--port", type=port, default=8000, help="port to listen on; 0: any free one (printed)")
     add_device_argument(p)
     p.add_argument("--amp", action="store_true",
                    help="the network in bfloat16 where the device has it, as colorize.py's")
@@ -71,15 +71,16 @@ class Studio:
             source = Path(tmp) / "in" / name
             source.parent.mkdir()
             source.write_bytes(data)
+            if query.get("view") == "gray":  # what the network sees: its lightness, nothing asked of the model
+                lightness = read_lightness(source, colorize.WORKING_BYTES_PER_PIXEL).L
+                ok, png = cv2.imencode(".png", lab_to_samples(lightness, None)[..., ::-1])
+                return png.tobytes(), f"{Path(name).stem}_gray.png", "image/png"
             with self.turn:
                 for key, value in {**self.decoding, **decoding}.items():
                     setattr(self.colorizer.model, key, value)
                 self.colorizer.face_scale = self.face_scale if query.get("faces", "auto") == "auto" else None
                 item = colorize.load(source, self.colorizer)
                 ab = colorize.predict(self.colorizer, [item], colorize.BATCH_SIZE)[0]
-            if query.get("view") == "gray":
-                ok, png = cv2.imencode(".png", lab_to_samples(item["L"], None)[..., ::-1])
-                return png.tobytes(), f"{Path(name).stem}_gray.png", "image/png"
             suffix = source.suffix.lower() if source.suffix.lower() in colorize.WRITTEN_SUFFIXES else ".png"
             target = Path(tmp) / "out" / f"{Path(name).stem}{suffix}"
             colorize.finish(item, ab, target, side_by_side=False)

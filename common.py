@@ -148,6 +148,7 @@ non_negative_int = _number_type(int, lambda v: v >= 0, "a whole number >= 0")
 positive_float = _number_type(float, lambda v: v > 0, "a number > 0")
 non_negative_float = _number_type(float, lambda v: v >= 0, "a number >= 0")
 fraction = _number_type(float, lambda v: 0 < v < 1, "a number between 0 and 1")
+port = _number_type(int, lambda v: 0 <= v <= 65535, "a port, a whole number from 0 to 65535")
 # how a classification colorizer decodes (ClassifyingColorizer): beyond these, float32 rounds the annealed mean to
 # NaN or to one bin, and the chroma gain pushes every colour to the gamut's edge
 TEMPERATURES, CHROMA_GAINS = (0.01, 100.0), (0.01, 10.0)
@@ -287,8 +288,6 @@ def write_run_config(folder: Path, settings: dict, device: torch.device) -> None
     import skimage
     import torchvision
 
-    cpu = next((line.split(":", 1)[1].strip() for line in _read_text("/proc/cpuinfo").splitlines()
-                if line.startswith("model name")), platform.processor() or platform.machine())
     write_json(folder / RUN_CONFIG, {
         "command": ["python", *map(relative_to_cwd, sys.argv)],
         "settings": {key: relative_to_cwd(value) for key, value in settings.items()},
@@ -297,7 +296,7 @@ def write_run_config(folder: Path, settings: dict, device: torch.device) -> None
                      "torchvision": torchvision.__version__, "ignite": ignite.__version__, "numpy": np.__version__,
                      "opencv": cv2.__version__, "scikit-image": skimage.__version__,
                      "pillow": PIL.__version__},
-        "machine": {"host": socket.gethostname(), "cpu": cpu, "cores": os.cpu_count(), "device": str(device),
+        "machine": {"host": socket.gethostname(), "cpu": cpu_model(), "cores": os.cpu_count(), "device": str(device),
                     "gpu": torch.cuda.get_device_name(device) if device.type == "cuda" else None}})
 
 
@@ -311,11 +310,16 @@ def relative_to_cwd(value):
     return str(value) if isinstance(value, Path) else value
 
 
-def _read_text(path: str) -> str:
+def cpu_model() -> str:
+    """The CPU's name as the system states it (Linux: /proc/cpuinfo), else what the platform module says."""
+    import platform
+
     try:
-        return Path(path).read_text()
+        cpuinfo = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return ""
+        cpuinfo = ""
+    return next((line.split(":", 1)[1].strip() for line in cpuinfo.splitlines() if line.startswith("model name")),
+                platform.processor() or platform.machine())
 
 
 def code_version() -> dict:

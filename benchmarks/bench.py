@@ -40,8 +40,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import (ArgumentParser, LabSplit, amp_supported, atomic_write, exit_on_user_error,  # noqa: E402
-                    load_colorizer, open_rgb_split, resolve_device, writable_folder, write_json)
+from common import (ArgumentParser, LabSplit, amp_supported, atomic_write, cpu_model,  # noqa: E402
+                    exit_on_user_error, load_colorizer, open_rgb_split, resolve_device, writable_folder, write_json)
 from photos import read_image  # noqa: E402
 from training import training_step  # noqa: E402
 
@@ -305,9 +305,7 @@ def machine():
     import ignite
     import torchvision
 
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
             "torch_cuda_build": torch.version.cuda, "torchvision": torchvision.__version__,
             "ignite": ignite.__version__, "numpy": np.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,

@@ -1,5 +1,5 @@
 """Trust, round three: hostile but ordinary inputs (photo archives, shared cluster folders, other tools' files
-beside ours) meet the rules of the README's "What the scripts never do". Grouped as the rules are: files lost
+beside ours) meet the rules of "What the scripts never do" (docs/usage.md). Grouped as the rules are: files lost
 or replaced, wrong answers that look right, hangs, the cluster templates, tracebacks and late failures."""
 import io
 import json
