@@ -410,8 +410,8 @@ def read_ahead(jobs, colorizer: Colorizer, budget: float):
                 state["waiting"] += pixels(item)
                 turn.notify_all()
 
-    threads = [threading.Thread(target=reader, daemon=True) for _ in range(min(READERS, len(jobs)))]
-    for thread in threads:  # daemons: Ctrl-C ends the program, not a read
+    threads = [threading.Thread(target=reader) for _ in range(min(READERS, len(jobs)))]
+    for thread in threads:
         thread.start()
     try:
         for index, (path, output) in enumerate(jobs):
@@ -427,6 +427,8 @@ def read_ahead(jobs, colorizer: Colorizer, budget: float):
         with turn:
             state["stop"] = True
             turn.notify_all()
+        for thread in threads:  # a reader ends with the photo it reads: none is left inside OpenCV at exit (abort)
+            thread.join()
 
 
 class Raise(NamedTuple):

@@ -31,6 +31,7 @@ import cv2
 import numpy as np
 
 from bench import benchmark_parser, describe_machine, machine, parse_benchmark_args, run_measured, write_results
+from common import positive_int
 from scale import made_up_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -158,8 +159,8 @@ def markdown(r: dict) -> str:
 
 def main():
     p = benchmark_parser(__doc__)
-    p.add_argument("--photos", type=int, default=16, help="photos in the 12mp and mix folders")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--photos", type=positive_int, default=16, help="photos in the 12mp and mix folders")
+    p.add_argument("--repeats", type=positive_int, default=3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smoke run: 3 photos, 1 repeat; its numbers mean nothing")
     args = parse_benchmark_args(p)

@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 
 from bench import benchmark_parser, describe_machine, machine, parse_benchmark_args, run_measured, write_results
+from common import check_prepared, exit_on_user_error, positive_int
 
 
 def train(data: str, out: Path, epoch_length: int, flags: list[str]) -> tuple[float, float]:
@@ -30,9 +31,10 @@ def train(data: str, out: Path, epoch_length: int, flags: list[str]) -> tuple[fl
 def main():
     p = benchmark_parser(__doc__)
     p.add_argument("--data", required=True, help="a prepared set (prepare_data.py)")
-    p.add_argument("--repeats", type=int, default=3)
-    p.add_argument("--epoch-length", type=int, default=60)
+    p.add_argument("--repeats", type=positive_int, default=3)
+    p.add_argument("--epoch-length", type=positive_int, default=60)
     args = parse_benchmark_args(p)
+    exit_on_user_error(lambda: check_prepared(args.data))  # before any training: one line if it is not a set
     runs = {"tensorboard": [], "none": []}
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.repeats):
