@@ -19,8 +19,9 @@ from pathlib import Path
 import cv2
 
 import colorize
-from common import (ArgumentParser, UserError, add_device_argument, bfloat16_autocast, chroma_gain,
-                    exit_on_user_error, lab_to_samples, port, printable, resolve_device, temperature)
+from common import bfloat16_autocast, chroma_gain, lab_to_samples, temperature
+from guards import (ArgumentParser, UserError, add_device_argument, escape_bytes, exit_on_user_error, port,
+                    resolve_device)
 from photos import MAX_FILE_BYTES, BadImage, read_lightness
 
 PAGE = Path(__file__).resolve().parent / "app.html"
@@ -109,11 +110,11 @@ def handler(studio: Studio):
                     raise BadImage(f"too large to read ({size / 1e9:.1f} GB)", "scale it down first")
                 data, output, kind = studio.colour(name, self.rfile.read(size), query)
             except (BadImage, UserError, argparse.ArgumentTypeError, OSError, ValueError) as exc:
-                self.send(400, json.dumps({"error": f"{printable(name)}: {printable(exc)}"}).encode(),
+                self.send(400, json.dumps({"error": f"{escape_bytes(name)}: {escape_bytes(exc)}"}).encode(),
                           "application/json")
             except Exception as exc:  # a page shows one line, never a traceback
-                self.send(500, json.dumps({"error": f"{printable(name)}: not coloured ({type(exc).__name__}: "
-                                                    f"{printable(exc).splitlines()[0][:200]})"}).encode(),
+                self.send(500, json.dumps({"error": f"{escape_bytes(name)}: not coloured ({type(exc).__name__}: "
+                                                    f"{escape_bytes(exc).splitlines()[0][:200]})"}).encode(),
                           "application/json")
             else:
                 self.send(200, data, kind, {"Content-Disposition": f"attachment; filename*=UTF-8''"

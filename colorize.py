@@ -31,11 +31,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (ARCHITECTURES, L_RANGE, MAX_IMAGE_SIZE, REGRESSOR_MIN_SIZE, ArgumentParser, UserError, ab01_to_ab,
-                    add_device_argument, atomic_write, bfloat16_autocast, chroma_gain, colorizer_input,
-                    exit_on_user_error, lab_to_samples, load_colorizer, positive_float, positive_int, printable,
-                    read_json, real_path, remove_stale_temporaries, resolve_device, temperature, writable_folder,
-                    write_json)
+from common import (ARCHITECTURES, L_RANGE, MAX_IMAGE_SIZE, REGRESSOR_MIN_SIZE, ab01_to_ab, bfloat16_autocast,
+                    chroma_gain, colorizer_input, lab_to_samples, load_colorizer, temperature)
+from guards import (ArgumentParser, UserError, add_device_argument, atomic_write, escape_bytes, exit_on_user_error,
+                    positive_float, positive_int, read_json, real_path, remove_stale_temporaries, resolve_device,
+                    writable_folder, write_json)
 from faces import SEEN_SMALL, Square, blend, find_faces, squares_to_colour
 from locks import turn_in
 from photos import IMAGE_SUFFIXES, BadImage, encode, find_images, output_type, read_lightness
@@ -140,7 +140,7 @@ def claim_outputs(jobs, out: Path, side_by_side: bool) -> list[tuple[Path | None
         for path, relative in jobs:
             link = link_inside(out, relative.parent)
             if link is not None:
-                planned.append((None, f"its output folder {printable(link)} is a link: colorize writes only "
+                planned.append((None, f"its output folder {escape_bytes(link)} is a link: colorize writes only "
                                       "inside --out; remove the link, or pass another --out"))
                 continue
             source = str(real_path(path))
@@ -365,11 +365,11 @@ def encoded(image: np.ndarray, target: Path, item: dict) -> bytes:
             except Exception:
                 pass
             else:
-                print(f"note: {printable(target)}: written without the input's EXIF ({len(item['exif']):,} bytes, "
+                print(f"note: {escape_bytes(target)}: written without the input's EXIF ({len(item['exif']):,} bytes, "
                       f"more than a {target.suffix} file holds)", file=sys.stderr)
                 return data
         raise BadImage(f"cannot be written as {target.suffix} ({type(exc).__name__}: "
-                       f"{printable(exc).splitlines()[0][:200] if str(exc) else 'the encoder refused it'})",
+                       f"{escape_bytes(exc).splitlines()[0][:200] if str(exc) else 'the encoder refused it'})",
                        "convert it to PNG first") from None
 
 
@@ -457,7 +457,7 @@ def main():
         if output is None:
             skipped.append((path, why))
         elif why:
-            print(f"{printable(path)} -> {printable(args.out / output)} ({why})", file=sys.stderr)
+            print(f"{escape_bytes(path)} -> {escape_bytes(args.out / output)} ({why})", file=sys.stderr)
     jobs = [(path, output) for (path, _), (output, _) in zip(jobs, planned) if output is not None]
     if len(jobs) > 1 and device.type == "cpu":
         # reading and writing run in threads of their own, one core each: threads inside each operation as well
@@ -465,7 +465,7 @@ def main():
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
     for path, reason in skipped:
-        print(f"skipped {printable(path)}: {printable(reason)}", file=sys.stderr)
+        print(f"skipped {escape_bytes(path)}: {escape_bytes(reason)}", file=sys.stderr)
 
     done, failed = 0, []
     pending = []  # loaded images waiting for a batch of one network-input shape
@@ -475,7 +475,7 @@ def main():
 
     def fail(path, reason):
         failed.append(path)
-        tqdm.write(f"failed {printable(path)}: {printable(reason)}", file=sys.stderr)
+        tqdm.write(f"failed {escape_bytes(path)}: {escape_bytes(reason)}", file=sys.stderr)
 
     def settle_oldest():
         nonlocal done
@@ -521,7 +521,7 @@ def main():
             raise
     progress.close()
 
-    print(f"{done} colorized into {printable(args.out)}, {len(failed)} failed, {len(skipped)} skipped")
+    print(f"{done} colorized into {escape_bytes(args.out)}, {len(failed)} failed, {len(skipped)} skipped")
     if failed or not done:
         sys.exit(1)
 

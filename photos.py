@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import (UserError, ab01_to_ab, images_to_lab01, lightness_of_rgb, lightness_of_samples, printable,
-                    srgb_to_linear)
+from common import ab01_to_ab, images_to_lab01, lightness_of_rgb, lightness_of_samples, srgb_to_linear
+from guards import UserError, escape_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm", ".gif"}
 MAX_PIXELS = 2 ** 28  # 268 megapixels (16384 x 16384): decoding more would take over 3 GB per copy
@@ -167,7 +167,7 @@ def _read(path: str | Path, bytes_per_pixel: int, convert: Callable[[np.ndarray,
     except BadImage:
         raise
     except Exception as exc:  # OpenCV, numpy or memory errors on a hostile file
-        raise BadImage(f"cannot be decoded ({type(exc).__name__}: {printable(exc).splitlines()[0][:200]})",
+        raise BadImage(f"cannot be decoded ({type(exc).__name__}: {escape_bytes(exc).splitlines()[0][:200]})",
                        "save it again as PNG or JPEG, or remove it") from None
 
 

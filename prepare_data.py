@@ -29,10 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (DEFAULT_BATCH_SIZE, LAB_SUFFIX, MANIFEST, MANIFEST_KEYS, MAX_IMAGE_SIZE, PREPARED_FORMAT, SPLITS,
-                    ArgumentParser, MappedDataset, UserError, as_is, exit_on_user_error, fraction, lab01_batches,
-                    no_space_error, non_negative_int, positive_int, printable, random_variant, read_json, real_path,
-                    release_pages, remove_stale_temporaries, temp_prefix, write_json)
+from common import (DEFAULT_BATCH_SIZE, LAB_SUFFIX, MANIFEST, MANIFEST_KEYS, MAX_IMAGE_SIZE, MappedDataset,
+                    PREPARED_FORMAT, SPLITS, collate_unchanged, lab01_batches, random_variant, release_pages)
+from guards import (ArgumentParser, UserError, escape_bytes, exit_on_user_error, fraction, no_space_error,
+                    non_negative_int, positive_int, read_json, real_path, remove_stale_temporaries, temp_prefix,
+                    write_json)
 from photos import IMAGE_SUFFIXES, BadImage, center_square, find_images, prepare_photo, read_image, to_uint8
 from locks import Busy, FolderLock
 
@@ -126,12 +127,12 @@ def load_folder(source: Path, size: int, sources: Path, workers: int, person_fro
     found = find_images(source)
     paths = found.images
     for folder, reason in found.unsearched:
-        print(f"skipped {printable(folder)}: {printable(reason)}", file=sys.stderr)
+        print(f"skipped {escape_bytes(folder)}: {escape_bytes(reason)}", file=sys.stderr)
     if not paths:
         raise UserError(f"{source}: no image files found (looked for {' '.join(sorted(IMAGE_SUFFIXES))})")
     images = new_array_file(sources, np.uint8, (len(paths), size, size, 3))
-    loader = torch.utils.data.DataLoader(SourcePhotos(paths, size, person_from), batch_size=None, collate_fn=as_is,
-                                         num_workers=workers)
+    loader = torch.utils.data.DataLoader(SourcePhotos(paths, size, person_from), batch_size=None,
+                                         collate_fn=collate_unchanged, num_workers=workers)
     records = []
     skipped = [{"folder": str(folder.relative_to(source)), "reason": reason} for folder, reason in found.unsearched]
     for path, (image, reason, person) in zip(paths, tqdm(loader, total=len(paths), unit="image", leave=False,
@@ -139,7 +140,7 @@ def load_folder(source: Path, size: int, sources: Path, workers: int, person_fro
         name = str(path.relative_to(source)) if path != source else path.name
         if reason is not None:
             skipped.append({"file": name, "reason": reason})
-            tqdm.write(f"skipped {printable(path)}: {printable(reason)}", file=sys.stderr)
+            tqdm.write(f"skipped {escape_bytes(path)}: {escape_bytes(reason)}", file=sys.stderr)
             continue
         images[len(records)] = image
         records.append({"file": name, "person": person})
@@ -182,7 +183,7 @@ def split_indices(records, held_out: float, val_share: float, by: str, rng: np.r
         people = sorted({r["person"] for r in records if r["person"]})
         if len(people) < 3 or any(not r["person"] for r in records):
             unnamed = next((r["file"] for r in records if not r["person"]), "fewer than 3 people")
-            raise UserError(f"--split-by person needs the person of every photo: {printable(unnamed)} names none "
+            raise UserError(f"--split-by person needs the person of every photo: {escape_bytes(unnamed)} names none "
                             "(see --person-from); use --split-by image")
         order = [people[i] for i in rng.permutation(len(people))]
         n_held = max(2, round(len(order) * held_out))
@@ -296,7 +297,7 @@ def check_out(out: Path, source: Path | None) -> Path:
     if foreign or (entries and not prepared_here(target)):
         others = foreign or entries
         more = f" and {len(others) - 1} more" if len(others) > 1 else ""
-        raise UserError(f"{out}: holds {printable(others[0])}{more}, not written by prepare_data.py; pass a new or "
+        raise UserError(f"{out}: holds {escape_bytes(others[0])}{more}, not written by prepare_data.py; pass a new or "
                         "empty folder as --out (this script replaces only sets it prepared)")
     return target
 

@@ -19,10 +19,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS, ArgumentParser, LabSplit, ab01_to_ab,
-                    ab_bins, build_model, colorize_lab01, colorizer_input, exit_on_user_error, lab01_to_lab,
-                    load_checkpoint, load_colorizer, non_negative_float, positive_int, read_manifest, real_path,
-                    temperature, training_statistic)
+from common import (CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS, LabSplit, ab01_to_ab, ab_bins,
+                    build_model, colorize_lab01, colorizer_input, lab01_to_lab, load_checkpoint, load_colorizer,
+                    read_manifest, temperature, training_statistic)
+from guards import ArgumentParser, exit_on_user_error, non_negative_float, positive_int, real_path
 from training import LOSSES, TrainingSetup, add_training_args, train
 
 

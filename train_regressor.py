@@ -10,7 +10,8 @@ loss.png in --out.
     python train_regressor.py --data data/prepared --out runs/regressor             # the seed: 200 epochs
     python train_regressor.py --data data/prepared --out runs/try --epochs 3 --dry-run
 """
-from common import ArgumentParser, SeedRegressor, exit_on_user_error
+from common import SeedRegressor
+from guards import ArgumentParser, exit_on_user_error
 from training import LOSSES, TrainingSetup, add_training_args, train
 
 

@@ -34,13 +34,14 @@ from ignite.handlers import Checkpoint, CosineAnnealingScheduler, DiskSaver, Ear
 from ignite.metrics import Loss
 from ignite.utils import manual_seed
 
-from common import (DEFAULT_BATCH_SIZE, FOLDER_LOCK, HISTORY_KEYS, OWNER_FILE, RUN_CONFIG, TEMP_TAG, LabSplit,
-                    UserError, ab_to_ab01, add_device_argument, as_is, atomic_write, bfloat16_autocast, check_prepared,
-                    colorize_lab01, dataset_id, hold_for_reading, images_to_lab01, is_history, lab01_to_rgb,
-                    no_space_error, non_negative_float, non_negative_int, open_rgb_split, plot_loss_curves,
-                    positive_float, positive_int, printable, random_variant, read_json, resolve_device, size_problem,
-                    take_output_folder, torch_load, writable_folder, write_json, write_run_config)
+from common import (DEFAULT_BATCH_SIZE, HISTORY_KEYS, LabSplit, ab_to_ab01, bfloat16_autocast, check_prepared,
+                    collate_unchanged, colorize_lab01, dataset_id, images_to_lab01, is_history, lab01_to_rgb,
+                    open_rgb_split, plot_loss_curves, random_variant, size_problem, torch_load)
 from faces import face_scale
+from guards import (FOLDER_LOCK, OWNER_FILE, RUN_CONFIG, TEMP_TAG, UserError, add_device_argument, atomic_write,
+                    escape_bytes, hold_for_reading, no_space_error, non_negative_float, non_negative_int,
+                    positive_float, positive_int, read_json, resolve_device, take_output_folder, writable_folder,
+                    write_json, write_run_config)
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
 TENSORBOARD = "tensorboard"  # in a run folder: TensorBoard's event files (tensorboard --logdir RUN)
@@ -147,7 +148,7 @@ class RunRecord:
 def train(config: dict, setup: Callable[[dict, torch.device], TrainingSetup]) -> None:
     """Train what setup(config, device) describes into the run folder config["out"]: the config settled
     once (the checks that need no GPU among it), the folder claimed, then one training() per process."""
-    config = settled(config)
+    config = settle_config(config)
     out = Path(config["out"])
     # rank 0 as torchrun or srun numbered it (there is no process group yet) claims and locks the folder; one
     # process is rank 0 whatever a login shell left in its environment
@@ -201,7 +202,7 @@ def run_folder_of(task: str) -> Callable[[Path], bool]:
     return ours
 
 
-def settled(config: dict) -> dict:
+def settle_config(config: dict) -> dict:
     """The run's whole config, decided before any process starts and not changed afterwards: the device (a GPU
     job without CUDA stops here), the prepared set's image size and identity (a run resumes on that set only),
     the number of processes, and whether bfloat16 autocast runs (--amp)."""
@@ -236,7 +237,7 @@ def training(local_rank: int, config: dict, setup: Callable) -> None:
         raise UserError(f"{world} processes started, but the environment announced {config['world_size']} "
                         "(WORLD_SIZE, SLURM_STEP_NUM_TASKS): start the run with torchrun or srun, as slurm/README.md "
                         "shows")
-    # one process: settled() resolved --device already (and stopped a GPU job without CUDA)
+    # one process: settle_config() resolved --device already (and stopped a GPU job without CUDA)
     device = idist.device() if world > 1 else torch.device(config["device"])
     manual_seed(config["seed"])
 
@@ -373,7 +374,7 @@ def data_loaders(config: dict, trainer, device: torch.device):
     workers = 0 if config["data_on_device"] else config["num_workers"]
     if workers is None:
         workers = min(4, os.cpu_count() or 1) if device.type == "cuda" else 0
-    loader_args = dict(collate_fn=as_is, num_workers=workers, persistent_workers=workers > 0,
+    loader_args = dict(collate_fn=collate_unchanged, num_workers=workers, persistent_workers=workers > 0,
                        pin_memory=device.type == "cuda" and not config["data_on_device"])
     sampler = StepSampler(len(train_set), config["batch_size"] // world * world, world, rank, config["seed"],
                           2 if config["dry_run"] else config["epoch_length"], lambda: trainer.state.iteration)
@@ -522,8 +523,8 @@ def tensorboard_can_write(config: dict) -> bool:
     try:
         str(Path(config["out"]).resolve()).encode("utf-8")
     except UnicodeEncodeError:
-        print(f"note: {printable(config['out'])}: TensorBoard cannot write into a folder whose name is not UTF-8: no "
-              "event files (rename the folder to have them)", flush=True)
+        print(f"note: {escape_bytes(config['out'])}: TensorBoard cannot write into a folder whose name is not UTF-8: "
+              "no event files (rename the folder to have them)", flush=True)
         return False
     return True
 
@@ -629,7 +630,7 @@ def resume(config: dict, resumable: dict, trainer, stopper) -> bool:
 def _check_same_run(saved: dict, config: dict, path: Path) -> None:
     saved = {**_ADDED_KEYS, **saved}
     changed = sorted(k for k in set(saved) | set(config)
-                     if k not in _OPERATIONAL_KEYS and saved.get(k) != config.get(k))
+                    if k not in _OPERATIONAL_KEYS and saved.get(k) != config.get(k))
     if config["lr_schedule"] == "cosine" and saved.get("epochs") != config["epochs"]:
         changed.append("epochs, which the cosine schedule spans")
     if changed:

@@ -29,10 +29,12 @@ sys.path.insert(0, str(ROOT))
 
 import colorize  # noqa: E402
 import evaluate  # noqa: E402
+import scores  # noqa: E402
 from bench import describe_machine, machine, write_results  # noqa: E402
-from common import (ArgumentParser, UserError, ab_to_ab01, check_prepared, exit_on_user_error,  # noqa: E402
-                    images_to_lab01, lab01_to_rgb, lightness_of_samples, non_negative_int, open_rgb_split,
-                    positive_int, resolve_device, writable_folder)
+from common import (ab_to_ab01, check_prepared, images_to_lab01, lab01_to_rgb, lightness_of_samples,  # noqa: E402
+                    open_rgb_split)
+from guards import (ArgumentParser, UserError, exit_on_user_error, non_negative_int, positive_int,  # noqa: E402
+                    resolve_device, writable_folder)
 
 GRID_SIDES = (2, 3, 4, 5, 6)
 PASTE_ENLARGE = 3        # the background photo, enlarged this much
@@ -108,9 +110,9 @@ def measure(photo: Photo, prediction_ab01: torch.Tensor, truth: torch.Tensor) ->
     out = {"mse": [], "colorfulness": [], "truth_colorfulness": []}
     for rows, cols in regions:
         p, t = prediction_ab01[..., rows, cols], truth[..., rows, cols]
-        out["mse"].append(float(evaluate.seed_mse_per_image(p, t)[0]))
-        out["colorfulness"].append(float(evaluate.colorfulness(lab01_to_rgb(p))[0]))
-        out["truth_colorfulness"].append(float(evaluate.colorfulness(lab01_to_rgb(t))[0]))
+        out["mse"].append(float(scores.seed_mse_per_image(p, t)[0]))
+        out["colorfulness"].append(float(scores.colorfulness(lab01_to_rgb(p))[0]))
+        out["truth_colorfulness"].append(float(scores.colorfulness(lab01_to_rgb(t))[0]))
     return out
 
 
@@ -121,8 +123,8 @@ def summarize(rows: list, people: list) -> dict:
     groups = np.unique(people, return_inverse=True)[1]
     gap = lambda key, part: abs(np.mean([v for r in rows for v in part(r[key])]) -  # noqa: E731
                                 np.mean([v for r in rows for v in part(r["truth_colorfulness"])]))
-    return {"photo_mse": float(whole.mean()), "photo_mse_interval": evaluate.bootstrap_interval(whole),
-            "face_mse": float(faces.mean()), "face_mse_interval": evaluate.bootstrap_interval(faces, groups),
+    return {"photo_mse": float(whole.mean()), "photo_mse_interval": scores.bootstrap_interval(whole),
+            "face_mse": float(faces.mean()), "face_mse_interval": scores.bootstrap_interval(faces, groups),
             "photo_colorfulness_gap": gap("colorfulness", lambda v: v[:1]),
             "face_colorfulness_gap": gap("colorfulness", lambda v: v[1:])}
 
@@ -210,7 +212,7 @@ def main():
         # what the same faces get coloured one at a time (each test face is a portrait of itself)
         results[kind]["alone_face_mse"] = float(np.mean([alone[i] for photo in photos for i in photo.faces]))
         results[kind]["lead_of_auto"] = {
-            part: evaluate.bootstrap_interval(
+            part: scores.bootstrap_interval(
                 torch.tensor(values, dtype=torch.float64), None if part == "photo" else
                 np.unique(kind_people, return_inverse=True)[1])
             for part, values in (

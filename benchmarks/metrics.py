@@ -25,25 +25,26 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import evaluate  # noqa: E402
+import scores  # noqa: E402
 from bench import describe_machine, machine, parse_benchmark_args, write_results  # noqa: E402
-from common import (ArgumentParser, UserError, exit_on_user_error, images_to_lab01, lab01_to_lab,  # noqa: E402
-                    lab01_to_rgb, open_rgb_split, positive_int)
+from common import images_to_lab01, lab01_to_lab, lab01_to_rgb, open_rgb_split  # noqa: E402
+from guards import ArgumentParser, UserError, exit_on_user_error, positive_int  # noqa: E402
 
 FADES = (0.2, 0.4, 0.6, 0.8)  # the guesses: the truth's colours faded this much towards gray
 
 
 def chain(true_lab01: torch.Tensor, guesses: list) -> list:
     """What evaluate computes for one batch: the truth's side once, then every score of every guess."""
-    truth = evaluate.Truth.of(true_lab01)
-    return [truth.colorfulness] + [value for guess in guesses for value in scores(guess, truth)]
+    truth = scores.Truth.of(true_lab01)
+    return [truth.colorfulness] + [value for guess in guesses for value in every_score(guess, truth)]
 
 
-def scores(pred_lab01: torch.Tensor, truth) -> list:
-    """evaluate.score's numbers as tensors (a list of floats would end a compiled graph)."""
+def every_score(pred_lab01: torch.Tensor, truth) -> list:
+    """scores.score's numbers as tensors (a list of floats would end a compiled graph)."""
     pred_rgb = lab01_to_rgb(pred_lab01)
-    return [evaluate.seed_mse_per_image(pred_lab01, truth.lab01), evaluate.psnr_per_image(pred_rgb, truth.rgb),
-            evaluate.ssim_per_image(pred_rgb, truth.ssim),
-            evaluate.ciede2000_per_image(truth.lab, lab01_to_lab(pred_lab01)), evaluate.colorfulness(pred_rgb)]
+    return [scores.seed_mse_per_image(pred_lab01, truth.lab01), scores.psnr_per_image(pred_rgb, truth.rgb),
+            scores.ssim_per_image(pred_rgb, truth.ssim),
+            scores.ciede2000_per_image(truth.lab, lab01_to_lab(pred_lab01)), scores.colorfulness(pred_rgb)]
 
 
 def workloads(true_lab01: torch.Tensor, per_call: int) -> dict:
@@ -51,15 +52,15 @@ def workloads(true_lab01: torch.Tensor, per_call: int) -> dict:
     batches = list(true_lab01.split(per_call))
     guesses = [[torch.cat([t[:, :1], evaluate.GRAY_AB01 + (1 - fade) * (t[:, 1:] - evaluate.GRAY_AB01)], dim=1)
                 for fade in FADES] for t in batches]
-    truths = [evaluate.Truth.of(t) for t in batches]
+    truths = [scores.Truth.of(t) for t in batches]
     first = [g[0] for g in guesses]  # one guess stands for all in the single metrics
     rgb = [lab01_to_rgb(g) for g in first]
     return {"Lab01 to RGB": (lab01_to_rgb, [(g,) for g in first]),
-            "seed MSE": (evaluate.seed_mse_per_image, [(g, t.lab01) for g, t in zip(first, truths)]),
-            "PSNR": (evaluate.psnr_per_image, [(r, t.rgb) for r, t in zip(rgb, truths)]),
-            "SSIM": (evaluate.ssim_per_image, [(r, t.ssim) for r, t in zip(rgb, truths)]),
-            "CIEDE2000": (evaluate.ciede2000_per_image, [(t.lab, lab01_to_lab(g)) for g, t in zip(first, truths)]),
-            "colorfulness": (evaluate.colorfulness, [(r,) for r in rgb]),
+            "seed MSE": (scores.seed_mse_per_image, [(g, t.lab01) for g, t in zip(first, truths)]),
+            "PSNR": (scores.psnr_per_image, [(r, t.rgb) for r, t in zip(rgb, truths)]),
+            "SSIM": (scores.ssim_per_image, [(r, t.ssim) for r, t in zip(rgb, truths)]),
+            "CIEDE2000": (scores.ciede2000_per_image, [(t.lab, lab01_to_lab(g)) for g, t in zip(first, truths)]),
+            "colorfulness": (scores.colorfulness, [(r,) for r in rgb]),
             f"the chain: truth and {len(FADES)} guesses": (chain, list(zip(batches, guesses)))}
 
 
@@ -104,7 +105,7 @@ def operation_costs() -> dict:
                   "cos": lambda: x.cos(), "atan2": lambda: torch.atan2(x, y), "comparison (x > y)": lambda: x > y,
                   "torch.where": lambda: torch.where(mask, x, y), "pow (exponent 1/2.4)": lambda: x ** (1 / 2.4),
                   "var_mean of each image": lambda: torch.var_mean(x.flatten(1), dim=1, correction=0),
-                  "SSIM's window, one 11-tap pass": lambda: evaluate.windowed(x[:, None])}
+                  "SSIM's window, one 11-tap pass": lambda: scores.windowed(x[:, None])}
     costs, repeats = {}, 50
     for name, operation in operations.items():
         operation()  # the allocator's first pass

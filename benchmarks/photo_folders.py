@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from bench import benchmark_parser, describe_machine, machine, parse_benchmark_args, run_measured, write_results
-from common import positive_int
+from guards import positive_int
 from scale import made_up_photo
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -21,7 +21,7 @@ sys.path.insert(0, str(ROOT))
 
 from bench import (GPU_FLAGS, benchmark_parser, describe_machine, machine, parse_benchmark_args,  # noqa: E402
                    write_results)
-from common import resolve_device  # noqa: E402
+from guards import resolve_device  # noqa: E402
 
 
 def timed(cmd):

@@ -16,7 +16,8 @@ import time
 from pathlib import Path
 
 from bench import benchmark_parser, describe_machine, machine, parse_benchmark_args, run_measured, write_results
-from common import check_prepared, exit_on_user_error, positive_int
+from common import check_prepared
+from guards import exit_on_user_error, positive_int
 
 
 def train(data: str, out: Path, epoch_length: int, flags: list[str]) -> tuple[float, float]:

@@ -12,8 +12,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import (ArgumentParser, ClassifyingColorizer, UserError, atomic_write, exit_on_user_error,  # noqa: E402
-                    check_prepared, chroma_gain, load_checkpoint, temperature)
+from common import ClassifyingColorizer, check_prepared, chroma_gain, load_checkpoint, temperature  # noqa: E402
+from guards import ArgumentParser, UserError, atomic_write, exit_on_user_error  # noqa: E402
 from faces import face_scale  # noqa: E402
 
 

@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import (FAKE_GPUS_VARIABLE, UserError, build_model, gpus_granted,  # noqa: E402
-                    nvidia_driver_says, resolve_device)
+from common import build_model  # noqa: E402
+from guards import FAKE_GPUS_VARIABLE, UserError, gpus_granted, read_nvidia_driver, resolve_device  # noqa: E402
 from training import RunRecord  # noqa: E402
 
 MODELS = {  # the four models the benchmark measures, as their configs
@@ -113,7 +113,7 @@ def main():
     tasks = int(os.environ.get("SLURM_STEP_NUM_TASKS", "1"))
     say(rank, f"node: {platform.node()}; SLURM: {layout()}")
     say(rank, f"python {platform.python_version()}, torch {torch.__version__} (CUDA build {torch.version.cuda}), "
-              f"ignite {ignite.__version__}; NVIDIA: {nvidia_driver_says()}")
+              f"ignite {ignite.__version__}; NVIDIA: {read_nvidia_driver()}")
     device = resolve_device("auto")  # a GPU job without CUDA stops here
     if device.type == "cuda":
         say(rank, f"GPU: {torch.cuda.get_device_name()} ({torch.cuda.device_count()} visible)")

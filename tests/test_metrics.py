@@ -13,8 +13,8 @@ from skimage.color import deltaE_ciede2000
 from common import images_to_lab01, lab01_to_lab, lab01_to_rgb
 from photos import center_square, prepare_photo
 from conftest import FACES_DIR
-from evaluate import (Runs, SsimTruth, choose_decoding, ciede2000_per_image, colorfulness, psnr_per_image,
-                      ssim_per_image)
+from evaluate import Runs, choose_decoding
+from scores import SsimTruth, ciede2000_per_image, colorfulness, psnr_per_image, ssim_per_image
 
 
 @pytest.fixture(scope="module")

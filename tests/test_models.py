@@ -98,7 +98,7 @@ def test_classifier_returns_logits_in_training_and_colours_in_eval():
     assert ab.shape == (2, 2, 64, 64) and ab.min() >= 0 and ab.max() <= 1
 
 
-@pytest.mark.parametrize("module", ["common", "colorize", "evaluate", "prepare_data"])
+@pytest.mark.parametrize("module", ["guards", "common", "colorize", "evaluate", "prepare_data"])
 def test_only_the_trainers_load_the_training_loop(module):
     """Imports go one way (training -> common): what colours, scores or prepares loads neither training.py nor
     ignite's engine (that every script runs where fcntl does not exist: test_trust.py)."""
@@ -106,16 +106,18 @@ def test_only_the_trainers_load_the_training_loop(module):
             "print(sorted(m for m in ('training', 'ignite.engine', 'ignite.handlers') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
-    top = [line for line in (ROOT / "common.py").read_text().splitlines() if line.startswith(("import ", "from "))]
-    assert not any("ignite" in line for line in top)
+    for shared in ("guards", "common"):
+        lines = (ROOT / f"{shared}.py").read_text().splitlines()
+        assert not any("ignite" in line for line in lines if line.startswith(("import ", "from ")))
 
 
-@pytest.mark.parametrize("module", ["common", "photos", "training", "locks", "faces"])
+@pytest.mark.parametrize("module", ["locks", "guards", "common", "photos", "scores", "faces", "training"])
 def test_the_shared_modules_import_one_way(module):
-    """locks <- common <- photos, training, faces <- the scripts: a shared module imports only those before it
-    (so common.py never reaches for a photo file or the training loop, and photos.py never for a model)."""
-    allowed = {"locks": set(), "common": {"locks"}, "photos": {"common"}, "training": {"common", "faces"},
-               "faces": {"common"}}[module]
+    """locks <- guards <- common <- photos, scores, faces, training <- the scripts: a shared module imports only
+    those before it (so the guard rails know no colour or model, common.py never reaches for a photo file or the
+    training loop, and photos.py never for a model)."""
+    allowed = {"locks": set(), "guards": {"locks"}, "common": {"guards"}, "photos": {"guards", "common"},
+               "scores": {"common"}, "faces": {"guards", "common"}, "training": {"guards", "common", "faces"}}[module]
     project = {path.stem for path in ROOT.glob("*.py")}
     source = (ROOT / f"{module}.py").read_text()
     imported = set(re.findall(r"^\s*(?:from|import) (\w+)", source, re.M)) & project

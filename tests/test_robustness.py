@@ -18,6 +18,7 @@ from PIL import Image, ImageCms, ImageOps
 
 import colorize
 import common
+import guards
 import photos
 import prepare_data
 from common import torch_load
@@ -103,7 +104,7 @@ def test_evaluate_and_the_trainers_refuse_a_folder_of_someone_elses_files(prepar
     # a run folder from before the scripts marked their folders still resumes
     legacy = tmp_path / "legacy"
     shutil.copytree(trained / "colorizer", legacy)
-    (legacy / common.OWNER_FILE).unlink()
+    (legacy / guards.OWNER_FILE).unlink()
     result = run_script("train_colorizer.py", "--data", prepared, "--out", legacy, "--epochs", 3, "--batch-size", 16,
                         "--device", "cpu")
     assert "resuming" in result.stdout
@@ -249,7 +250,7 @@ def full_disk(*args, **kwargs):
 def run_main(module, monkeypatch, argv):
     monkeypatch.setattr(sys, "argv", [f"{module.__name__}.py", *map(str, argv)])
     with pytest.raises(SystemExit) as exit_:
-        common.exit_on_user_error(module.main)
+        guards.exit_on_user_error(module.main)
     return exit_.value.code
 
 
@@ -275,33 +276,33 @@ def test_colorize_on_a_full_disk_says_so_and_leaves_no_temporary_file(trained, t
     code = run_main(colorize, monkeypatch, colorize_args(trained, folder, out=out))
     error = capsys.readouterr().err.strip().splitlines()[-1]
     assert code == 2 and error.startswith(f"error: {out}: no space left")
-    assert fingerprint(out) == before and not [p for p in out.iterdir() if common.TEMP_TAG in p.name]
+    assert fingerprint(out) == before and not [p for p in out.iterdir() if guards.TEMP_TAG in p.name]
 
 
 def test_training_on_a_full_disk_says_so(prepared, tmp_path):
-    code = ("import sys, torch, common, train_colorizer\n"
+    code = ("import sys, torch, guards, train_colorizer\n"
             "def full(*a, **k): raise RuntimeError('[enforce fail] PytorchStreamWriter failed writing file data/0: "
             "file write failed')\n"
             "torch.save = full\n"
-            "common.shutil.disk_usage = lambda path: common.shutil._ntuple_diskusage(10**9, 10**9, 0)\n"
+            "guards.shutil.disk_usage = lambda path: guards.shutil._ntuple_diskusage(10**9, 10**9, 0)\n"
             "sys.argv = ['train_colorizer.py'] + sys.argv[1:]\n"
-            "common.exit_on_user_error(train_colorizer.main)\n")
+            "guards.exit_on_user_error(train_colorizer.main)\n")
     result = subprocess.run([sys.executable, "-c", code, "--data", str(prepared), "--out", str(tmp_path / "run"),
                              "--dry-run", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     one_line_error(result, tmp_path / "run", "no space left")
-    assert not list(tmp_path.rglob(f"*{common.TEMP_TAG}*"))
+    assert not list(tmp_path.rglob(f"*{guards.TEMP_TAG}*"))
 
 
 def test_the_next_run_removes_temporary_files_a_killed_run_left(trained, prepared, tmp_path):
-    host = common.socket.gethostname()
+    host = guards.socket.gethostname()
     out, run = tmp_path / "o", tmp_path / "run"
     leftovers = []
     for folder in (out / "sub", run):
         folder.mkdir(parents=True)
-        leftovers.append(folder / f".p00.png.{common.TEMP_TAG}-{host}-{dead_pid()}-abc123.tmp")
+        leftovers.append(folder / f".p00.png.{guards.TEMP_TAG}-{host}-{dead_pid()}-abc123.tmp")
         leftovers[-1].write_bytes(b"\0" * 1000)
-    live = out / f".p01.png.{common.TEMP_TAG}-{host}-{os.getpid()}-abc123.tmp"  # a live run's: kept
-    other_host = out / f".p02.png.{common.TEMP_TAG}-elsewhere-{dead_pid()}-abc123.tmp"  # unknowable: kept
+    live = out / f".p01.png.{guards.TEMP_TAG}-{host}-{os.getpid()}-abc123.tmp"  # a live run's: kept
+    other_host = out / f".p02.png.{guards.TEMP_TAG}-elsewhere-{dead_pid()}-abc123.tmp"  # unknowable: kept
     for path in (live, other_host):
         path.write_bytes(b"\0")
     result = run_script("colorize.py", *colorize_args(trained, write_photos(tmp_path / "in", 1), out=out))

@@ -162,7 +162,8 @@ def test_evaluate_compares_models_with_baselines(prepared, trained, tmp_path):
 def test_noise_of_a_split_by_person_resamples_people_with_all_their_photos():
     """Photos of one person are alike: 10 people x 15 photos carry the information of about 10 images, not
     150. Resampling people gives that wider interval; resampling images would claim a narrower one."""
-    from evaluate import bootstrap_interval, noise_of_split
+    from evaluate import noise_of_split
+    from scores import bootstrap_interval
     person_mse = np.random.default_rng(0).uniform(1e-4, 3e-4, 10)
     files = [{"file": f"{p}_{k}.jpg", "person": f"s{p}"} for p in range(10) for k in range(15)]
     per_image = {"a": {"mse": np.repeat(person_mse, 15).tolist()},

@@ -18,8 +18,10 @@ import torch
 from PIL import Image
 
 import common
+import guards
 import photos
-from common import OWNER_FILE, dataset_id, torch_load
+from common import dataset_id, torch_load
+from guards import OWNER_FILE
 from photos import BadImage, find_images, read_image
 from conftest import ROOT, run_script, synthetic_photo
 from locks import FolderLock
@@ -117,7 +119,7 @@ def test_one_process_is_rank_zero_whatever_the_login_shell_left(prepared, tmp_pa
     # and the folder's lock is taken: a live run there refuses the second
     run = tmp_path / "run"
     run_script("train_colorizer.py", "--data", prepared, "--out", run, "--dry-run", "--device", "cpu")
-    lock = common.lock_folder(run)
+    lock = guards.lock_folder(run)
     try:
         result = run_script("train_colorizer.py", "--data", prepared, "--out", run, "--dry-run", "--device", "cpu",
                             "--no-resume", check=False)
@@ -213,7 +215,7 @@ def test_an_unreadable_folder_is_named(tmp_path, monkeypatch):
             raise PermissionError(13, "Permission denied", str(path))
         return scandir(path)
 
-    monkeypatch.setattr(common.os, "scandir", refuse)
+    monkeypatch.setattr(os, "scandir", refuse)
     found = find_images(album)
     assert [p.name for p in found.images] == ["p00.png"]
     assert len(found.unsearched) == 1 and found.unsearched[0][0] == album / "locked"
@@ -419,16 +421,16 @@ def test_sizes_the_networks_cannot_take_are_one_line_before_work(photo_folder, p
 
 def test_a_full_disk_while_a_checkpoint_is_saved_is_one_line(prepared, tmp_path):
     # what torch.save raised on a full 2 MB tmpfs here: an iostream error, then, closing the file, another
-    code = ("import sys, torch, common, train_colorizer\n"
+    code = ("import sys, torch, guards, train_colorizer\n"
             "def full(*a, **k):\n"
             "    try:\n"
             "        raise RuntimeError('basic_ios::clear: iostream error')\n"
             "    finally:\n"
             "        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534')\n"
             "torch.save = full\n"
-            "common.shutil.disk_usage = lambda path: common.shutil._ntuple_diskusage(10**9, 10**9, 0)\n"
+            "guards.shutil.disk_usage = lambda path: guards.shutil._ntuple_diskusage(10**9, 10**9, 0)\n"
             "sys.argv = ['train_colorizer.py'] + sys.argv[1:]\n"
-            "common.exit_on_user_error(train_colorizer.main)\n")
+            "guards.exit_on_user_error(train_colorizer.main)\n")
     result = subprocess.run([sys.executable, "-c", code, "--data", str(prepared), "--out", str(tmp_path / "run"),
                              "--dry-run", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
     one_line_error(result, tmp_path / "run", "no space left")
@@ -481,7 +483,7 @@ def test_a_name_as_long_as_the_file_system_allows_is_colorized(trained, tmp_path
         assert "1 colorized" in result.stdout
     written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
     assert len(written) == 2 and all(len(os.fsencode(n)) <= 255 for n in written)
-    assert "its name was too long" in result.stderr and not list(out.rglob(f"*{common.TEMP_TAG}*"))
+    assert "its name was too long" in result.stderr and not list(out.rglob(f"*{guards.TEMP_TAG}*"))
 
 
 def test_a_wrong_regressor_is_found_before_any_scoring(prepared, trained, tmp_path):
@@ -515,7 +517,7 @@ def test_ctrl_c_is_one_line_and_leaves_whole_files(trained, tmp_path):
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130 and "Traceback" not in stderr, stderr
     assert stderr.strip().splitlines()[-1].startswith("interrupted: ")
-    assert not list(out.rglob(f"*{common.TEMP_TAG}*"))
+    assert not list(out.rglob(f"*{guards.TEMP_TAG}*"))
     for written in out.glob("p*.png"):
         assert cv2.imread(str(written)) is not None
 
