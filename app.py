@@ -47,8 +47,8 @@ class Studio:
 
     def __init__(self, args):
         device = resolve_device(args.device)
-        self.colorizer = colorize.Colorizer(args.checkpoint, None, None, device,
-                                            bfloat16_autocast(device.type, args.amp, "colorizing"))
+        self.colorizer = colorize.Colorizer.from_checkpoint(args.checkpoint, None, None, device,
+                                                            bfloat16_autocast(device.type, args.amp, "colorizing"))
         self.checkpoint = args.checkpoint
         self.classify = self.colorizer.config.get("head") == "classify"
         self.decoding = {"temperature": getattr(self.colorizer.model, "temperature", None),
@@ -76,15 +76,13 @@ class Studio:
                 lightness = read_lightness(source, colorize.WORKING_BYTES_PER_PIXEL).L
                 ok, png = cv2.imencode(".png", lab_to_samples(lightness, None)[..., ::-1])
                 return png.tobytes(), f"{Path(name).stem}_gray.png", "image/png"
+            suffix = source.suffix.lower() if source.suffix.lower() in colorize.WRITTEN_SUFFIXES else ".png"
+            target = Path(tmp) / "out" / f"{Path(name).stem}{suffix}"
             with self.turn:
                 for key, value in {**self.decoding, **decoding}.items():
                     setattr(self.colorizer.model, key, value)
                 self.colorizer.face_scale = self.face_scale if query.get("faces", "auto") == "auto" else None
-                item = colorize.load(source, self.colorizer)
-                ab = colorize.predict(self.colorizer, [item], colorize.BATCH_SIZE)[0]
-            suffix = source.suffix.lower() if source.suffix.lower() in colorize.WRITTEN_SUFFIXES else ".png"
-            target = Path(tmp) / "out" / f"{Path(name).stem}{suffix}"
-            colorize.finish(item, ab, target, side_by_side=False)
+                colorize.colour_one(source, self.colorizer, target)
             return target.read_bytes(), target.name, TYPES.get(suffix, "application/octet-stream")
 
 

@@ -31,8 +31,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (ARCHITECTURES, L_RANGE, MAX_IMAGE_SIZE, REGRESSOR_MIN_SIZE, ab01_to_ab, bfloat16_autocast,
-                    chroma_gain, colorizer_input, lab_to_samples, load_colorizer, temperature)
+from common import (ARCHITECTURES, L_RANGE, REGRESSOR_MIN_SIZE, ab01_to_ab, bfloat16_autocast, chroma_gain,
+                    colorizer_input, image_size, lab_to_samples, load_colorizer, temperature)
 from guards import (ArgumentParser, UserError, add_device_argument, atomic_write, escape_bytes, exit_on_user_error,
                     positive_float, positive_int, read_json, real_path, remove_stale_temporaries, resolve_device,
                     writable_folder, write_json)
@@ -62,7 +62,7 @@ def parse_args(argv=None):
                         "input file; a name taken by another input or file gets -2, -3, ...")
     p.add_argument("--regressor", default=None,
                    help="regressor checkpoint for a conditioned colorizer (default: the one it was trained with)")
-    p.add_argument("--size", type=positive_int, default=None, help="network input size (default: the training size)")
+    p.add_argument("--size", type=image_size, default=None, help="network input size (default: the training size)")
     p.add_argument("--batch-size", type=positive_int, default=BATCH_SIZE,
                    help="photos of one network-input shape per batch, and face squares per batch")
     p.add_argument("--max-megapixels", type=positive_float, default=64,
@@ -86,8 +86,6 @@ def parse_args(argv=None):
                    help="classification checkpoints: each photo's colours spread from its mean colour by this gain "
                         "(above 1: more vivid; default: the checkpoint's)")
     args = p.parse_args(argv)
-    if args.size is not None and not 16 <= args.size <= MAX_IMAGE_SIZE:
-        p.error(f"argument --size: must be from 16 to {MAX_IMAGE_SIZE}")
     return args
 
 
@@ -214,20 +212,28 @@ def network_shape(h: int, w: int, size: int, multiple: int) -> tuple[int, int]:
 
 
 class Colorizer:
-    def __init__(self, checkpoint, regressor_path, size, device, amp=False, faces=True):
-        self.model, regressor, self.config, _ = load_colorizer(checkpoint, device, regressor_path)
-        self.size = size or self.config.get("image_size", 128)
+    """A colorizer as colorize.py runs it on photos: the network, the regressor it is conditioned on, the size it
+    sees a photo's short side at (size: default, the training size) and the faces it colours apart."""
+
+    def __init__(self, model, regressor, config: dict, size: int | None, device, amp=False, faces=True):
+        self.model, self.config = model, config
+        self.size = size or config.get("image_size", 128)
         if regressor is not None and self.size < REGRESSOR_MIN_SIZE:
-            raise UserError(f"--size {self.size}: {checkpoint} runs its regressor on L at that size, and the regressor "
-                            f"needs at least {REGRESSOR_MIN_SIZE}; pass a larger --size")
+            raise UserError(f"--size {self.size}: the colorizer runs its regressor on L at that size, and the "
+                            f"regressor needs at least {REGRESSOR_MIN_SIZE}; pass a larger --size")
         # the regressor was trained on squares of the training size: it sees L resized to one
         self.regressor = None if regressor is None else \
             (lambda L: regressor(F.interpolate(L, size=(self.size, self.size), mode="area")))
-        self.multiple = 2 ** ARCHITECTURES[self.config["arch"]].downsamplings(self.config)
+        self.multiple = 2 ** ARCHITECTURES[config["arch"]].downsamplings(config)
         self.device, self.amp = device, amp
         # the share of its training images a face filled (measured on them when it was trained), or None: then
         # no face is coloured apart (--faces off, or a model not trained on faces)
-        self.face_scale = self.config.get("face_scale") if faces else None
+        self.face_scale = config.get("face_scale") if faces else None
+
+    @classmethod
+    def from_checkpoint(cls, checkpoint, regressor_path, size, device, amp=False, faces=True) -> "Colorizer":
+        model, regressor, config, _ = load_colorizer(checkpoint, device, regressor_path)
+        return cls(model, regressor, config, size, device, amp, faces)
 
     @torch.no_grad()
     def predict_ab(self, L_small: np.ndarray) -> np.ndarray:
@@ -335,9 +341,7 @@ def finish(item: dict, ab: np.ndarray | None, target: Path, side_by_side: bool) 
         raise BadImage("the network's colour for it is not a finite number (NaN or inf): nothing written",
                        "the checkpoint may be damaged: try another")
     dtype = output_type(target.suffix, item["depth16"])
-    h, w = item["L"].shape
-    ab = at_full_size(ab, (h, w), scratch("ab", (h, w, 2), np.float32))
-    rgb = lab_to_samples(item["L"], ab, dtype, scratch("rgb", (h, w, 3), dtype))
+    rgb = coloured(item, ab, dtype)
     alpha = item["alpha"]
     out = rgb if alpha is None or target.suffix in {".jpg", ".jpeg"} else \
         np.dstack([rgb, np.rint(alpha * np.iinfo(dtype).max).astype(dtype)])
@@ -351,6 +355,22 @@ def finish(item: dict, ab: np.ndarray | None, target: Path, side_by_side: bool) 
             cv2.rectangle(gray, (x, y), (x + side - 1, y + side - 1), green, thickness)
         pair = encoded(np.concatenate([gray, rgb], axis=1), compare_name(target), item)
         atomic_write(compare_name(target), lambda tmp: Path(tmp).write_bytes(pair))
+
+
+def coloured(item: dict, ab: np.ndarray, dtype) -> np.ndarray:
+    """The photo in colour as finish writes it (RGB samples of dtype, H x W x 3, transparency aside): predict's
+    colour upsampled to the photo's size, with its own lightness. In this thread's scratch memory: valid until it
+    colours the next photo."""
+    h, w = item["L"].shape
+    ab = at_full_size(ab, (h, w), scratch("ab", (h, w, 2), np.float32))
+    return lab_to_samples(item["L"], ab, dtype, scratch("rgb", (h, w, 3), dtype))
+
+
+def colour_one(path: Path, colorizer: Colorizer, target: Path, side_by_side=False) -> None:
+    """One photo through the whole path, read, coloured and written (the folder pipeline in main does the same
+    steps for many, overlapped)."""
+    item = load(path, colorizer)
+    finish(item, predict(colorizer, [item], BATCH_SIZE)[0], target, side_by_side)
 
 
 def encoded(image: np.ndarray, target: Path, item: dict) -> bytes:
@@ -441,8 +461,9 @@ def main():
 
     args = parse_args()
     device = resolve_device(args.device)
-    colorizer = Colorizer(args.checkpoint, args.regressor, args.size, device,
-                          bfloat16_autocast(device.type, args.amp, "colorizing"), faces=args.faces == "auto")
+    colorizer = Colorizer.from_checkpoint(args.checkpoint, args.regressor, args.size, device,
+                                          bfloat16_autocast(device.type, args.amp, "colorizing"),
+                                          faces=args.faces == "auto")
     for flag, value in (("temperature", args.temperature), ("chroma_gain", args.chroma_gain)):
         if value is not None:
             if colorizer.config.get("head") != "classify":

@@ -9,33 +9,35 @@ test images drawn (95% bootstrap intervals, the people resampled where the image
 With --regressor: its predicted vs true mean a*, b* and test MSE. With --temperatures and --chroma-gains: each
 classification colorizer also decoded at those annealed-mean temperatures and chroma gains, a row each.
 With --photos: the same table on photos that are not in the prepared data (faces of people the
-models never saw), centre-cropped and resized to the training size.
+models never saw), each coloured whole as colorize.py colours it and scored at its own size.
 Images are scored --batch-size at a time (memory follows the batch, not the number of images).
 Writes report.md, metrics.json (per-image numbers too) and figures into --out.
 
     python evaluate.py --data data/prepared --runs runs/ --out runs/report      # every run in runs/, and baselines
     python evaluate.py --data runs/lfw/data --colorizer models/face_colorizer.pt --out runs/lfw/report
 """
-import os
+import math
 import shlex
 import sys
-import tempfile
 import textwrap
 from pathlib import Path
 from typing import NamedTuple
 
+import cv2
 import numpy as np
 import torch
+import torch.nn.functional as F
 from matplotlib.figure import Figure
 
+import colorize
 from common import (ARCHITECTURES, ClassifyingColorizer, ab01_to_ab, ab_to_ab01, bfloat16_autocast, check_prepared,
-                    chroma_gain, colorize_lab01, is_history, lab01_batches, lab01_to_rgb, load_checkpoint,
-                    load_colorizer, open_rgb_split, plot_loss_curves, save_figure, size_problem, temperature,
-                    training_statistic)
-from guards import (ArgumentParser, OWNER_FILE, RUN_CONFIG, TEMP_TAG, UserError, add_device_argument, atomic_write,
+                    chroma_gain, colorize_lab01, images_to_lab01, is_history, lab01_batches, lab01_to_rgb,
+                    lab_to_samples, load_checkpoint, load_colorizer, open_rgb_split, plot_loss_curves, run_record_of,
+                    save_figure, size_problem, temperature, training_statistic)
+from guards import (OWNER_FILE, RUN_CONFIG, TEMP_TAG, ArgumentParser, UserError, add_device_argument, atomic_write,
                     escape_bytes, exit_on_user_error, hold_for_reading, non_negative_float, positive_int, read_json,
                     relative_to_cwd, resolve_device, take_output_folder, write_json, write_run_config)
-from photos import BadImage, find_images, prepare_photo
+from photos import GRAY_CHROMA, BadImage, find_images, mean_chroma, read_image, read_lightness, to_uint8
 from scores import Truth, bootstrap_interval, score, summarize
 
 REPORT_HEADING = "# Evaluation on the "  # report.md's first words: a report folder of evaluate's is known by them
@@ -102,8 +104,8 @@ def main():
     reading = hold_for_reading(Path(args.data))  # held to the end: prepare_data.py does not replace it meanwhile
     runs = load_colorizers(args.colorizer, args.temperatures, args.chroma_gains, device, manifest["size"])
     regressor = load_regressor(args.regressor, device, manifest["size"]) if args.regressor else None
-    photos = usable_photos([f for path in args.photos for f in photo_files(path)], manifest["size"])
-    if args.photos and not photos.files:
+    photos = usable_photos([f for path in args.photos for f in photo_files(path)])
+    if args.photos and not photos:
         raise UserError(f"--photos {' '.join(map(str, args.photos))}: no usable image files there")
     colours = training_colours(args.data, manifest, args.batch_size, device)  # kept beside the data: a check too
     # now, not after all the work; the last check, so that a bad input leaves no folder
@@ -112,7 +114,7 @@ def main():
     write_run_config(args.out, vars(args), device)
 
     report, results, figures = split_section(args, manifest, colours, runs, device)
-    if photos.files:
+    if photos:
         photos_section(args, photos, colours, runs, device, report, results, figures)
     if regressor:
         regressor_section(args, regressor, colours, device, runs, report, results)
@@ -170,33 +172,42 @@ def photo_files(path: Path) -> list[Path]:
     return found.images
 
 
-class Photos(NamedTuple):
-    files: list[Path]
-    images: np.ndarray  # uint8 RGB (N, size, size, 3), prepared as prepare_data.py prepares its images, mapped
+# a photo larger than this is scored shrunk to it, the truth as the prediction: the metrics' passes over a photo of
+# 12 megapixels would hold gigabytes
+SCORE_PIXELS = 2 ** 20
 
 
-def usable_photos(files: list[Path], size: int) -> Photos:
-    """The --photos that can be scored, decoded once before the work into a memory map at the training size (an
-    unnamed temporary file: memory stays flat however many there are); each other one is named on a line and
-    left out, as prepare_data.py leaves out what it cannot use."""
-    if not files:
-        return Photos([], np.zeros((0, size, size, 3), np.uint8))
-    with tempfile.TemporaryFile() as held:  # unlinked at once: gone with the process, whatever ends it
-        try:  # its space reserved now: a full disk is an OSError here, not a SIGBUS while writing the map
-            os.posix_fallocate(held.fileno(), 0, len(files) * size * size * 3)
-        except OSError as exc:
-            raise UserError(f"{tempfile.gettempdir()}: no room for the --photos at {size}x{size} "
-                            f"({len(files) * size * size * 3 / 2 ** 20:.0f} MiB; {exc.strerror}); set TMPDIR to a "
-                            "folder with room") from None
-        images = np.memmap(held, dtype=np.uint8, mode="r+", shape=(len(files), size, size, 3))
+def truth_of_photo(path: Path) -> np.ndarray:
+    """A --photos file as it is scored: uint8 RGB, upright, at most SCORE_PIXELS. BadImage where it cannot be read
+    or holds no colour (nothing to score against)."""
+    rgb = to_scoring_size(to_uint8(read_image(path).rgb))
+    chroma = mean_chroma(rgb)
+    if chroma < GRAY_CHROMA:
+        raise BadImage(f"black and white (mean chroma {chroma:.1f}, below {GRAY_CHROMA:g}): it holds no colour to "
+                       "score against", "colorize.py colours it")
+    return rgb
+
+
+def to_scoring_size(rgb: np.ndarray) -> np.ndarray:
+    """A photo's samples (H x W x 3), shrunk to at most SCORE_PIXELS; a copy in any case."""
+    h, w = rgb.shape[:2]
+    scale = math.sqrt(SCORE_PIXELS / (h * w))
+    if scale >= 1:
+        return rgb.copy()
+    return cv2.resize(rgb, (max(1, round(w * scale)), max(1, round(h * scale))), interpolation=cv2.INTER_AREA)
+
+
+def usable_photos(files: list[Path]) -> list[Path]:
+    """The --photos that can be scored, each read once before the work (memory holds one at a time); each other
+    one is named on a line and left out, as prepare_data.py leaves out what it cannot use."""
     usable = []
     for f in files:
         try:
-            images[len(usable)] = prepare_photo(f, size)
+            truth_of_photo(f)
             usable.append(f)
         except BadImage as exc:
             print(f"skipped {escape_bytes(f)}: {escape_bytes(exc)}", file=sys.stderr)
-    return Photos(usable, images[:len(usable)])
+    return usable
 
 
 class Runs(NamedTuple):
@@ -289,8 +300,8 @@ def split_section(args, manifest, colours: TrainingColours, runs: Runs, device):
     results for metrics.json, figure names)."""
     images = open_rgb_split(args.data, args.split)  # memory-mapped: scored batch by batch
     # from the uint8 images, exactly: the stored float16 Lab would add rounding to the scores
-    scores = score_batches(lab01_batches(images, args.batch_size, device), len(images), colours, runs.models,
-                           args.show, args.amp)
+    pairs = split_pairs(lab01_batches(images, args.batch_size, device), colours, runs.models, args.amp)
+    scores = score_all(pairs, len(images), args.show)
     plot_grid(scores.shown, args.out / "grid.png")
     figures = ["grid.png"]
     models = [n for n in scores.summary if runs.kinds[n] == "colorizer"]
@@ -386,21 +397,57 @@ def noise_report(noise: dict, split: str) -> list[str]:
             ""]
 
 
-def photos_section(args, photos: Photos, colours, runs: Runs, device, report, results, figures) -> None:
-    """The same table on --photos, outside the prepared data, batch by batch: added to report, results and
-    figures."""
-    files = photos.files
-    scores = score_batches(lab01_batches(photos.images, args.batch_size, device), len(files), colours, runs.models,
-                           args.show, args.amp)
+def photos_section(args, files: list[Path], colours, runs: Runs, device, report, results, figures) -> None:
+    """The same table on --photos, outside the prepared data, each photo coloured whole as colorize.py colours it
+    and scored at its own size: added to report, results and figures."""
+    colorizers = {name: colorize.Colorizer(model, regressor, runs.configs[name], None, device, args.amp)
+                  for name, (model, regressor) in runs.models.items()}
+    size = colours.map_ab.shape[-1]
+
+    def thumbnails(lab01):  # each photo's centre square at the training size, for the figure
+        h, w = lab01.shape[-2:]
+        side = min(h, w)
+        square = lab01[..., (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
+        return F.interpolate(square, size=(size, size), mode="area")
+
+    pairs = (photo_pair(path, colours, colorizers, device) for path in files)
+    scores = score_all(pairs, len(files), args.show, thumbnails)
     plot_grid(scores.shown, args.out / "photos.png")
     figures.append("photos.png")
     names = ", ".join(f"`{f.name}`" for f in files) if len(files) <= 12 else \
         f"{len(files)} files from {', '.join(f'`{p}`' for p in args.photos)} (listed in metrics.json)"
     report += [f"## {len(files)} photos that are not in the prepared data", "",
-               f"Files: {names}. The truth's colorfulness is {scores.truth_colorfulness:.1f}; baselines from the "
-               "same training set.", "", results_table(scores.summary, runs.kinds), ""]
+               f"Files: {names}. Each is coloured whole, as `colorize.py` colours it (its short side at the network's "
+               "input size, the faces it finds at the training scale, the colour upsampled to the photo and "
+               "merged with its own lightness, 8-bit samples), and scored against itself at its own size (shrunk "
+               f"to at most {SCORE_PIXELS / 2 ** 20:g} megapixel, the truth as the prediction). The baselines' "
+               "colour (the mean-face map stretched to the photo) goes through the same last step. The truth's "
+               f"colorfulness is {scores.truth_colorfulness:.1f}; baselines from the same training set.", "",
+               results_table(scores.summary, runs.kinds), ""]
     results["photos"] = {"files": [str(f) for f in files], "truth_colorfulness": scores.truth_colorfulness,
-                         "summary": scores.summary, "per_image": scores.per_image}
+                         "summary": scores.summary, "per_image": scores.per_image, "score_pixels": SCORE_PIXELS}
+
+
+def photo_pair(path: Path, colours: TrainingColours, colorizers: dict, device) -> tuple:
+    """(the truth's Lab01, {method: its Lab01}) of one photo, (1, 3, h, w) each: every colorizer's colour as
+    colorize.py writes it for this photo (8-bit), every baseline's colour through the same last step."""
+    lightness = read_lightness(path, colorize.WORKING_BYTES_PER_PIXEL).L
+    h, w = lightness.shape
+    mean_ab, map_ab = (ab01_to_ab(x).permute(*range(1, x.dim()), 0).cpu().numpy() for x in colours)
+    colours_ab = dict(zip(BASELINES, (None, np.full((h, w, 2), mean_ab, np.float32),
+                                      cv2.resize(map_ab, (w, h), interpolation=cv2.INTER_LINEAR))))
+    samples = {name: to_scoring_size(lab_to_samples(lightness, ab)) for name, ab in colours_ab.items()}
+    for name, colorizer in colorizers.items():
+        item = colorize.lightness_item(lightness, colorizer)
+        ab = colorize.predict(colorizer, [item], colorize.BATCH_SIZE)[0]
+        if ab is None:
+            raise UserError(f"{name}: its colour for {path} is not a finite number (NaN or inf); the checkpoint "
+                            "may be damaged: evaluate another")
+        samples[name] = to_scoring_size(colorize.coloured(item, ab, np.uint8))
+
+    def lab01(rgb):
+        return images_to_lab01(torch.from_numpy(rgb)[None].to(device))
+    return lab01(truth_of_photo(path)), {name: lab01(rgb) for name, rgb in samples.items()}
 
 
 def regressor_section(args, loaded, colours: TrainingColours, device, runs: Runs, report, results) -> None:
@@ -445,32 +492,39 @@ class Scores(NamedTuple):
     shown: dict               # "truth" and every method -> Lab01 of the first images, for the figures
 
 
-def score_batches(batches, n_images: int, colours: TrainingColours, colorizers: dict, show: int,
-                  amp: bool) -> Scores:
-    """Every baseline and colorizer on the same images, batch by batch: memory holds a batch and the
-    per-image numbers, whatever the number of images. A progress bar where a person watches. amp: the
-    colorizers in bfloat16."""
+def score_all(pairs, n_images: int, show: int, thumbnails=lambda lab01: lab01) -> Scores:
+    """Every method's prediction against the truth, pairs of (the truth's Lab01, {method: its Lab01}) of a batch
+    each: memory holds a batch and the per-image numbers, whatever the number of images. A progress bar where a
+    person watches. thumbnails: a batch as the figures show it (one size for all)."""
     from tqdm import tqdm
 
     per_image, truth_colorfulness, shown = {}, [], {}
     with tqdm(total=n_images, unit="image", leave=False, disable=not sys.stderr.isatty()) as progress:
-        for batch in batches:
-            for lab01 in batch.split(SCORE_CHUNK):
-                predictions = baselines(colours, lab01)
-                with torch.no_grad():
-                    for name, (model, regressor) in colorizers.items():
-                        predictions[name] = colorize_lab01(model, lab01, regressor, amp)
-                truth = Truth.of(lab01)
-                truth_colorfulness += truth.colorfulness.tolist()
-                for name, pred in predictions.items():
-                    for metric, values in score(pred, truth).items():
-                        per_image.setdefault(name, {}).setdefault(metric, []).extend(values)
-                if len(shown.get("truth", [])) < show:
-                    shown = {name: torch.cat([shown.get(name, pred[:0]), pred[:show - len(shown.get(name, []))]])
-                             for name, pred in {"truth": lab01, **predictions}.items()}
-                progress.update(len(lab01))
+        for lab01, predictions in pairs:
+            truth = Truth.of(lab01)
+            truth_colorfulness += truth.colorfulness.tolist()
+            for name, pred in predictions.items():
+                for metric, values in score(pred, truth).items():
+                    per_image.setdefault(name, {}).setdefault(metric, []).extend(values)
+            if len(shown.get("truth", [])) < show:
+                shown = {name: torch.cat([shown.get(name, thumbnails(pred)[:0]),
+                                          thumbnails(pred)[:show - len(shown.get(name, []))]])
+                         for name, pred in {"truth": lab01, **predictions}.items()}
+            progress.update(len(lab01))
     truth = float(np.mean(truth_colorfulness))
     return Scores(per_image, {name: summarize(v, truth) for name, v in per_image.items()}, truth, shown)
+
+
+def split_pairs(batches, colours: TrainingColours, colorizers: dict, amp: bool):
+    """(truth, {method: prediction}) for each SCORE_CHUNK of the prepared images: every baseline and colorizer on
+    the same images (amp: the colorizers in bfloat16)."""
+    for batch in batches:
+        for lab01 in batch.split(SCORE_CHUNK):
+            predictions = baselines(colours, lab01)
+            with torch.no_grad():
+                for name, (model, regressor) in colorizers.items():
+                    predictions[name] = colorize_lab01(model, lab01, regressor, amp)
+            yield lab01, predictions
 
 
 def baselines(colours: TrainingColours, lab01: torch.Tensor) -> dict:
@@ -507,7 +561,7 @@ def describe(config: dict) -> str:
 def run_history(checkpoint_path, ckpt: dict) -> dict | None:
     """The whole run's history: history.json beside the checkpoint (best.pt holds only the epochs
     before it was saved) where it is one the trainers wrote, else the checkpoint's own; None where neither is."""
-    for history in (read_json(Path(checkpoint_path).with_name("history.json")), ckpt["run"].get("history")):
+    for history in (read_json(Path(checkpoint_path).with_name("history.json")), run_record_of(ckpt).get("history")):
         if is_history(history):
             return history
     return None

@@ -230,9 +230,12 @@ def writable_folder(path: Path, flag="--out") -> bool:
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise UserError(f"{path}: cannot write there ({exc.strerror or type(exc).__name__}); "
-                        f"pass another {flag}") from None
+        raise cannot_write(path, exc, flag) from None
     return created
+
+
+def cannot_write(path: Path, exc: OSError, flag="--out") -> UserError:
+    return UserError(f"{path}: cannot write there ({exc.strerror or type(exc).__name__}); pass another {flag}")
 
 
 OWNER_FILE = ".written-by.json"  # in an --out folder: which script writes there, so that no other does
@@ -253,15 +256,20 @@ def take_output_folder(path: Path, script: str, ours: Callable[[Path], bool] = l
         owner = None
     names = sorted(p.name for p in path.iterdir() if p.name != OWNER_FILE and TEMP_TAG not in p.name)
     if owner != script and names and not (owner is None and ours(path)):
-        what = f"written by {owner}" if owner else f"holds {escape_bytes(names[0])}" + \
-            (f" and {len(names) - 1} more" if len(names) > 1 else "") + f", not written by {script}"
-        raise UserError(f"{path}: {what}; pass a new or empty folder as --out ({script} replaces only "
-                        "what it wrote)")
+        raise not_ours(path, script, names, owner)
     lock = lock_folder(path)
     if owner != script:
         write_json(path / OWNER_FILE, {"script": script})
     remove_stale_temporaries(path)
     return created, lock
+
+
+def not_ours(path: Path, script: str, names: list[str], owner: str | None = None) -> UserError:
+    """The one line that refuses an --out holding files script did not write (names: what it holds; owner: the
+    script that claimed it, where one did): every script replaces only what it wrote."""
+    what = f"written by {owner}" if owner else f"holds {escape_bytes(names[0])}" + \
+        (f" and {len(names) - 1} more" if len(names) > 1 else "") + f", not written by {script}"
+    return UserError(f"{path}: {what}; pass a new or empty folder as --out ({script} replaces only what it wrote)")
 
 
 def lock_folder(out: Path) -> FileLock:

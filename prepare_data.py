@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from common import (DEFAULT_BATCH_SIZE, LAB_SUFFIX, MANIFEST, MANIFEST_KEYS, MAX_IMAGE_SIZE, MappedDataset,
-                    PREPARED_FORMAT, SPLITS, collate_unchanged, lab01_batches, random_variant, release_pages)
-from guards import (ArgumentParser, UserError, escape_bytes, exit_on_user_error, fraction, no_space_error,
-                    non_negative_int, positive_int, read_json, real_path, remove_stale_temporaries, temp_prefix,
-                    write_json)
+from common import (DEFAULT_BATCH_SIZE, LAB_SUFFIX, MANIFEST, MANIFEST_KEYS, PREPARED_FORMAT, SPLITS, MappedDataset,
+                    collate_unchanged, image_size, lab01_batches, random_variant, release_pages)
+from guards import (ArgumentParser, UserError, cannot_write, escape_bytes, exit_on_user_error, fraction, no_space_error,
+                    non_negative_int, not_ours, positive_int, read_json, real_path, remove_stale_temporaries,
+                    temp_prefix, write_json)
 from photos import IMAGE_SUFFIXES, BadImage, center_square, find_images, prepare_photo, read_image, to_uint8
 from locks import Busy, FolderLock
 
@@ -53,7 +53,7 @@ def parse_args(argv=None):
     p.add_argument("--demo", action="store_true", help="use the built-in demo photos even if --source exists")
     p.add_argument("--out", type=Path, default=Path("data/prepared"),
                    help="a new or empty folder, or one this script prepared before (then replaced)")
-    p.add_argument("--size", type=positive_int, default=128, help="side of the square images")
+    p.add_argument("--size", type=image_size, default=128, help="side of the square images")
     p.add_argument("--seed", type=int, default=0, help="random seed: the shuffle, the split and the augmentation")
     p.add_argument("--held-out", type=fraction, default=0.1, help="fraction held out for validation and test")
     p.add_argument("--val-share", type=fraction, default=0.5,
@@ -68,8 +68,6 @@ def parse_args(argv=None):
                    help="processes that decode, resize and augment the images (0: this one); the bytes written "
                         "do not depend on it")
     args = p.parse_args(argv)
-    if not 8 <= args.size <= MAX_IMAGE_SIZE:
-        p.error(f"argument --size: must be from 8 to {MAX_IMAGE_SIZE}")
     return args
 
 
@@ -295,10 +293,7 @@ def check_out(out: Path, source: Path | None) -> Path:
     entries = sorted(p.name for p in target.iterdir())
     foreign = [name for name in entries if name not in PREPARED_FILES]
     if foreign or (entries and not prepared_here(target)):
-        others = foreign or entries
-        more = f" and {len(others) - 1} more" if len(others) > 1 else ""
-        raise UserError(f"{out}: holds {escape_bytes(others[0])}{more}, not written by prepare_data.py; pass a new or "
-                        "empty folder as --out (this script replaces only sets it prepared)")
+        raise not_ours(out, "prepare_data.py", foreign or entries)
     return target
 
 
@@ -339,8 +334,7 @@ def staging_folder(target: Path) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), dir=target.parent))
     except OSError as exc:
-        raise UserError(f"{target}: cannot write there ({exc.strerror or type(exc).__name__}); "
-                        "pass another --out") from None
+        raise cannot_write(target, exc) from None
     tmp.chmod(0o755)  # mkdtemp makes it private; the prepared set is for everyone
     return tmp
 

@@ -19,9 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS, LabSplit, ab01_to_ab, ab_bins,
-                    build_model, colorize_lab01, colorizer_input, lab01_to_lab, load_checkpoint, load_colorizer,
-                    read_manifest, temperature, training_statistic)
+from common import (ARCHITECTURES, ARCHITECTURE_SETTINGS, CLASSIFY_STRIDE, DEFAULT_TEMPERATURE, FINAL_ACTIVATIONS,
+                    LabSplit, ab01_to_ab, ab_bins, build_model, colorize_lab01, colorizer_input, lab01_to_lab,
+                    load_checkpoint, load_colorizer, read_manifest, temperature, training_statistic)
 from guards import ArgumentParser, exit_on_user_error, non_negative_float, positive_int, real_path
 from training import LOSSES, TrainingSetup, add_training_args, train
 
@@ -33,7 +33,7 @@ def parse_args(argv=None):
     m.add_argument("--init-from", default=None, metavar="CKPT",
                    help="fine-tune: start from this colorizer's weights (its architecture, head and regressor; a "
                         "fresh optimizer and schedule); rerunning the command resumes as usual")
-    m.add_argument("--arch", choices=["seed", "unet"], default=None, help="default: seed")
+    m.add_argument("--arch", choices=sorted(ARCHITECTURES), default=None, help="default: seed")
     m.add_argument("--activation", choices=sorted(FINAL_ACTIVATIONS), default=None,
                    help="final activation (default: sigmoid)")
     m.add_argument("--max-channels", type=positive_int, default=None,
@@ -54,10 +54,11 @@ def parse_args(argv=None):
     m.add_argument("--temperature", type=temperature, default=DEFAULT_TEMPERATURE,
                    help="classify: annealed-mean temperature")
     args = p.parse_args(argv)
-    architecture = MODEL_DEFAULTS
+    # the architecture's settings, where neither a flag nor --init-from says otherwise
+    architecture = {name: setting.default for name, setting in ARCHITECTURE_SETTINGS.items()}
     if args.init_from:
         trained = load_checkpoint(args.init_from, task="colorizer")[1]
-        architecture = {k: trained.get(k, v) for k, v in {**MODEL_DEFAULTS, "regressor": None}.items()}
+        architecture = {k: trained.get(k, v) for k, v in {**architecture, "regressor": None}.items()}
     for key, value in architecture.items():
         given = getattr(args, key)
         if args.init_from and given is not None and given != value:
@@ -67,11 +68,6 @@ def parse_args(argv=None):
     if args.layers < 2 or args.max_channels < 16 or args.rebalance > 1:
         p.error("--layers must be >= 2, --max-channels >= 16 and --rebalance at most 1")
     return args
-
-
-# the architecture's settings, where neither a flag nor --init-from says otherwise
-MODEL_DEFAULTS = {"arch": "seed", "activation": "sigmoid", "max_channels": 128, "layers": 3, "base_channels": 32,
-                  "depth": 4, "head": "regress"}
 
 
 def setup_colorizer(config, device) -> TrainingSetup:

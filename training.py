@@ -35,8 +35,9 @@ from ignite.metrics import Loss
 from ignite.utils import manual_seed
 
 from common import (DEFAULT_BATCH_SIZE, HISTORY_KEYS, LabSplit, ab_to_ab01, bfloat16_autocast, check_prepared,
-                    collate_unchanged, colorize_lab01, dataset_id, images_to_lab01, is_history, lab01_to_rgb,
-                    open_rgb_split, plot_loss_curves, random_variant, size_problem, torch_load)
+                    checkpoint_contents, collate_unchanged, colorize_lab01, dataset_id, images_to_lab01, is_history,
+                    lab01_to_rgb, new_history, open_rgb_split, plot_loss_curves, random_variant, run_record,
+                    run_record_of, size_problem, torch_load)
 from faces import face_scale
 from guards import (FOLDER_LOCK, OWNER_FILE, RUN_CONFIG, TEMP_TAG, UserError, add_device_argument, atomic_write,
                     escape_bytes, hold_for_reading, no_space_error, non_negative_float, non_negative_int,
@@ -115,7 +116,7 @@ class RunRecord:
     def __init__(self, config: dict, regressor: nn.Module | None = None):
         self.config = dict(config)
         self.regressor = regressor
-        self.history = {"epoch": [], "train_loss": [], "val_loss": [], "val_mse": [], "train_images_per_s": []}
+        self.history = new_history()
         # the sum stays a tensor on the device while training: no step waits for the GPU to read a loss back
         self.loss_sum, self.loss_count = 0.0, 0
 
@@ -134,10 +135,9 @@ class RunRecord:
             self.history[key].append(value)
 
     def state_dict(self) -> dict:
-        state = {"config": self.config, "history": self.history, "epoch_loss": [float(self.loss_sum), self.loss_count]}
-        if self.regressor is not None:
-            state["regressor"] = self.regressor.state_dict()
-        return state
+        regressor = self.regressor.state_dict() if self.regressor is not None else None
+        epoch_loss = [float(self.loss_sum), self.loss_count]
+        return {**run_record(self.config, self.history, regressor), "epoch_loss": epoch_loss}
 
     def load_state_dict(self, state: dict) -> None:
         self.history, (self.loss_sum, self.loss_count) = state["history"], state["epoch_loss"]
@@ -196,7 +196,7 @@ def run_folder_of(task: str) -> Callable[[Path], bool]:
         if "history.json" in names and not is_history(read_json(folder / "history.json")):
             return False
         try:
-            return torch_load(folder / "last.pt")["run"]["config"]["task"] == task
+            return run_record_of(torch_load(folder / "last.pt"))["config"]["task"] == task
         except Exception:  # another tool's file: anything can go wrong reading it
             return False
     return ours
@@ -279,10 +279,10 @@ def training(local_rank: int, config: dict, setup: Callable) -> None:
                               config["batch_size"])
     evaluator.add_event_handler(Events.COMPLETED, refuse_non_finite_scores, trainer)
     saver = RunSaver(config["out"], require_empty=False, create_dir=True)
-    best = Checkpoint({"model": model, "run": record}, saver, filename_pattern="best.pt", n_saved=1,
+    best = Checkpoint(checkpoint_contents(model, record), saver, filename_pattern="best.pt", n_saved=1,
                       score_function=negative_val_mse, score_name="neg_val_mse")
     evaluator.add_event_handler(Events.COMPLETED, best)
-    resumable = {"model": model, "optimizer": optimizer, "trainer": trainer, "run": record, "best": best}
+    resumable = {**checkpoint_contents(model, record), "optimizer": optimizer, "trainer": trainer, "best": best}
     if schedule is not None:
         resumable["lr_schedule"] = schedule
     stopper = None
@@ -611,7 +611,7 @@ def resume(config: dict, resumable: dict, trainer, stopper) -> bool:
         return True
     try:
         state = torch_load(last_path)
-        _check_same_run(state["run"]["config"], config, last_path)
+        _check_same_run(run_record_of(state)["config"], config, last_path)
         Checkpoint.load_objects(resumable, state)
     except UserError:
         raise

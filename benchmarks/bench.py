@@ -235,7 +235,7 @@ def colorize_speed(files, photo, out, device):
     12-MP photo; each beside its ceiling, the model's forward pass alone on the same network inputs."""
     import colorize
 
-    colorizer = colorize.Colorizer(colorize.SHIPPED_MODEL, None, None, device)
+    colorizer = colorize.Colorizer.from_checkpoint(colorize.SHIPPED_MODEL, None, None, device)
     out.mkdir()
 
     def run(paths, batch_size):
@@ -306,8 +306,8 @@ def machine():
     import ignite
     import torchvision
 
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "torch": torch.__version__,
-            "torch_cuda_build": torch.version.cuda, "torchvision": torchvision.__version__,
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+            "torch": torch.__version__, "torch_cuda_build": torch.version.cuda, "torchvision": torchvision.__version__,
             "ignite": ignite.__version__, "numpy": np.__version__, "python": platform.python_version(),
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "nvidia_driver": nvidia_driver()}

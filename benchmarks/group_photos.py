@@ -153,13 +153,10 @@ def cost_of_faces(checkpoint: Path, grid: np.ndarray, device, repeats: int) -> d
         cv2.imwrite(str(photo), cv2.resize(grid, (4000, 3000), interpolation=cv2.INTER_CUBIC)[..., ::-1],
                     [cv2.IMWRITE_JPEG_QUALITY, 95])
         for setting in SETTINGS:
-            colorizer = colorize.Colorizer(checkpoint, None, None, device, faces=setting == "auto")
+            colorizer = colorize.Colorizer.from_checkpoint(checkpoint, None, None, device, faces=setting == "auto")
             item = colorize.load(photo, colorizer)  # once first: caches warm, the cascade loaded
 
-            def colour_photo():
-                item = colorize.load(photo, colorizer)
-                colorize.finish(item, colorize.predict(colorizer, [item], 32)[0], out, False)
-            seconds[setting] = median_seconds(colour_photo)
+            seconds[setting] = median_seconds(lambda: colorize.colour_one(photo, colorizer, out))
         seconds["detection"] = median_seconds(lambda: find_faces(item["L"]))
     return {"seconds": seconds, "squares": len(item["squares"]), "repeats": repeats,
             "detection_share": seconds["detection"] / seconds["off"], "ratio": seconds["auto"] / seconds["off"]}
@@ -171,8 +168,8 @@ def main():
     manifest = check_prepared(args.data)
     faces = np.array(open_rgb_split(args.data, "test"))
     people = [f.get("person") or f["file"] for f in manifest["files"]["test"]]
-    colorizers = {setting: colorize.Colorizer(args.checkpoint, None, None, device, faces=setting == "auto")
-                  for setting in SETTINGS}
+    colorizers = {setting: colorize.Colorizer.from_checkpoint(args.checkpoint, None, None, device,
+                                                              faces=setting == "auto") for setting in SETTINGS}
     if colorizers["auto"].face_scale is None:
         raise UserError(f"{args.checkpoint}: its config holds no face scale (trained before checkpoints carried "
                         "it): add it with models/export.py --face-scale-from DATA")

@@ -12,7 +12,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from common import ClassifyingColorizer, check_prepared, chroma_gain, load_checkpoint, temperature  # noqa: E402
+from common import (ClassifyingColorizer, check_prepared, checkpoint_contents, chroma_gain,  # noqa: E402
+                    load_checkpoint, run_record, run_record_of, temperature)
 from guards import ArgumentParser, UserError, atomic_write, exit_on_user_error  # noqa: E402
 from faces import face_scale  # noqa: E402
 
@@ -44,7 +45,7 @@ def main():
     # buffers, the batch-norm statistics and the ab bins, stay as they are
     parameters = {name for name, _ in model.named_parameters()}
     weights = {k: v.half() if k in parameters else v for k, v in model.state_dict().items()}
-    shipped = {"model": weights, "run": {"config": config, "history": ckpt["run"]["history"]}}
+    shipped = checkpoint_contents(weights, run_record(config, run_record_of(ckpt)["history"]))
     # saved to memory first: torch.save names the archive inside the file after the file it writes, and the
     # temporary file's name changes every run; from a buffer the same model is the same bytes
     buffer = io.BytesIO()

@@ -22,9 +22,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from common import build_model  # noqa: E402
+from common import build_model, checkpoint_contents, new_history, run_record  # noqa: E402
 from guards import FAKE_GPUS_VARIABLE, UserError, gpus_granted, read_nvidia_driver, resolve_device  # noqa: E402
-from training import RunRecord  # noqa: E402
 
 MODELS = {  # the four models the benchmark measures, as their configs
     "seed colorizer": {"task": "colorizer", "arch": "seed", "max_channels": 128, "layers": 3, "activation": "sigmoid"},
@@ -95,12 +94,10 @@ def tiny_colorize(device):
     config = {**MODELS["seed colorizer"], "regressor": None, "loss": "mse", "image_size": 128}
     with tempfile.TemporaryDirectory() as tmp:
         ckpt = Path(tmp) / "seed.pt"
-        torch.save({"model": build_model(config).state_dict(), "run": RunRecord(config).state_dict()}, ckpt)
+        torch.save(checkpoint_contents(build_model(config).state_dict(), run_record(config, new_history())), ckpt)
         photo = Path(tmp) / "photo.png"
         cv2.imwrite(str(photo), (np.random.default_rng(0).random((200, 300, 3)) * 255).astype(np.uint8))
-        colorizer = colorize.Colorizer(ckpt, None, None, device)
-        item = colorize.load(photo, colorizer)
-        colorize.finish(item, colorize.predict(colorizer, [item], 1)[0], Path(tmp) / "out.png", side_by_side=False)
+        colorize.colour_one(photo, colorize.Colorizer.from_checkpoint(ckpt, None, None, device), Path(tmp) / "out.png")
         shape = cv2.imread(str(Path(tmp) / "out.png")).shape
     if shape != (200, 300, 3):
         raise RuntimeError(f"colorize wrote an image of {shape}, not (200, 300, 3)")

@@ -177,3 +177,15 @@ def torchrun_training(processes, data, out, backend):
                            str(ROOT / "train_colorizer.py"), "--data", str(data), "--out", str(out), "--epochs", "2",
                            "--batch-size", "16", "--backend", backend],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+
+def train_on_a_full_disk(save: str, data, out) -> subprocess.CompletedProcess:
+    """train_colorizer.py --dry-run in a process whose torch.save runs save (Python lines defining full(), which
+    raises as torch.save does on a full disk) and whose disk reports no free space."""
+    code = ("import sys, torch, guards, train_colorizer\n" + save +
+            "torch.save = full\n"
+            "guards.shutil.disk_usage = lambda path: guards.shutil._ntuple_diskusage(10**9, 10**9, 0)\n"
+            "sys.argv = ['train_colorizer.py'] + sys.argv[1:]\n"
+            "guards.exit_on_user_error(train_colorizer.main)\n")
+    return subprocess.run([sys.executable, "-c", code, "--data", str(data), "--out", str(out), "--dry-run",
+                           "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)

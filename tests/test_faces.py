@@ -46,7 +46,7 @@ def test_each_face_of_a_group_photo_is_coloured_at_the_training_scale(astronaut_
     group = grid_of(astronaut_face, 3)
     cv2.imwrite(str(tmp_path / "group.png"), group[..., ::-1])
     cv2.imwrite(str(tmp_path / "alone.png"), astronaut_face[..., ::-1])
-    colorizer = colorize.Colorizer(SHIPPED, None, None, torch.device("cpu"))
+    colorizer = colorize.Colorizer.from_checkpoint(SHIPPED, None, None, torch.device("cpu"))
     squares = colorize.lightness_item(lightness(group), colorizer)["squares"]
     assert len(squares) >= 7  # of 9 faces
     assert colorize.lightness_item(lightness(astronaut_face), colorizer)["squares"] == []  # already at scale
@@ -81,7 +81,7 @@ def test_a_model_without_a_face_scale_and_a_photo_without_faces_are_coloured_who
 
 
 def test_detection_that_fails_or_finds_a_thousand_faces_still_colours(astronaut_face, monkeypatch):
-    colorizer = colorize.Colorizer(SHIPPED, None, None, torch.device("cpu"))
+    colorizer = colorize.Colorizer.from_checkpoint(SHIPPED, None, None, torch.device("cpu"))
     group = lightness(grid_of(astronaut_face, 4))
 
     class Broken:
@@ -142,3 +142,38 @@ def test_the_group_photo_benchmark_runs(astronaut_face, tmp_path):
     for kind in report["kinds"].values():
         assert all(np.isfinite(kind[m]["face_mse"]) for m in ("auto", "off", "mean-face map", "gray"))
     assert "| grid 3x3 (1) |" in result.stdout
+
+
+def test_evaluate_scores_photos_as_colorize_writes_them(astronaut_face, prepared, tmp_path):
+    """evaluate --photos scores each photo as colorize.py colours it: the whole photo, its faces at the training
+    scale; a photo over the scoring size is shrunk, the truth as the prediction. Its per-photo scores are those
+    of colorize.py's own output files."""
+    import evaluate
+    from common import images_to_lab01
+    from scores import Truth, score
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    group = grid_of(astronaut_face, 4)  # 512 x 512, faces coloured apart
+    cv2.imwrite(str(photos / "group.png"), group[..., ::-1])
+    wide = cv2.resize(grid_of(astronaut_face, 3), (1500, 800), interpolation=cv2.INTER_CUBIC)  # over SCORE_PIXELS
+    cv2.imwrite(str(photos / "wide.png"), wide[..., ::-1])
+    colorizer = colorize.Colorizer.from_checkpoint(SHIPPED, None, None, torch.device("cpu"))
+    assert colorize.lightness_item(lightness(group), colorizer)["squares"]
+    assert wide.shape[0] * wide.shape[1] > evaluate.SCORE_PIXELS
+    run_script("evaluate.py", "--data", prepared, "--colorizer", SHIPPED, "--photos", photos, "--out",
+               tmp_path / "report", "--device", "cpu")
+    run_script("colorize.py", photos, "--out", tmp_path / "colorized", "--device", "cpu")
+    metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
+    shipped = next(name for name, kind in metrics["kinds"].items() if kind == "colorizer")
+    scored = metrics["photos"]["per_image"][shipped]
+    assert [p.split("/")[-1] for p in metrics["photos"]["files"]] == ["group.png", "wide.png"]
+
+    def lab01(rgb):
+        return images_to_lab01(torch.from_numpy(np.ascontiguousarray(rgb))[None])
+    for i, name in enumerate(("group.png", "wide.png")):
+        written = cv2.imread(str(tmp_path / "colorized" / name))[..., ::-1]
+        truth = evaluate.truth_of_photo(photos / name)
+        expected = score(lab01(evaluate.to_scoring_size(written)), Truth.of(lab01(truth)))
+        for metric, values in expected.items():
+            assert scored[metric][i] == pytest.approx(values[0], rel=1e-6, abs=1e-9), (name, metric)

@@ -23,7 +23,7 @@ import photos
 import prepare_data
 from common import torch_load
 from photos import read_image
-from conftest import ROOT, run_script, synthetic_photo
+from conftest import ROOT, run_script, synthetic_photo, train_on_a_full_disk
 from test_safety import fingerprint, one_line_error, write_photos
 
 
@@ -235,7 +235,8 @@ def test_a_photo_too_large_for_the_memory_left_is_skipped_before_decoding(traine
 def test_a_photo_waiting_for_its_batch_holds_four_bytes_a_pixel(trained, tmp_path):
     """The memory README and --max-megapixels state: L is copied out of the Lab image, not a view of it."""
     photo = write_photos(tmp_path / "in", 1, size=300) / "p00.png"
-    item = colorize.load(photo, colorize.Colorizer(trained / "colorizer" / "best.pt", None, None, torch.device("cpu")))
+    colorizer = colorize.Colorizer.from_checkpoint(trained / "colorizer" / "best.pt", None, None, torch.device("cpu"))
+    item = colorize.load(photo, colorizer)
     assert item["L"].base is None and item["L"].nbytes == 300 * 300 * 4
 
 
@@ -280,15 +281,8 @@ def test_colorize_on_a_full_disk_says_so_and_leaves_no_temporary_file(trained, t
 
 
 def test_training_on_a_full_disk_says_so(prepared, tmp_path):
-    code = ("import sys, torch, guards, train_colorizer\n"
-            "def full(*a, **k): raise RuntimeError('[enforce fail] PytorchStreamWriter failed writing file data/0: "
-            "file write failed')\n"
-            "torch.save = full\n"
-            "guards.shutil.disk_usage = lambda path: guards.shutil._ntuple_diskusage(10**9, 10**9, 0)\n"
-            "sys.argv = ['train_colorizer.py'] + sys.argv[1:]\n"
-            "guards.exit_on_user_error(train_colorizer.main)\n")
-    result = subprocess.run([sys.executable, "-c", code, "--data", str(prepared), "--out", str(tmp_path / "run"),
-                             "--dry-run", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = train_on_a_full_disk("def full(*a, **k): raise RuntimeError('[enforce fail] PytorchStreamWriter failed "
+                                  "writing file data/0: file write failed')\n", prepared, tmp_path / "run")
     one_line_error(result, tmp_path / "run", "no space left")
     assert not list(tmp_path.rglob(f"*{guards.TEMP_TAG}*"))
 

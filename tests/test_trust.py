@@ -23,7 +23,7 @@ import photos
 from common import dataset_id, torch_load
 from guards import OWNER_FILE
 from photos import BadImage, find_images, read_image
-from conftest import ROOT, run_script, synthetic_photo
+from conftest import ROOT, run_script, synthetic_photo, train_on_a_full_disk
 from locks import FolderLock
 from test_safety import fingerprint, one_line_error, write_photos
 
@@ -421,18 +421,12 @@ def test_sizes_the_networks_cannot_take_are_one_line_before_work(photo_folder, p
 
 def test_a_full_disk_while_a_checkpoint_is_saved_is_one_line(prepared, tmp_path):
     # what torch.save raised on a full 2 MB tmpfs here: an iostream error, then, closing the file, another
-    code = ("import sys, torch, guards, train_colorizer\n"
-            "def full(*a, **k):\n"
-            "    try:\n"
-            "        raise RuntimeError('basic_ios::clear: iostream error')\n"
-            "    finally:\n"
-            "        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected pos 576 vs 534')\n"
-            "torch.save = full\n"
-            "guards.shutil.disk_usage = lambda path: guards.shutil._ntuple_diskusage(10**9, 10**9, 0)\n"
-            "sys.argv = ['train_colorizer.py'] + sys.argv[1:]\n"
-            "guards.exit_on_user_error(train_colorizer.main)\n")
-    result = subprocess.run([sys.executable, "-c", code, "--data", str(prepared), "--out", str(tmp_path / "run"),
-                             "--dry-run", "--device", "cpu"], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    result = train_on_a_full_disk("def full(*a, **k):\n"
+                                  "    try:\n"
+                                  "        raise RuntimeError('basic_ios::clear: iostream error')\n"
+                                  "    finally:\n"
+                                  "        raise RuntimeError('[enforce fail at inline_container.cc:672] . unexpected "
+                                  "pos 576 vs 534')\n", prepared, tmp_path / "run")
     one_line_error(result, tmp_path / "run", "no space left")
 
 
