@@ -19,9 +19,9 @@ from pathlib import Path
 import cv2
 
 import colorize
-from common import bfloat16_autocast, chroma_gain, lab_to_samples, temperature
-from guards import (ArgumentParser, UserError, add_device_argument, escape_bytes, exit_on_user_error, port,
-                    resolve_device)
+from common import chroma_gain, lab_to_samples, temperature
+from guards import (ArgumentParser, UserError, add_device_argument, bfloat16_autocast, escape_bytes, exit_on_user_error,
+                    port, resolve_device)
 from photos import MAX_FILE_BYTES, BadImage, read_lightness
 
 PAGE = Path(__file__).resolve().parent / "app.html"

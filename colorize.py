@@ -24,18 +24,18 @@ import threading
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from common import (ARCHITECTURES, L_RANGE, REGRESSOR_MIN_SIZE, ab01_to_ab, bfloat16_autocast, chroma_gain,
-                    colorizer_input, image_size, lab_to_samples, load_colorizer, temperature)
-from guards import (ArgumentParser, UserError, add_device_argument, atomic_write, escape_bytes, exit_on_user_error,
-                    positive_float, positive_int, read_json, real_path, remove_stale_temporaries, resolve_device,
-                    writable_folder, write_json)
+from common import (ARCHITECTURES, L_RANGE, REGRESSOR_MIN_SIZE, ab01_to_ab, chroma_gain, colorizer_input, image_size,
+                    lab_to_samples, load_colorizer, temperature)
+from guards import (ArgumentParser, UserError, add_device_argument, atomic_write, bfloat16_autocast, escape_bytes,
+                    exit_on_user_error, positive_float, positive_int, read_json, real_path, remove_stale_temporaries,
+                    resolve_device, writable_folder, write_json)
 from faces import SEEN_SMALL, Square, blend, find_faces, squares_to_colour
 from locks import turn_in
 from photos import IMAGE_SUFFIXES, BadImage, encode, find_images, output_type, read_lightness
@@ -167,6 +167,7 @@ def link_inside(out: Path, folder: Path) -> Path | None:
     return None
 
 
+COMPARE = "_compare"  # NAME_compare.EXT: gray | colour, with --side-by-side
 NAME_BYTES = 255  # the longest file name the common file systems take (ext4, XFS, NTFS, APFS)
 
 
@@ -194,9 +195,6 @@ def name_is_free(name: str, source: str, record: dict, lowered: set, taken: set,
 
 def output_names(relative: Path, side_by_side: bool) -> list[Path]:
     return [relative, compare_name(relative)] if side_by_side else [relative]
-
-
-COMPARE = "_compare"  # NAME_compare.EXT: gray | colour, with --side-by-side
 
 
 def compare_name(relative: Path) -> Path:
@@ -399,17 +397,17 @@ ALONE_PIXELS = 2 ** 20
 READERS = 2  # photos read at once: reading (decoding, lightness, faces) costs more than writing one
 
 
-def read_ahead(jobs, colorizer: Colorizer, budget: float):
-    """(path, output, its loaded item or why it could not be loaded) for each job in order, read (decoded, its
-    lightness computed, its faces found: work that lets go of Python's lock) by READERS threads of their own while
-    the caller colours and writes earlier ones, as far ahead as budget pixels of photos read and not yet taken
+def read_ahead(jobs, read: Callable, budget: float, pixels: Callable = lambda item: item["L"].size):
+    """(path, output, read(path) or why it could not be read) for each job in order, read (decoded, its lightness
+    computed, its faces found: work that lets go of Python's lock) by READERS threads of their own while the caller
+    colours and writes earlier ones, as far ahead as budget pixels (pixels(what read gave)) read and not yet taken
     allow."""
     jobs = list(jobs)
     loaded, turn = {}, threading.Condition()  # job index -> its item (or exception); the lock for all of it
     state = {"next": 0, "waiting": 0, "stop": False}  # the next job to read; pixels read and not taken; caller left
 
-    def pixels(item) -> int:
-        return item["L"].size if isinstance(item, dict) else 0
+    def held(item) -> int:
+        return 0 if isinstance(item, (Exception, Raise)) else pixels(item)
 
     def reader():
         while True:
@@ -420,14 +418,14 @@ def read_ahead(jobs, colorizer: Colorizer, budget: float):
                 index = state["next"]
                 state["next"] += 1
             try:
-                item = load(jobs[index][0], colorizer)
+                item = read(jobs[index][0])
             except (BadImage, OSError) as exc:
                 item = exc
             except BaseException as exc:  # the caller raises it: never a thread dying in silence
                 item = Raise(exc)
             with turn:
                 loaded[index] = item
-                state["waiting"] += pixels(item)
+                state["waiting"] += held(item)
                 turn.notify_all()
 
     threads = [threading.Thread(target=reader) for _ in range(min(READERS, len(jobs)))]
@@ -438,7 +436,7 @@ def read_ahead(jobs, colorizer: Colorizer, budget: float):
             with turn:
                 turn.wait_for(lambda: index in loaded)
                 item = loaded.pop(index)
-                state["waiting"] -= pixels(item)
+                state["waiting"] -= held(item)
                 turn.notify_all()
             if isinstance(item, Raise):
                 raise item.exception
@@ -522,7 +520,7 @@ def main():
 
     with ThreadPoolExecutor(max_workers=1) as writer:
         try:
-            for path, output, item in read_ahead(jobs, colorizer, budget):
+            for path, output, item in read_ahead(jobs, lambda path: load(path, colorizer), budget):
                 if isinstance(item, Exception):
                     fail(path, item)
                     progress.update()

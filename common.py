@@ -19,7 +19,6 @@ import hashlib
 import json
 import math
 import mmap
-import sys
 from pathlib import Path
 from typing import Callable, NamedTuple
 
@@ -642,21 +641,6 @@ def colorizer_input(L: torch.Tensor, regressor: Callable | None = None) -> torch
         return L
     mean_ab = regressor(L)
     return torch.cat([L, mean_ab[:, :, None, None].expand(-1, -1, *L.shape[-2:])], dim=1)
-
-
-def amp_supported(device_type: str) -> bool:
-    """Whether bfloat16 autocast pays on this device: any CUDA GPU the project runs on; a CPU with bfloat16
-    instructions (AVX512-BF16 or AMX), as oneDNN finds them."""
-    return device_type == "cuda" or torch.backends.mkldnn.is_available() and \
-        torch.ops.mkldnn._is_mkldnn_bf16_supported()
-
-
-def bfloat16_autocast(device_type: str, wanted: bool, what: str) -> bool:
-    """--amp settled: whether bfloat16 autocast runs; one line where it was asked for and this device lacks it."""
-    if wanted and not amp_supported(device_type):
-        print(f"note: --amp: this CPU has no bfloat16 instructions (vector unit: "
-              f"{torch.backends.cpu.get_cpu_capability()}); {what} in float32", file=sys.stderr)
-    return wanted and amp_supported(device_type)
 
 
 def colorize_lab01(model: nn.Module, lab01: torch.Tensor, regressor: Callable | None = None,

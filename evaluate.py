@@ -30,13 +30,14 @@ import torch.nn.functional as F
 from matplotlib.figure import Figure
 
 import colorize
-from common import (ARCHITECTURES, ClassifyingColorizer, ab01_to_ab, ab_to_ab01, bfloat16_autocast, check_prepared,
-                    chroma_gain, colorize_lab01, images_to_lab01, is_history, lab01_batches, lab01_to_rgb,
-                    lab_to_samples, load_checkpoint, load_colorizer, open_rgb_split, plot_loss_curves, run_record_of,
-                    save_figure, size_problem, temperature, training_statistic)
+from common import (ARCHITECTURES, ClassifyingColorizer, ab01_to_ab, ab_to_ab01, check_prepared, chroma_gain,
+                    colorize_lab01, images_to_lab01, is_history, lab01_batches, lab01_to_rgb, lab_to_samples,
+                    load_checkpoint, load_colorizer, open_rgb_split, plot_loss_curves, run_record_of, save_figure,
+                    size_problem, temperature, training_statistic)
 from guards import (OWNER_FILE, RUN_CONFIG, TEMP_TAG, ArgumentParser, UserError, add_device_argument, atomic_write,
-                    escape_bytes, exit_on_user_error, hold_for_reading, non_negative_float, positive_int, read_json,
-                    relative_to_cwd, resolve_device, take_output_folder, write_json, write_run_config)
+                    bfloat16_autocast, escape_bytes, exit_on_user_error, hold_for_reading, non_negative_float,
+                    positive_int, read_json, relative_to_cwd, resolve_device, take_output_folder, write_json,
+                    write_run_config)
 from photos import GRAY_CHROMA, BadImage, find_images, mean_chroma, read_image, read_lightness, to_uint8
 from scores import Truth, bootstrap_interval, score, summarize
 
@@ -71,7 +72,11 @@ def parse_args(argv=None):
                    help="with --temperatures or --chroma-gains: name the decoding to colour with, the lowest seed MSE "
                         "among those whose colorfulness is within GAP of the truth's (on --split val)")
     p.add_argument("--photos", nargs="*", default=[], type=Path, metavar="PATH",
-                   help="image files or folders outside the prepared data: scored in a second table")
+                   help="image files or folders outside the prepared data: scored in a second table, each coloured "
+                        "as colorize.py colours it")
+    p.add_argument("--faces", choices=["auto", "off"], default="auto",
+                   help="--photos: as colorize.py's --faces (auto: faces smaller than the training faces coloured "
+                        "in squares of their own; off: the whole photo at once)")
     p.add_argument("--out", type=Path, default=Path("runs/report"),
                    help="report folder: a new or empty one, or a report this script wrote (then replaced)")
     p.add_argument("--split", choices=["test", "val"], default="test",
@@ -172,6 +177,7 @@ def photo_files(path: Path) -> list[Path]:
     return found.images
 
 
+READ_AHEAD_PIXELS = 2 ** 26  # photos read ahead of the network, in pixels (colorize.py's default --max-megapixels)
 # a photo larger than this is scored shrunk to it, the truth as the prediction: the metrics' passes over a photo of
 # 12 megapixels would hold gigabytes
 SCORE_PIXELS = 2 ** 20
@@ -400,7 +406,8 @@ def noise_report(noise: dict, split: str) -> list[str]:
 def photos_section(args, files: list[Path], colours, runs: Runs, device, report, results, figures) -> None:
     """The same table on --photos, outside the prepared data, each photo coloured whole as colorize.py colours it
     and scored at its own size: added to report, results and figures."""
-    colorizers = {name: colorize.Colorizer(model, regressor, runs.configs[name], None, device, args.amp)
+    colorizers = {name: colorize.Colorizer(model, regressor, runs.configs[name], None, device, args.amp,
+                                           faces=args.faces == "auto")
                   for name, (model, regressor) in runs.models.items()}
     size = colours.map_ab.shape[-1]
 
@@ -410,44 +417,88 @@ def photos_section(args, files: list[Path], colours, runs: Runs, device, report,
         square = lab01[..., (h - side) // 2:(h - side) // 2 + side, (w - side) // 2:(w - side) // 2 + side]
         return F.interpolate(square, size=(size, size), mode="area")
 
-    pairs = (photo_pair(path, colours, colorizers, device) for path in files)
+    read = colorize.read_ahead([(path, None) for path in files], lambda path: read_photo(path, colorizers),
+                               READ_AHEAD_PIXELS, lambda photo: photo.lightness.size)
+    pairs = (photo_pair(batch, colours, colorizers, device) for batch in alike_batches(read))
     scores = score_all(pairs, len(files), args.show, thumbnails)
     plot_grid(scores.shown, args.out / "photos.png")
     figures.append("photos.png")
     names = ", ".join(f"`{f.name}`" for f in files) if len(files) <= 12 else \
         f"{len(files)} files from {', '.join(f'`{p}`' for p in args.photos)} (listed in metrics.json)"
     report += [f"## {len(files)} photos that are not in the prepared data", "",
-               f"Files: {names}. Each is coloured whole, as `colorize.py` colours it (its short side at the network's "
-               "input size, the faces it finds at the training scale, the colour upsampled to the photo and "
-               "merged with its own lightness, 8-bit samples), and scored against itself at its own size (shrunk "
-               f"to at most {SCORE_PIXELS / 2 ** 20:g} megapixel, the truth as the prediction). The baselines' "
-               "colour (the mean-face map stretched to the photo) goes through the same last step. The truth's "
-               f"colorfulness is {scores.truth_colorfulness:.1f}; baselines from the same training set.", "",
+               f"Files: {names}. Each is coloured whole, as `colorize.py --faces {args.faces}` colours it (its "
+               "short side at the network's input size, with auto the faces it finds at the training scale, the "
+               "colour upsampled to the photo and merged with its own lightness, 8-bit samples), and scored against "
+               f"itself at its own size (shrunk to at most {SCORE_PIXELS / 2 ** 20:g} megapixel, the truth as the "
+               "prediction). The baselines' colour (the mean-face map stretched to the photo) goes through the same "
+               f"last step. The truth's colorfulness is {scores.truth_colorfulness:.1f}; baselines from the same "
+               "training set.", "",
                results_table(scores.summary, runs.kinds), ""]
     results["photos"] = {"files": [str(f) for f in files], "truth_colorfulness": scores.truth_colorfulness,
                          "summary": scores.summary, "per_image": scores.per_image, "score_pixels": SCORE_PIXELS}
 
 
-def photo_pair(path: Path, colours: TrainingColours, colorizers: dict, device) -> tuple:
-    """(the truth's Lab01, {method: its Lab01}) of one photo, (1, 3, h, w) each: every colorizer's colour as
-    colorize.py writes it for this photo (8-bit), every baseline's colour through the same last step."""
+class PhotoRead(NamedTuple):
+    """A --photos file read for scoring: its truth (uint8 RGB at most SCORE_PIXELS), its lightness at its own size
+    (L*, as colorize.py reads it), and what each colorizer needs to colour it (colorize.lightness_item)."""
+    truth: np.ndarray
+    lightness: np.ndarray
+    items: dict
+
+
+def read_photo(path: Path, colorizers: dict) -> PhotoRead:
+    """Everything about a photo that needs no network: decoding, lightness, the face search (once for colorizers
+    that search alike: one checkpoint at several decodings)."""
     lightness = read_lightness(path, colorize.WORKING_BYTES_PER_PIXEL).L
-    h, w = lightness.shape
+    searched = {}
+    for name, colorizer in colorizers.items():
+        key = (colorizer.size, colorizer.multiple, colorizer.face_scale)
+        if key not in searched:
+            searched[key] = colorize.lightness_item(lightness, colorizer)
+    items = {name: searched[(c.size, c.multiple, c.face_scale)] for name, c in colorizers.items()}
+    return PhotoRead(truth_of_photo(path), lightness, items)
+
+
+def alike_batches(read):
+    """[(path, its PhotoRead)] of consecutive photos of one size, as colorize.py batches a folder: up to its
+    BATCH_SIZE at a time, a photo over ALONE_PIXELS alone. The network and the scores then see a batch. read:
+    colorize.read_ahead's (path, _, PhotoRead or why it could not be read again)."""
+    batch = []
+    for path, _, photo in read:
+        if isinstance(photo, Exception):  # it was read before the work began: it changed since
+            raise UserError(f"{path}: {escape_bytes(photo)}")
+        if batch and (batch[0][1].lightness.shape != photo.lightness.shape or len(batch) == colorize.BATCH_SIZE):
+            yield batch
+            batch = []
+        batch.append((path, photo))
+        if photo.lightness.size > colorize.ALONE_PIXELS:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
+
+
+def photo_pair(batch: list, colours: TrainingColours, colorizers: dict, device) -> tuple:
+    """(the truth's Lab01, {method: its Lab01}) of a batch of photos of one size, (n, 3, h, w) each: every
+    colorizer's colour as colorize.py writes it (8-bit), every baseline's colour through the same last step."""
+    h, w = batch[0][1].lightness.shape
     mean_ab, map_ab = (ab01_to_ab(x).permute(*range(1, x.dim()), 0).cpu().numpy() for x in colours)
     colours_ab = dict(zip(BASELINES, (None, np.full((h, w, 2), mean_ab, np.float32),
                                       cv2.resize(map_ab, (w, h), interpolation=cv2.INTER_LINEAR))))
-    samples = {name: to_scoring_size(lab_to_samples(lightness, ab)) for name, ab in colours_ab.items()}
+    samples = {name: [to_scoring_size(lab_to_samples(photo.lightness, ab)) for _, photo in batch]
+               for name, ab in colours_ab.items()}
     for name, colorizer in colorizers.items():
-        item = colorize.lightness_item(lightness, colorizer)
-        ab = colorize.predict(colorizer, [item], colorize.BATCH_SIZE)[0]
-        if ab is None:
-            raise UserError(f"{name}: its colour for {path} is not a finite number (NaN or inf); the checkpoint "
-                            "may be damaged: evaluate another")
-        samples[name] = to_scoring_size(colorize.coloured(item, ab, np.uint8))
+        items = [photo.items[name] for _, photo in batch]
+        samples[name] = []
+        for (path, _), item, ab in zip(batch, items, colorize.predict(colorizer, items, colorize.BATCH_SIZE)):
+            if ab is None:
+                raise UserError(f"{name}: its colour for {path} is not a finite number (NaN or inf); the checkpoint "
+                                "may be damaged: evaluate another")
+            samples[name].append(to_scoring_size(colorize.coloured(item, ab, np.uint8)))
 
-    def lab01(rgb):
-        return images_to_lab01(torch.from_numpy(rgb)[None].to(device))
-    return lab01(truth_of_photo(path)), {name: lab01(rgb) for name, rgb in samples.items()}
+    def lab01(images):
+        return images_to_lab01(torch.from_numpy(np.stack(images)).to(device))
+    return lab01([photo.truth for _, photo in batch]), {name: lab01(images) for name, images in samples.items()}
 
 
 def regressor_section(args, loaded, colours: TrainingColours, device, runs: Runs, report, results) -> None:

@@ -218,7 +218,10 @@ def read_json(path: Path):
 
 
 # ---------------------------------------------------------------------------------------------
-# Output folders: claimed before any work, locked while written, never taken from the user
+# Output folders: one rule, a script replaces only what it wrote, checked before any work. A folder a run owns whole
+# (the trainers, evaluate) is claimed by take_output_folder and locked while written; prepare_data.py swaps in a
+# whole prepared set, refused over anything else by the same not_ours; colorize.py, whose runs share one --out (a job
+# array), applies the rule file by file through the record of which input each output came from (claim_outputs).
 
 
 def writable_folder(path: Path, flag="--out") -> bool:
@@ -404,6 +407,21 @@ def resolve_device(name: str) -> torch.device:
                     f"{os.environ.get('CUDA_VISIBLE_DEVICES', '(unset)')}; install the torch build your driver "
                     "runs (e.g. TORCH_CUDA=cu126 make venv; README, cluster section) or pass --device cpu to run "
                     "on the CPU on purpose")
+
+
+def amp_supported(device_type: str) -> bool:
+    """Whether bfloat16 autocast pays on this device: any CUDA GPU the project runs on; a CPU with bfloat16
+    instructions (AVX512-BF16 or AMX), as oneDNN finds them."""
+    return device_type == "cuda" or torch.backends.mkldnn.is_available() and \
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+
+
+def bfloat16_autocast(device_type: str, wanted: bool, what: str) -> bool:
+    """--amp settled: whether bfloat16 autocast runs; one line where it was asked for and this device lacks it."""
+    if wanted and not amp_supported(device_type):
+        print(f"note: --amp: this CPU has no bfloat16 instructions (vector unit: "
+              f"{torch.backends.cpu.get_cpu_capability()}); {what} in float32", file=sys.stderr)
+    return wanted and amp_supported(device_type)
 
 
 def read_nvidia_driver() -> str:

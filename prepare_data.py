@@ -46,6 +46,9 @@ DEMO_PHOTOS = [("skimage", n) for n in ("astronaut.png", "chelsea.png", "coffee.
 DEMO_CROPS_PER_PHOTO = 20
 
 
+PERSON_SOURCES = ("comment", "file-name")  # where --person-from reads whose photo it is
+
+
 def parse_args(argv=None):
     p = ArgumentParser(__doc__)
     p.add_argument("--source", type=Path, default=None,
@@ -69,9 +72,6 @@ def parse_args(argv=None):
                         "do not depend on it")
     args = p.parse_args(argv)
     return args
-
-
-PERSON_SOURCES = ("comment", "file-name")
 
 
 def person_of(path: Path, source: str) -> str | None:

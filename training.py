@@ -34,15 +34,15 @@ from ignite.handlers import Checkpoint, CosineAnnealingScheduler, DiskSaver, Ear
 from ignite.metrics import Loss
 from ignite.utils import manual_seed
 
-from common import (DEFAULT_BATCH_SIZE, HISTORY_KEYS, LabSplit, ab_to_ab01, bfloat16_autocast, check_prepared,
-                    checkpoint_contents, collate_unchanged, colorize_lab01, dataset_id, images_to_lab01, is_history,
-                    lab01_to_rgb, new_history, open_rgb_split, plot_loss_curves, random_variant, run_record,
-                    run_record_of, size_problem, torch_load)
+from common import (DEFAULT_BATCH_SIZE, HISTORY_KEYS, LabSplit, ab_to_ab01, check_prepared, checkpoint_contents,
+                    collate_unchanged, colorize_lab01, dataset_id, images_to_lab01, is_history, lab01_to_rgb,
+                    new_history, open_rgb_split, plot_loss_curves, random_variant, run_record, run_record_of,
+                    size_problem, torch_load)
 from faces import face_scale
 from guards import (FOLDER_LOCK, OWNER_FILE, RUN_CONFIG, TEMP_TAG, UserError, add_device_argument, atomic_write,
-                    escape_bytes, hold_for_reading, no_space_error, non_negative_float, non_negative_int,
-                    positive_float, positive_int, read_json, resolve_device, take_output_folder, writable_folder,
-                    write_json, write_run_config)
+                    bfloat16_autocast, escape_bytes, hold_for_reading, no_space_error, non_negative_float,
+                    non_negative_int, positive_float, positive_int, read_json, resolve_device, take_output_folder,
+                    writable_folder, write_json, write_run_config)
 
 RESUMABLE_EXIT = 3  # exit status after a signal: a checkpoint was saved, run again to resume
 TENSORBOARD = "tensorboard"  # in a run folder: TensorBoard's event files (tensorboard --logdir RUN)

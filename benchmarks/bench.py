@@ -40,9 +40,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from common import LabSplit, amp_supported, load_colorizer, open_rgb_split  # noqa: E402
-from guards import (ArgumentParser, atomic_write, cpu_model, exit_on_user_error, resolve_device,  # noqa: E402
-                    writable_folder, write_json)
+from common import LabSplit, load_colorizer, open_rgb_split  # noqa: E402
+from guards import (ArgumentParser, amp_supported, atomic_write, cpu_model, exit_on_user_error,  # noqa: E402
+                    resolve_device, writable_folder, write_json)
 from photos import read_image  # noqa: E402
 from training import training_step  # noqa: E402
 

@@ -144,10 +144,11 @@ def test_the_group_photo_benchmark_runs(astronaut_face, tmp_path):
     assert "| grid 3x3 (1) |" in result.stdout
 
 
-def test_evaluate_scores_photos_as_colorize_writes_them(astronaut_face, prepared, tmp_path):
-    """evaluate --photos scores each photo as colorize.py colours it: the whole photo, its faces at the training
-    scale; a photo over the scoring size is shrunk, the truth as the prediction. Its per-photo scores are those
-    of colorize.py's own output files."""
+@pytest.mark.parametrize("setting", ["auto", "off"])
+def test_evaluate_scores_photos_as_colorize_writes_them(astronaut_face, prepared, tmp_path, setting):
+    """evaluate --photos scores each photo as colorize.py colours it with the same --faces: the whole photo, its
+    faces at the training scale (auto); a photo over the scoring size is shrunk, the truth as the prediction. Its
+    per-photo scores are those of colorize.py's own output files."""
     import evaluate
     from common import images_to_lab01
     from scores import Truth, score
@@ -162,8 +163,8 @@ def test_evaluate_scores_photos_as_colorize_writes_them(astronaut_face, prepared
     assert colorize.lightness_item(lightness(group), colorizer)["squares"]
     assert wide.shape[0] * wide.shape[1] > evaluate.SCORE_PIXELS
     run_script("evaluate.py", "--data", prepared, "--colorizer", SHIPPED, "--photos", photos, "--out",
-               tmp_path / "report", "--device", "cpu")
-    run_script("colorize.py", photos, "--out", tmp_path / "colorized", "--device", "cpu")
+               tmp_path / "report", "--device", "cpu", "--faces", setting)
+    run_script("colorize.py", photos, "--out", tmp_path / "colorized", "--device", "cpu", "--faces", setting)
     metrics = json.loads((tmp_path / "report" / "metrics.json").read_text())
     shipped = next(name for name, kind in metrics["kinds"].items() if kind == "colorizer")
     scored = metrics["photos"]["per_image"][shipped]

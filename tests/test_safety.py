@@ -17,7 +17,8 @@ import torch
 from ignite.engine import Engine, Events
 from ignite.handlers import Checkpoint
 
-from common import amp_supported, torch_load
+from common import torch_load
+from guards import amp_supported
 from training import RunSaver
 from conftest import ROOT, broken_files_folder, interrupt_and_resume, run_script, synthetic_photo
 

@@ -9,7 +9,8 @@ import torch
 from skimage import data
 
 from colorize import SHIPPED_MODEL
-from common import amp_supported, load_checkpoint, torch_load
+from common import load_checkpoint, torch_load
+from guards import amp_supported
 from conftest import run_script
 
 

@@ -14,7 +14,8 @@ import pytest
 import torch
 from skimage import data
 
-from common import ab_bins, amp_supported, load_checkpoint, torch_load
+from common import ab_bins, load_checkpoint, torch_load
+from guards import amp_supported
 from training import RESUMABLE_EXIT, augmentation
 from conftest import ROOT, interrupt_and_resume, run_script, synthetic_photo, torchrun_training
 
