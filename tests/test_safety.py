@@ -363,3 +363,15 @@ def test_a_checkpoint_write_that_dies_keeps_the_last_good_file(tmp_path, monkeyp
         trainer.run([0], max_epochs=2)
     assert torch_load(tmp_path / "last.pt").keys() == weights.state_dict().keys()  # one object: saved bare
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.pt"]  # and no temporary file left
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_files_get_the_permissions_the_umask_gives_and_no_import_changes_it(tmp_path, umask):
+    """A file written whole (through its temporary file) is as readable as any new file under the user's umask,
+    and importing the shared modules leaves the umask alone (reading it means setting it)."""
+    code = (f"import os, stat, sys\nos.umask({umask})\nimport guards, common, photos, scores, faces, training\n"
+            f"print(oct(os.umask({umask})))\nguards.write_json(sys.argv[1], {{}})\n"
+            "print(oct(stat.S_IMODE(os.stat(sys.argv[1]).st_mode)))\n")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out.json")], cwd=ROOT, capture_output=True,
+                            text=True, timeout=120, check=True)
+    assert result.stdout.split() == [oct(umask), oct(0o666 & ~umask)]
