@@ -19,10 +19,10 @@ from pathlib import Path
 import cv2
 
 import colorize
-from common import chroma_gain, lab_to_samples, temperature
+from common import chroma_gain, temperature
 from guards import (ArgumentParser, UserError, add_device_argument, bfloat16_autocast, escape_bytes, exit_on_user_error,
                     port, resolve_device)
-from photos import MAX_FILE_BYTES, BadImage, read_lightness
+from photos import MAX_FILE_BYTES, BadImage, lab_to_samples, read_lightness
 
 PAGE = Path(__file__).resolve().parent / "app.html"
 TYPES = {".jpg": "image/jpeg", ".jpeg": "image/jpeg", ".png": "image/png", ".webp": "image/webp", ".bmp": "image/bmp",

@@ -32,13 +32,13 @@ import torch
 import torch.nn.functional as F
 
 from common import (ARCHITECTURES, L_RANGE, REGRESSOR_MIN_SIZE, ab01_to_ab, chroma_gain, colorizer_input, image_size,
-                    lab_to_samples, load_colorizer, temperature)
+                    load_colorizer, temperature)
 from guards import (ArgumentParser, UserError, add_device_argument, atomic_write, bfloat16_autocast, escape_bytes,
                     exit_on_user_error, positive_float, positive_int, read_json, real_path, remove_stale_temporaries,
                     resolve_device, writable_folder, write_json)
 from faces import SEEN_SMALL, Square, blend, find_faces, squares_to_colour
 from locks import turn_in
-from photos import IMAGE_SUFFIXES, BadImage, encode, find_images, output_type, read_lightness
+from photos import IMAGE_SUFFIXES, BadImage, encode, find_images, lab_to_samples, output_type, read_lightness
 
 RECORD = ".colorized.json"  # inside --out: {output: the input file it came from}, written under RECORD_LOCK
 RECORD_LOCK = ".colorized.lock"  # where the system has no lock on a folder itself (Windows)

@@ -31,14 +31,14 @@ from matplotlib.figure import Figure
 
 import colorize
 from common import (ARCHITECTURES, ClassifyingColorizer, ab01_to_ab, ab_to_ab01, check_prepared, chroma_gain,
-                    colorize_lab01, images_to_lab01, is_history, lab01_batches, lab01_to_rgb, lab_to_samples,
-                    load_checkpoint, load_colorizer, open_rgb_split, plot_loss_curves, run_record_of, save_figure,
-                    size_problem, temperature, training_statistic)
+                    colorize_lab01, images_to_lab01, is_history, lab01_batches, lab01_to_rgb, load_checkpoint,
+                    load_colorizer, open_rgb_split, plot_loss_curves, run_record_of, save_figure, size_problem,
+                    temperature, training_statistic)
 from guards import (OWNER_FILE, RUN_CONFIG, TEMP_TAG, ArgumentParser, UserError, add_device_argument, atomic_write,
                     bfloat16_autocast, escape_bytes, exit_on_user_error, hold_for_reading, non_negative_float,
                     positive_int, read_json, relative_to_cwd, resolve_device, take_output_folder, write_json,
                     write_run_config)
-from photos import GRAY_CHROMA, BadImage, find_images, mean_chroma, read_image, read_lightness, to_uint8
+from photos import GRAY_CHROMA, BadImage, find_images, lab_to_samples, mean_chroma, read_image, read_lightness, to_uint8
 from scores import Truth, bootstrap_interval, score, summarize
 
 REPORT_HEADING = "# Evaluation on the "  # report.md's first words: a report folder of evaluate's is known by them

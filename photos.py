@@ -1,7 +1,8 @@
 """Photo files, in and out: finding them in folders, reading any file OpenCV decodes (8 or 16 bits, gray or colour,
 transparency, turned upright as its EXIF says, its ICC profile's colours converted to sRGB) with a one-line
 reason for anything it cannot, the square a prepared set holds, and writing the same formats back with their
-EXIF, resolution and an sRGB profile. Colour conversions are common.py's (Lab); nothing here knows a model.
+EXIF, resolution and an sRGB profile; Lab at a photo's own size, from and to its samples (common.py's formulas
+and matrices). Nothing here knows a model.
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from common import ab01_to_ab, images_to_lab01, lightness_of_rgb, lightness_of_samples, srgb_to_linear
+from common import RGB_FROM_XYZ, WHITE_D65, XYZN_FROM_RGB, ab01_to_ab, images_to_lab01, srgb_to_linear
 from guards import UserError, escape_bytes
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm", ".gif"}
@@ -512,3 +513,103 @@ def with_png_metadata(png: bytes, icc: bytes, exif: bytes | None, dpi) -> bytes:
         extra += chunk(b"pHYs", struct.pack(">IIB", round(dpi[0] / 0.0254), round(dpi[1] / 0.0254), 1))
     end_of_header = 8 + 8 + 13 + 4  # signature, IHDR's length and type, its 13 bytes, its CRC
     return png[:end_of_header] + extra + png[end_of_header:]
+
+
+# ---------------------------------------------------------------------------------------------
+# Lab at a photo's own size: rgb_to_lab's and lab_to_rgb's formulas (common.py's matrices), done a strip of rows at
+# a time so that the float temporaries of a 12-megapixel photo stay in the caches, from and to the file's own
+# integer samples as OpenCV holds them (B, G, R); tested against scikit-image as common.py's are.
+
+STRIP_PIXELS = 2 ** 16
+_Y_FROM_LINEAR_BGR = XYZN_FROM_RGB[1].flip(0).float().numpy()[None]  # Y of linear (B, G, R): OpenCV's order
+# Lab -> linear sRGB with the white folded in: (fx^3, fy^3, fz^3) -> (R, G, B)
+_LINEAR_RGB_FROM_F3 = (RGB_FROM_XYZ * torch.tensor(WHITE_D65, dtype=torch.float64)).float().numpy()
+_SRGB_TO_LINEAR_TABLES = {}  # per sample type: the sRGB curve at each value a sample can take
+
+
+def _strips(height: int, width: int):
+    rows = max(1, STRIP_PIXELS // width)
+    return (slice(top, min(top + rows, height)) for top in range(0, height, rows))
+
+
+def _srgb_to_linear_table(dtype: np.dtype) -> np.ndarray:
+    if dtype not in _SRGB_TO_LINEAR_TABLES:
+        top = np.iinfo(dtype).max
+        _SRGB_TO_LINEAR_TABLES[dtype] = srgb_to_linear(torch.arange(top + 1, dtype=torch.float64) / top).float().numpy()
+    return _SRGB_TO_LINEAR_TABLES[dtype]
+
+
+def lightness_of_samples(samples: np.ndarray) -> np.ndarray:
+    """A photo's L* (float32, H x W, 0 to 100) from its samples as OpenCV decodes them: uint8 or uint16, gray
+    (H x W), gray and alpha, BGR or BGRA; sRGB. rgb_to_lab's L, read through a table of the sRGB curve."""
+    table = _srgb_to_linear_table(samples.dtype)
+    gray = samples.ndim == 2 or samples.shape[2] <= 2
+    lightness = np.empty(samples.shape[:2], np.float32)
+    for rows in _strips(*samples.shape[:2]):
+        strip = samples[rows] if samples.ndim == 2 else samples[rows, :, 0] if gray else samples[rows, :, :3]
+        strip = np.ascontiguousarray(strip)
+        linear = cv2.LUT(strip, table) if strip.dtype == np.uint8 else table[strip]
+        lightness[rows] = _lightness_of_y(linear if gray else cv2.transform(linear, _Y_FROM_LINEAR_BGR))
+    return lightness
+
+
+def lightness_of_rgb(rgb: np.ndarray) -> np.ndarray:
+    """L* (float32, H x W) of float sRGB in [0, 1], H x W x 3: rgb_to_lab's L."""
+    lightness = np.empty(rgb.shape[:2], np.float32)
+    y_from_rgb = np.ascontiguousarray(_Y_FROM_LINEAR_BGR[:, ::-1])
+    for rows in _strips(*rgb.shape[:2]):
+        linear = srgb_to_linear(torch.from_numpy(np.ascontiguousarray(rgb[rows], np.float32))).numpy()
+        lightness[rows] = _lightness_of_y(cv2.transform(linear, y_from_rgb))
+    return lightness
+
+
+def _lightness_of_y(y: np.ndarray) -> np.ndarray:
+    """L* = 116 f(Y) - 16, f the cube root above 0.008856 and its tangent there below (the CIE curve: no branch)."""
+    f = np.cbrt(cv2.max(y, 0.008856))
+    f += _scale(cv2.threshold(y, 0.008856, 0, cv2.THRESH_TRUNC, dst=y)[1], 7.787, -0.008856 * 7.787, y)
+    return _scale(f, 116, -16, f)
+
+
+def _scale(x: np.ndarray, gain: float, offset: float, out: np.ndarray) -> np.ndarray:
+    """out = x * gain + offset, in float32 (numpy's scalar arithmetic: it beat OpenCV's when measured)."""
+    np.multiply(x, np.float32(gain), out=out)
+    return np.add(out, np.float32(offset), out=out)
+
+
+def lab_to_samples(lightness: np.ndarray, ab: np.ndarray | None, dtype=np.uint8, out: np.ndarray | None = None):
+    """L* (H x W) and a*, b* (H x W x 2; None: gray) in Lab units -> sRGB samples, H x W x 3 of dtype (uint8 or
+    uint16; into out if given): lab_to_rgb's colours, rounded to the nearest sample value."""
+    height, width = lightness.shape
+    top = np.iinfo(dtype).max
+    samples = np.empty((height, width, 3), dtype) if out is None else out
+    rows = max(1, STRIP_PIXELS // width)
+    f, high, cube = (np.empty((rows, width * 3), np.float32) for _ in range(3))  # (x, y, z) interleaved, 2-D:
+    fy, fx, fz = (np.empty((rows, width), np.float32) for _ in range(3))  # OpenCV's scalars then reach every channel
+    for strip in _strips(height, width):
+        n = strip.stop - strip.start
+        fs, hs, cs, fys, fxs, fzs = f[:n], high[:n], cube[:n], fy[:n], fx[:n], fz[:n]
+        _scale(lightness[strip], 1 / 116, 16 / 116, fys)  # fy = (L + 16) / 116
+        if ab is None:
+            fxs, fzs = fys, fys
+        else:
+            cv2.scaleAdd(ab[strip, :, 0], 1 / 500, fys, dst=fxs)
+            cv2.threshold(cv2.scaleAdd(ab[strip, :, 1], -1 / 200, fys, dst=fzs), 0, 0, cv2.THRESH_TOZERO, dst=fzs)
+        cv2.merge([fxs, fys, fzs], dst=fs.reshape(n, width, 3))
+        # f^3 above 0.2068966, its tangent there below: max(f, t)^3 + (min(f, t) - t) / 7.787, lab_to_rgb's branches
+        cv2.max(fs, 0.2068966, dst=hs)
+        _scale(cv2.threshold(fs, 0.2068966, 0, cv2.THRESH_TRUNC, dst=fs)[1], 1 / 7.787, -0.2068966 / 7.787, fs)
+        cv2.multiply(cv2.multiply(hs, hs, dst=cs), hs, dst=cs)
+        cv2.add(fs, cs, dst=fs)
+        linear = cv2.transform(fs.reshape(n, width, 3), _LINEAR_RGB_FROM_F3).reshape(n, width * 3)
+        # the sRGB curve: 1.055 x^(1 / 2.4) - 0.055 above 0.0031308, 12.92 x below (the two meet there)
+        cv2.log(cv2.max(linear, 0.0031308, dst=hs), dst=hs)
+        cv2.exp(np.multiply(hs, np.float32(1 / 2.4), out=hs), dst=hs)
+        _scale(cv2.threshold(linear, 0.0031308, 0, cv2.THRESH_TRUNC, dst=linear)[1], 12.92, -0.0031308 * 12.92 - 0.055,
+               linear)
+        cv2.threshold(cv2.scaleAdd(hs, 1.055, linear, dst=linear), 0, 0, cv2.THRESH_TOZERO, dst=linear)
+        if top == 255:  # rounded, saturated at 255
+            samples[strip] = cv2.convertScaleAbs(linear, alpha=255).reshape(n, width, 3)
+        else:
+            linear = cv2.threshold(np.multiply(linear, np.float32(top), out=linear), top, 0, cv2.THRESH_TRUNC)[1]
+            samples[strip] = np.rint(linear).reshape(n, width, 3)
+    return samples

@@ -31,8 +31,8 @@ import colorize  # noqa: E402
 import evaluate  # noqa: E402
 import scores  # noqa: E402
 from bench import describe_machine, machine, write_results  # noqa: E402
-from common import (ab_to_ab01, check_prepared, images_to_lab01, lab01_to_rgb, lightness_of_samples,  # noqa: E402
-                    open_rgb_split)
+from common import ab_to_ab01, check_prepared, images_to_lab01, lab01_to_rgb, open_rgb_split  # noqa: E402
+from photos import lightness_of_samples  # noqa: E402
 from guards import (ArgumentParser, UserError, exit_on_user_error, non_negative_int, positive_int,  # noqa: E402
                     resolve_device, writable_folder)
 

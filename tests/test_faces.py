@@ -11,7 +11,8 @@ from skimage import data
 
 import colorize
 import faces
-from common import lightness_of_samples, torch_load
+from common import torch_load
+from photos import lightness_of_samples
 from conftest import ROOT, run_script, synthetic_photo
 
 SHIPPED = ROOT / "models" / "face_colorizer.pt"

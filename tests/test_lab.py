@@ -7,10 +7,9 @@ import pytest
 import torch
 from skimage import color, data
 
-import common
-from common import (images_to_lab01, lab01_batches, lab01_to_lab, lab01_to_rgb, lab_to_lab01, lab_to_rgb,
-                    lab_to_samples, lightness_of_rgb, lightness_of_samples, rgb_to_lab)
-from photos import read_image, read_lightness
+import photos
+from common import images_to_lab01, lab01_batches, lab01_to_lab, lab01_to_rgb, lab_to_lab01, lab_to_rgb, rgb_to_lab
+from photos import lab_to_samples, lightness_of_rgb, lightness_of_samples, read_image, read_lightness
 
 
 def to_chw(image):
@@ -101,7 +100,7 @@ def test_lab_batches_of_a_memory_map_keep_its_pages_released(tmp_path, step):
 @pytest.fixture(params=[7, 4096], ids=["narrow strips", "one strip"])
 def strip_pixels(request, monkeypatch):
     """Strips of a few rows, and the whole test image in one: the result must not depend on where strips end."""
-    monkeypatch.setattr(common, "STRIP_PIXELS", request.param * 100)
+    monkeypatch.setattr(photos, "STRIP_PIXELS", request.param * 100)
 
 
 @pytest.mark.parametrize("layout", ["BGR", "BGRA", "gray", "gray and alpha"])
