@@ -1,6 +1,6 @@
 """The guard rails every script runs inside: one-line errors (exit status 2) and the flag types that catch bad
 values before any work; files written whole or not at all; output folders claimed, locked and never taken from
-the user; the record of what made a run; the device a job was granted.
+the user; the record of what made a run; the device a job was granted, and whether bfloat16 pays on it.
 
 Nothing here knows colour, data or models: common.py and the scripts build on it (locks between processes are
 locks.py's, below it).
@@ -362,7 +362,7 @@ def code_version() -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Devices
+# Devices: a job that holds a GPU never falls back to the CPU; bfloat16 where the device has it
 
 
 FAKE_GPUS_VARIABLE = "COLORIZATION_FAKE_GPUS"  # =1: this job's GPUs are a test cluster's fakes (tests only)
