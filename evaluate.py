@@ -466,7 +466,7 @@ def alike_batches(read):
     batch = []
     for path, _, photo in read:
         if isinstance(photo, Exception):  # it was read before the work began: it changed since
-            raise UserError(f"{path}: {escape_bytes(photo)}")
+            raise UserError(f"{escape_bytes(path)}: {escape_bytes(photo)}")
         if batch and (batch[0][1].lightness.shape != photo.lightness.shape or len(batch) == colorize.BATCH_SIZE):
             yield batch
             batch = []
@@ -492,8 +492,8 @@ def photo_pair(batch: list, colours: TrainingColours, colorizers: dict, device) 
         samples[name] = []
         for (path, _), item, ab in zip(batch, items, colorize.predict(colorizer, items, colorize.BATCH_SIZE)):
             if ab is None:
-                raise UserError(f"{name}: its colour for {path} is not a finite number (NaN or inf); the checkpoint "
-                                "may be damaged: evaluate another")
+                raise UserError(f"{escape_bytes(name)}: its colour for {escape_bytes(path)} is not a finite number "
+                                "(NaN or inf); the checkpoint may be damaged: evaluate another")
             samples[name].append(to_scoring_size(colorize.coloured(item, ab, np.uint8)))
 
     def lab01(images):
