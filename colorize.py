@@ -38,7 +38,7 @@ from guards import (ArgumentParser, UserError, add_device_argument, atomic_write
                     resolve_device, writable_folder, write_json)
 from faces import SEEN_SMALL, Square, blend, find_faces, squares_to_colour
 from locks import turn_in
-from photos import IMAGE_SUFFIXES, BadImage, encode, find_images, lab_to_samples, output_type, read_lightness
+from photos import IMAGE_SUFFIXES, BadImage, encode, find_inputs, lab_to_samples, output_type, read_lightness
 
 RECORD = ".colorized.json"  # inside --out: {output: the input file it came from}, written under RECORD_LOCK
 RECORD_LOCK = ".colorized.lock"  # where the system has no lock on a folder itself (Windows)
@@ -92,14 +92,9 @@ def parse_args(argv=None):
 def collect(inputs: list[Path], out: Path):
     """-> [(source file, its path relative to --out)], [(path, reason) for what is passed over]. Nothing
     inside --out is read: a folder that holds --out is searched around it."""
-    inside_out = real_path(out)
     jobs, skipped = [], []
     for item in inputs:
-        if real_path(item).is_relative_to(inside_out):
-            skipped.append((item, "it lies inside --out; pass an --out outside the inputs"))
-            continue
-        # --out may lie inside a folder given (DIR --out DIR/colorized): its outputs are not inputs
-        found = find_images(item, leave_out=lambda path: real_path(path).is_relative_to(inside_out))
+        found = find_inputs(item, out)
         for path in found.images:  # files, and folders or links so named: read_image says what they are
             jobs.append((path, path.relative_to(item) if item.is_dir() else Path(item.name)))
         skipped += found.unsearched + [(path, "not an image file") for path in found.others]

@@ -38,7 +38,7 @@ from guards import (OWNER_FILE, RUN_CONFIG, TEMP_TAG, ArgumentParser, UserError,
                     bfloat16_autocast, escape_bytes, exit_on_user_error, hold_for_reading, non_negative_float,
                     positive_int, read_json, relative_to_cwd, resolve_device, take_output_folder, write_json,
                     write_run_config)
-from photos import GRAY_CHROMA, BadImage, find_images, lab_to_samples, mean_chroma, read_image, read_lightness, to_uint8
+from photos import GRAY_CHROMA, BadImage, find_inputs, lab_to_samples, mean_chroma, read_image, read_lightness, to_uint8
 from scores import Truth, bootstrap_interval, score, summarize
 
 REPORT_HEADING = "# Evaluation on the "  # report.md's first words: a report folder of evaluate's is known by them
@@ -109,7 +109,7 @@ def main():
     reading = hold_for_reading(Path(args.data))  # held to the end: prepare_data.py does not replace it meanwhile
     runs = load_colorizers(args.colorizer, args.temperatures, args.chroma_gains, device, manifest["size"])
     regressor = load_regressor(args.regressor, device, manifest["size"]) if args.regressor else None
-    photos = usable_photos([f for path in args.photos for f in photo_files(path)])
+    photos = usable_photos([f for path in args.photos for f in photo_files(path, args.out)])
     if args.photos and not photos:
         raise UserError(f"--photos {' '.join(map(str, args.photos))}: no usable image files there")
     colours = training_colours(args.data, manifest, args.batch_size, device)  # kept beside the data: a check too
@@ -169,9 +169,10 @@ def load_regressor(path: str, device, size: int):
     return regressor, ckpt
 
 
-def photo_files(path: Path) -> list[Path]:
-    """The images a --photos path names; each folder below it that cannot be searched named on a line."""
-    found = find_images(path)
+def photo_files(path: Path, out: Path) -> list[Path]:
+    """The images a --photos path names, none inside --out (a report's figures are not photos to score); each
+    folder below it that cannot be searched named on a line."""
+    found = find_inputs(path, out)
     for folder, reason in found.unsearched:
         print(f"skipped {escape_bytes(folder)}: {escape_bytes(reason)}", file=sys.stderr)
     return found.images
@@ -419,7 +420,8 @@ def photos_section(args, files: list[Path], colours, runs: Runs, device, report,
 
     read = colorize.read_ahead([(path, None) for path in files], lambda path: read_photo(path, colorizers),
                                READ_AHEAD_PIXELS, lambda photo: photo.lightness.size)
-    pairs = (photo_pair(batch, colours, colorizers, device) for batch in alike_batches(read))
+    baseline_ab = [ab01_to_ab(x).permute(*range(1, x.dim()), 0).cpu().numpy() for x in colours]  # channels last
+    pairs = (photo_pair(batch, baseline_ab, colorizers, device) for batch in alike_batches(read))
     scores = score_all(pairs, len(files), args.show, thumbnails)
     plot_grid(scores.shown, args.out / "photos.png")
     figures.append("photos.png")
@@ -478,11 +480,12 @@ def alike_batches(read):
         yield batch
 
 
-def photo_pair(batch: list, colours: TrainingColours, colorizers: dict, device) -> tuple:
+def photo_pair(batch: list, baseline_ab: list, colorizers: dict, device) -> tuple:
     """(the truth's Lab01, {method: its Lab01}) of a batch of photos of one size, (n, 3, h, w) each: every
-    colorizer's colour as colorize.py writes it (8-bit), every baseline's colour through the same last step."""
+    colorizer's colour as colorize.py writes it (8-bit), every baseline's colour through the same last step
+    (baseline_ab: the training colours' mean and mean-face map, in Lab units, channels last)."""
     h, w = batch[0][1].lightness.shape
-    mean_ab, map_ab = (ab01_to_ab(x).permute(*range(1, x.dim()), 0).cpu().numpy() for x in colours)
+    mean_ab, map_ab = baseline_ab
     colours_ab = dict(zip(BASELINES, (None, np.full((h, w, 2), mean_ab, np.float32),
                                       cv2.resize(map_ab, (w, h), interpolation=cv2.INTER_LINEAR))))
     samples = {name: [to_scoring_size(lab_to_samples(photo.lightness, ab)) for _, photo in batch]
@@ -557,10 +560,11 @@ def score_all(pairs, n_images: int, show: int, thumbnails=lambda lab01: lab01) -
             for name, pred in predictions.items():
                 for metric, values in score(pred, truth).items():
                     per_image.setdefault(name, {}).setdefault(metric, []).extend(values)
-            if len(shown.get("truth", [])) < show:
-                shown = {name: torch.cat([shown.get(name, thumbnails(pred)[:0]),
-                                          thumbnails(pred)[:show - len(shown.get(name, []))]])
-                         for name, pred in {"truth": lab01, **predictions}.items()}
+            wanted = show - len(shown.get("truth", []))
+            if wanted > 0:
+                more = {name: thumbnails(pred[:wanted]) for name, pred in {"truth": lab01, **predictions}.items()}
+                shown = {name: torch.cat([shown[name], thumbs]) if name in shown else thumbs
+                         for name, thumbs in more.items()}
             progress.update(len(lab01))
     truth = float(np.mean(truth_colorfulness))
     return Scores(per_image, {name: summarize(v, truth) for name, v in per_image.items()}, truth, shown)

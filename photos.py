@@ -23,7 +23,7 @@ import torch
 from PIL import Image
 
 from common import RGB_FROM_XYZ, WHITE_D65, XYZN_FROM_RGB, ab01_to_ab, images_to_lab01, srgb_to_linear
-from guards import UserError, escape_bytes
+from guards import UserError, escape_bytes, real_path
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".jp2", ".pgm", ".ppm", ".pnm", ".gif"}
 MAX_PIXELS = 2 ** 28  # 268 megapixels (16384 x 16384): decoding more would take over 3 GB per copy
@@ -90,6 +90,15 @@ def find_images(root: str | Path, leave_out: Callable[[Path], bool] = lambda pat
     search(root)
     return found
 
+
+
+def find_inputs(root: str | Path, out: Path) -> Found:
+    """find_images(root) without anything inside out, the folder the script writes into: its outputs are never its
+    inputs (out may lie inside root: DIR --out DIR/colorized). A root inside out is unsearched, with the reason."""
+    inside_out = real_path(out)
+    if real_path(root).is_relative_to(inside_out):
+        return Found([], [], [(Path(root), "it lies inside --out; pass an --out outside the inputs")])
+    return find_images(root, leave_out=lambda path: real_path(path).is_relative_to(inside_out))
 
 class Photo(NamedTuple):
     rgb: np.ndarray            # float32 sRGB in [0, 1], H x W x 3, upright (as its EXIF orientation says)

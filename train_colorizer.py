@@ -65,6 +65,9 @@ def parse_args(argv=None):
             p.error(f"argument --{key.replace('_', '-')}: {args.init_from} was trained with {key} {value!r}; "
                     "fine-tuning keeps its architecture: leave the flag out")
         setattr(args, key, value if given is None else given)
+    for key, setting in ARCHITECTURE_SETTINGS.items():  # what it trains must load: the checkpoints' own bounds
+        if not setting.valid(getattr(args, key)):
+            p.error(f"argument --{key.replace('_', '-')}: {getattr(args, key)!r} is beyond what a checkpoint may hold")
     if args.layers < 2 or args.max_channels < 16 or args.rebalance > 1:
         p.error("--layers must be >= 2, --max-channels >= 16 and --rebalance at most 1")
     return args

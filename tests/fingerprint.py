@@ -17,6 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import skimage.data
 import torch
@@ -37,7 +38,6 @@ def write_inputs(folder: Path) -> None:
     Image.fromarray(astronaut).save(folder / "photo.jpg", quality=92)
     deep = (astronaut.astype(np.uint16) * 257)[::2, ::2]
     Image.fromarray(deep[..., 0]).save(folder / "deep_gray.png")  # PIL writes 16-bit gray, not 16-bit RGB
-    import cv2
     cv2.imwrite(str(folder / "deep.png"), deep[..., ::-1].copy())
     alpha = np.full(astronaut.shape[:2] + (1,), 200, np.uint8)
     Image.fromarray(np.concatenate([astronaut, alpha], axis=2)).save(folder / "rgba.png")

@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -213,12 +214,15 @@ def test_colorize_gives_every_input_its_own_output_and_keeps_other_files(trained
     ("train_colorizer.py", ["--epoch-length", "0"], "--epoch-length"),
     ("train_colorizer.py", ["--weight-decay", "inf"], "--weight-decay"),
     ("train_colorizer.py", ["--temperature", "0"], "--temperature"),
+    ("train_colorizer.py", ["--max-channels", "5000"], "--max-channels"),
+    ("train_colorizer.py", ["--arch", "unet", "--base-channels", "2000"], "--base-channels"),
     ("prepare_data.py", ["--held-out", "1.5"], "--held-out"),
     ("prepare_data.py", ["--workers", "-2"], "--workers"),
     ("evaluate.py", ["--batch-size", "x"], "--batch-size"),
     ("evaluate.py", ["--temperatures", "0.38", "0"], "--temperatures"),
     ("evaluate.py", ["--max-gap", "-1"], "--max-gap"),
     ("colorize.py", ["in.png", "--checkpoint", "c.pt", "--size", "-4"], "--size"),
+    ("prepare_data.py", ["--size", "5000"], "--size"),
     ("benchmarks/bench.py", ["--repeats", "x"], "--repeats"),
     ("benchmarks/scale.py", ["--images", "ten"], "--images"),
     ("benchmarks/metrics.py", ["--per-call", "0"], "--per-call"),
@@ -375,3 +379,18 @@ def test_files_get_the_permissions_the_umask_gives_and_no_import_changes_it(tmp_
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "out.json")], cwd=ROOT, capture_output=True,
                             text=True, timeout=120, check=True)
     assert result.stdout.split() == [oct(umask), oct(0o666 & ~umask)]
+
+
+def test_evaluate_never_scores_its_own_report_as_photos(prepared, trained, tmp_path):
+    """--out inside a --photos folder (PHOTOS --out PHOTOS/report): the report's figures are outputs, never photos
+    to score, on the second run as on the first."""
+    photos = write_photos(tmp_path / "photos", 2, size=90)
+    args = ["--data", prepared, "--colorizer", trained / "colorizer" / "best.pt", "--photos", photos,
+            "--out", photos / "report", "--device", "cpu"]
+    for _ in range(2):
+        result = run_script("evaluate.py", *args)
+        assert "report" not in result.stderr, result.stderr
+        scored = json.loads((photos / "report" / "metrics.json").read_text())["photos"]["files"]
+        assert sorted(Path(f).name for f in scored) == ["p00.png", "p01.png"]
+    result = run_script("evaluate.py", *args[:5], photos / "report", *args[6:], check=False)  # the report itself
+    assert result.returncode == 2 and "it lies inside --out" in result.stderr
