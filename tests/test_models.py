@@ -126,9 +126,10 @@ def test_the_shared_modules_import_one_way(module):
 
 def test_chroma_gain_spreads_each_images_colours_from_its_mean():
     """out = mean + gain * (decoded - mean), the mean colour of each image kept (bilinear upsampling keeps a
-    constant): solved for the mean, one value per image and channel."""
+    constant): solved for the mean, one value per image and channel. Weights wide enough that colours differ
+    across each image by far more than the tolerance (std 0.3 gave spreads near 1e-3 on some seeds)."""
     body = torch.nn.Conv2d(1, len(ab_bins()), 1)
-    torch.nn.init.normal_(body.weight, std=0.3)
+    torch.nn.init.normal_(body.weight, std=3.0)
     x = torch.rand(2, 1, 32, 32)
     plain, vivid = (ClassifyingColorizer(body, 0.38, gain).eval()(x).detach() for gain in (1.0, 1.5))
     mean = (1.5 * plain - vivid) / 0.5
