@@ -206,9 +206,11 @@ lfw-shipped-data: venv
 	  --out $(abspath $(LFW_RUNS))_shipped/data --split-by person --person-from file-name --held-out 0.2 \
 	  --augment-factor 1; status=$$?; git worktree remove --force $(RUNS)/.shipped_split; exit $$status
 
-# group photos built from the shipped model's test people: --faces off against auto (benchmarks/group_photos.py)
+# group photos built from the shipped model's test people: --faces off against auto (benchmarks/group_photos.py),
+# and how the face search does against other settings of its cascade (benchmarks/face_search.py)
 bench-faces: venv
 	$(PY) benchmarks/group_photos.py --data $(LFW_RUNS)_shipped/data
+	$(PY) benchmarks/face_search.py --data $(LFW_RUNS)_shipped/data
 
 # fine-tuning against training from scratch, the same budget (FINETUNE_EPOCHS epochs of the same U-Net on the
 # same photos): the studio faces of 35 people (525 photos, no fixed augmented copies), scored on 10 others and on

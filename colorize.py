@@ -36,7 +36,7 @@ from common import (ARCHITECTURES, L_RANGE, REGRESSOR_MIN_SIZE, ab01_to_ab, chro
 from guards import (ArgumentParser, UserError, add_device_argument, atomic_write, bfloat16_autocast, escape_bytes,
                     exit_on_user_error, positive_float, positive_int, read_json, real_path, remove_stale_temporaries,
                     resolve_device, writable_folder, write_json)
-from faces import SEEN_SMALL, Square, blend, find_faces, squares_to_colour
+from faces import SEEN_SMALL, Square, blend, find_faces, load_cascade_in_background, squares_to_colour
 from locks import turn_in
 from photos import IMAGE_SUFFIXES, BadImage, encode, find_inputs, lab_to_samples, output_type, read_lightness
 
@@ -222,6 +222,8 @@ class Colorizer:
         # the share of its training images a face filled (measured on them when it was trained), or None: then
         # no face is coloured apart (--faces off, or a model not trained on faces)
         self.face_scale = config.get("face_scale") if faces else None
+        if self.face_scale is not None:
+            load_cascade_in_background()  # while the first photo is decoded
 
     @classmethod
     def from_checkpoint(cls, checkpoint, regressor_path, size, device, amp=False, faces=True) -> "Colorizer":

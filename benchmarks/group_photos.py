@@ -2,9 +2,11 @@
 test split, where the truth is known, beside the mean-face map and gray.
 
     python benchmarks/group_photos.py --data runs/lfw_shipped/data [--checkpoint models/face_colorizer.pt] [--grids 8]
+        [--split test|val|all]
 
-Three kinds of photo, every face from a test person (never seen in training), each face at the size the
-split holds it (the training size):
+Three kinds of photo, every face from a test person (never seen in training; --split all: every face of a set
+the checkpoint never saw, such as people in neither face set, its mean-face map then of the same faces), each
+face at the size the split holds it (the training size):
   * grids of k x k faces, k from 2 to 6 (4 to 36 faces): a class photo;
   * one to four faces pasted at random sides (0.3 to 0.9 of the training size) and places onto another test
     photo enlarged 3x, so that the whole photo shows them at a tenth to a third of their training scale: people
@@ -47,6 +49,7 @@ def parse_args():
     p.add_argument("--data", type=Path, default=Path("runs/lfw_shipped/data"),
                    help="a prepared set of faces whose test people the checkpoint never saw")
     p.add_argument("--checkpoint", type=Path, default=colorize.SHIPPED_MODEL)
+    add_split_flag(p)
     p.add_argument("--grids", type=positive_int, default=8, help="grids of each size k x k")
     p.add_argument("--pasted", type=positive_int, default=48, help="photos with faces pasted at random scales")
     p.add_argument("--cost-repeats", type=non_negative_int, default=5,
@@ -57,6 +60,23 @@ def parse_args():
     args = p.parse_args()
     exit_on_user_error(lambda: writable_folder(args.out))
     return args
+
+
+def add_split_flag(p):
+    p.add_argument("--split", choices=["test", "val", "all"], default="test",
+                   help="the faces the photos are built from; all: every split's (a set of people the checkpoint "
+                        "never saw, such as people in neither face set, prepared as any other)")
+
+
+def faces_of(data: Path, split: str) -> tuple[np.ndarray, list[str]]:
+    """The faces of a prepared set's split, or of all its splits (the training images without their augmented
+    copies), uint8 RGB, N x S x S x 3, and each one's person (its file where the set knows no people)."""
+    manifest = check_prepared(data)
+    splits = ("train", "val", "test") if split == "all" else (split,)
+    step = {name: manifest["augment_factor"] if name == "train" else 1 for name in splits}
+    faces = np.concatenate([open_rgb_split(data, name)[::step[name]] for name in splits])
+    people = [f.get("person") or f["file"] for name in splits for f in manifest["files"][name]]
+    return faces, people
 
 
 class Photo:
@@ -165,15 +185,13 @@ def cost_of_faces(checkpoint: Path, grid: np.ndarray, device, repeats: int) -> d
 def main():
     args = parse_args()
     device = resolve_device(args.device)
-    manifest = check_prepared(args.data)
-    faces = np.array(open_rgb_split(args.data, "test"))
-    people = [f.get("person") or f["file"] for f in manifest["files"]["test"]]
+    faces, people = faces_of(args.data, args.split)
     colorizers = {setting: colorize.Colorizer.from_checkpoint(args.checkpoint, None, None, device,
                                                               faces=setting == "auto") for setting in SETTINGS}
     if colorizers["auto"].face_scale is None:
         raise UserError(f"{args.checkpoint}: its config holds no face scale (trained before checkpoints carried "
                         "it): add it with models/export.py --face-scale-from DATA")
-    map_ab = evaluate.training_colours(args.data, manifest, 128, device).map_ab.cpu().numpy()
+    map_ab = evaluate.training_colours(args.data, check_prepared(args.data), 128, device).map_ab.cpu().numpy()
     kinds = build_photos(faces, args, np.random.default_rng(args.seed))
     results, seconds = {}, {}
     for kind, photos in kinds.items():
