@@ -225,6 +225,11 @@ class Colorizer:
         if self.face_scale is not None:
             load_cascade_in_background()  # while the first photo is decoded
 
+    def largest_face_to_find(self, h: int, nh: int) -> float:
+        """The largest face worth finding (photo pixels) in a photo h pixels high that the network sees nh high:
+        one it shows at SEEN_SMALL of the training scale (larger ones are coloured with the whole photo)."""
+        return SEEN_SMALL * self.face_scale * self.size * h / nh
+
     @classmethod
     def from_checkpoint(cls, checkpoint, regressor_path, size, device, amp=False, faces=True) -> "Colorizer":
         model, regressor, config, _ = load_colorizer(checkpoint, device, regressor_path)
@@ -253,8 +258,8 @@ def lightness_item(L: np.ndarray, colorizer: Colorizer) -> dict:
     nh, nw = network_shape(h, w, colorizer.size, colorizer.multiple)
     L_small = cv2.resize(L, (nw, nh), interpolation=cv2.INTER_AREA if nh < h else cv2.INTER_CUBIC)
     squares = [] if colorizer.face_scale is None else \
-        squares_to_colour(find_faces(L, largest=SEEN_SMALL * colorizer.face_scale * colorizer.size * h / nh), (h, w),
-                          nh / h, colorizer.face_scale, colorizer.size)
+        squares_to_colour(find_faces(L, largest=colorizer.largest_face_to_find(h, nh)), (h, w), nh / h,
+                          colorizer.face_scale, colorizer.size)
     return {"L": L, "L_small": L_small, "squares": squares}
 
 

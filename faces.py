@@ -91,10 +91,17 @@ def largest_first(found) -> list[Face]:
     as one)."""
     kept = []
     for f in sorted(found, key=lambda f: -f.side):
-        cx, cy = f.x + f.side / 2, f.y + f.side / 2
-        if len(kept) < MAX_FACES and not any(k.x <= cx < k.x + k.side and k.y <= cy < k.y + k.side for k in kept):
+        if len(kept) == MAX_FACES:
+            break
+        if not any(centred_in(f, *k) for k in kept):
             kept.append(f)
     return kept
+
+
+def centred_in(face: Face, x: float, y: float, side: float) -> bool:
+    """Whether face's centre lies in the square of that left, top and side."""
+    cx, cy = face.x + face.side / 2, face.y + face.side / 2
+    return x <= cx < x + side and y <= cy < y + side
 
 
 def detected(image: np.ndarray, search: Search, smallest: int, largest: int) -> list[Face]:

@@ -22,16 +22,17 @@ from types import SimpleNamespace
 
 import cv2
 import numpy as np
-import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+import colorize  # noqa: E402
 import faces  # noqa: E402
 from bench import describe_machine, machine, write_results  # noqa: E402
-from common import torch_load  # noqa: E402
+from common import check_prepared  # noqa: E402
 from group_photos import add_split_flag, build_photos, faces_of  # noqa: E402
-from guards import ArgumentParser, exit_on_user_error, positive_int, writable_folder  # noqa: E402
+from guards import (ArgumentParser, UserError, exit_on_user_error, positive_int, resolve_device,  # noqa: E402
+                    writable_folder)
 from photos import lightness_of_samples  # noqa: E402
 
 # SEARCH first; then the search before it (every place, a step of 1.2, four neighbours), SEARCH unconfirmed, and
@@ -51,7 +52,7 @@ def parse_args():
     p = ArgumentParser(__doc__)
     p.add_argument("--data", type=Path, default=Path("runs/lfw_shipped/data"),
                    help="a prepared set of faces: its test split's faces make the group photos")
-    p.add_argument("--checkpoint", type=Path, default=ROOT / "models" / "face_colorizer.pt",
+    p.add_argument("--checkpoint", type=Path, default=colorize.SHIPPED_MODEL,
                    help="whose face scale says how large a face colorize.py looks for")
     add_split_flag(p)
     p.add_argument("--grids", type=positive_int, default=8, help="grids of each size k x k")
@@ -79,29 +80,32 @@ def faceless_photos() -> tuple[dict[str, np.ndarray], list[np.ndarray]]:
 
 
 def found_in(square, found: list) -> bool:
-    x, y, side = square
-    return any(x <= f.x + f.side / 2 < x + side and y <= f.y + f.side / 2 < y + side and side / 2 < f.side < 2 * side
-               for f in found)
+    side = square[2]
+    return any(faces.centred_in(f, *square) and side / 2 < f.side < 2 * side for f in found)
 
 
 def centred_on_none(squares, found: list) -> int:
-    return sum(not any(x <= f.x + f.side / 2 < x + s and y <= f.y + f.side / 2 < y + s for x, y, s in squares)
-               for f in found)
+    return sum(not any(faces.centred_in(f, *square) for square in squares) for f in found)
 
 
-def timed_search(L: np.ndarray, largest: float | None, search: faces.Search) -> tuple[list, float]:
+def timed_search(L: np.ndarray, colorizer: colorize.Colorizer, search: faces.Search) -> tuple[list, float]:
+    """The faces colorize.py's search would find in L (the largest it looks for), with another search, and the
+    seconds it took."""
+    h, w = L.shape
+    network_height = colorize.network_shape(h, w, colorizer.size, colorizer.multiple)[0]
+    largest = colorizer.largest_face_to_find(h, network_height)
     start = time.perf_counter()
     found = faces.find_faces(L, largest, search)
     return found, time.perf_counter() - start
 
 
-def measure(search: faces.Search, group: dict, faceless: dict, camera: list, largest_share: float) -> dict:
+def measure(search: faces.Search, group: dict, faceless: dict, camera: list, colorizer: colorize.Colorizer) -> dict:
     """Faces found per kind of group photo, false faces, seconds a search."""
     out = {"kinds": {}, "seconds": []}
     for kind, photos in group.items():
         found_faces = total = false = 0
         for photo, L in photos:
-            found, seconds = timed_search(L, largest_share * min(L.shape), search)
+            found, seconds = timed_search(L, colorizer, search)
             out["seconds"].append(seconds)
             found_faces += sum(found_in(square, found) for square in photo.squares)
             total += len(photo.squares)
@@ -109,30 +113,31 @@ def measure(search: faces.Search, group: dict, faceless: dict, camera: list, lar
         out["kinds"][kind] = {"faces": total, "found": found_faces, "false": false}
     out["faceless_found"] = sum(len(faces.find_faces(L, None, search)) for L in faceless.values())
     out["seconds"] = float(np.mean(out["seconds"]))
-    out["camera_seconds"] = float(np.mean([np.median([timed_search(L, largest_share * min(CAMERA), search)[1]
+    out["camera_seconds"] = float(np.mean([np.median([timed_search(L, colorizer, search)[1]
                                                       for _ in range(CAMERA_REPEATS)]) for L in camera]))
     return out
 
 
 def main():
     args = parse_args()
-    torch.set_num_threads(1)
     cv2.setNumThreads(1)  # a search on one thread, as each of colorize.py's readers runs one
-    face_scale = torch_load(args.checkpoint)["run"]["config"]["face_scale"]
-    built = build_photos(faces_of(args.data, args.split)[0], SimpleNamespace(grids=args.grids, pasted=args.pasted),
+    colorizer = colorize.Colorizer.from_checkpoint(args.checkpoint, None, None, resolve_device("cpu"))
+    if colorizer.face_scale is None:
+        raise UserError(f"{args.checkpoint}: its config holds no face scale: it colours no face apart, so there is "
+                        "no search of its to measure")
+    test_faces = faces_of(args.data, check_prepared(args.data), args.split)[0]
+    built = build_photos(test_faces, SimpleNamespace(grids=args.grids, pasted=args.pasted),
                          np.random.default_rng(args.seed))
     group = {kind: [(photo, lightness_of_samples(photo.rgb[..., ::-1])) for photo in photos]
              for kind, photos in built.items() if kind != "portrait"}
     faceless, camera = faceless_photos()
     faces.cascade()  # loaded before anything is timed
-    # the largest face colorize.py looks for, as a share of a photo's short side (colorize.lightness_item)
-    largest_share = faces.SEEN_SMALL * face_scale
     results = {"machine": machine(), "data": str(args.data), "checkpoint": str(args.checkpoint),
                "faceless_photos": len(faceless), "candidates": []}
     for search in CANDIDATES:
         print(f"{search} ...", flush=True)
         results["candidates"].append({"search": as_dict(search),
-                                      **measure(search, group, faceless, camera, largest_share)})
+                                      **measure(search, group, faceless, camera, colorizer)})
     write_results(args.out, "face_search", results, markdown(results))
 
 
@@ -153,7 +158,8 @@ def markdown(r: dict) -> str:
              "found of the faces there; false: found faces centred on no face in the grids, and all found in the "
              "faceless photos; seconds a search on one thread (the group photos as they are; four faceless ones "
              "enlarged to 12 megapixels). The first row is `faces.SEARCH`, what colorize.py uses.", "",
-             "| scale step | step ratio | min neighbours | confirmed | " + " | ".join(kinds) + " | all | false (grids) | "
+             "| scale step | step ratio | min neighbours | confirmed | " + " | ".join(kinds)
+             + " | all | false (grids) | "
              "false (faceless) | s a search | s a 12-MP photo |",
              "|" + "---|" * (len(kinds) + 9)]
     for c in r["candidates"]:

@@ -68,10 +68,9 @@ def add_split_flag(p):
                         "never saw, such as people in neither face set, prepared as any other)")
 
 
-def faces_of(data: Path, split: str) -> tuple[np.ndarray, list[str]]:
+def faces_of(data: Path, manifest: dict, split: str) -> tuple[np.ndarray, list[str]]:
     """The faces of a prepared set's split, or of all its splits (the training images without their augmented
     copies), uint8 RGB, N x S x S x 3, and each one's person (its file where the set knows no people)."""
-    manifest = check_prepared(data)
     splits = ("train", "val", "test") if split == "all" else (split,)
     step = {name: manifest["augment_factor"] if name == "train" else 1 for name in splits}
     faces = np.concatenate([open_rgb_split(data, name)[::step[name]] for name in splits])
@@ -185,13 +184,14 @@ def cost_of_faces(checkpoint: Path, grid: np.ndarray, device, repeats: int) -> d
 def main():
     args = parse_args()
     device = resolve_device(args.device)
-    faces, people = faces_of(args.data, args.split)
+    manifest = check_prepared(args.data)
+    faces, people = faces_of(args.data, manifest, args.split)
     colorizers = {setting: colorize.Colorizer.from_checkpoint(args.checkpoint, None, None, device,
                                                               faces=setting == "auto") for setting in SETTINGS}
     if colorizers["auto"].face_scale is None:
         raise UserError(f"{args.checkpoint}: its config holds no face scale (trained before checkpoints carried "
                         "it): add it with models/export.py --face-scale-from DATA")
-    map_ab = evaluate.training_colours(args.data, check_prepared(args.data), 128, device).map_ab.cpu().numpy()
+    map_ab = evaluate.training_colours(args.data, manifest, 128, device).map_ab.cpu().numpy()
     kinds = build_photos(faces, args, np.random.default_rng(args.seed))
     results, seconds = {}, {}
     for kind, photos in kinds.items():
