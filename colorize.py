@@ -38,7 +38,8 @@ from guards import (ArgumentParser, UserError, add_device_argument, atomic_write
                     resolve_device, writable_folder, write_json)
 from faces import SEEN_SMALL, Square, blend, find_faces, load_cascade_in_background, squares_to_colour
 from locks import turn_in
-from photos import IMAGE_SUFFIXES, BadImage, encode, find_inputs, lab_to_samples, output_type, read_lightness
+from photos import (IMAGE_SUFFIXES, JPEG_SUFFIXES, BadImage, encode, find_inputs, lab_to_samples, output_type,
+                    read_lightness)
 
 RECORD = ".colorized.json"  # inside --out: {output: the input file it came from}, written under RECORD_LOCK
 RECORD_LOCK = ".colorized.lock"  # where the system has no lock on a folder itself (Windows)
@@ -68,8 +69,8 @@ def parse_args(argv=None):
     p.add_argument("--max-megapixels", type=positive_float, default=64,
                    help="full-resolution megapixels held for one batch, and as many read ahead and waiting to be "
                         "written, whatever the photos' sizes: memory is about 4 bytes per held pixel (8 with "
-                        "transparency) plus about 32 per pixel of the photo being written; raise it to batch more "
-                        "large photos, lower it on a small machine")
+                        "transparency) plus about 32 per pixel of each photo being written (one per core, up to 4); "
+                        "raise it to batch more large photos, lower it on a small machine")
     add_device_argument(p)
     p.add_argument("--amp", action="store_true",
                    help="the network in bfloat16 where the device has it: faster; colours move by up to a few "
@@ -341,29 +342,29 @@ def finish(item: dict, ab: np.ndarray | None, target: Path, side_by_side: bool) 
         raise BadImage("the network's colour for it is not a finite number (NaN or inf): nothing written",
                        "the checkpoint may be damaged: try another")
     dtype = output_type(target.suffix, item["depth16"])
-    rgb = coloured(item, ab, dtype)
+    bgr = coloured(item, ab, dtype, bgr=True)  # as encode takes samples
     alpha = item["alpha"]
-    out = rgb if alpha is None or target.suffix in {".jpg", ".jpeg"} else \
-        np.dstack([rgb, np.rint(alpha * np.iinfo(dtype).max).astype(dtype)])
+    out = bgr if alpha is None or target.suffix in JPEG_SUFFIXES else \
+        np.dstack([bgr, np.rint(alpha * np.iinfo(dtype).max).astype(dtype)])
     data = encoded(out, target, item)
     atomic_write(target, lambda tmp: Path(tmp).write_bytes(data))
     if side_by_side:
         gray = lab_to_samples(item["L"], None, dtype)
         thickness = max(1, round(max(gray.shape) / 400))
-        green = tuple(np.iinfo(dtype).max * share for share in (0.1, 0.9, 0.2))
+        green = tuple(np.iinfo(dtype).max * share for share in (0.2, 0.9, 0.1))  # (B, G, R)
         for x, y, side in item["squares"]:  # the square each was coloured in; the face fills its middle
             cv2.rectangle(gray, (x, y), (x + side - 1, y + side - 1), green, thickness)
-        pair = encoded(np.concatenate([gray, rgb], axis=1), compare_name(target), item)
+        pair = encoded(np.concatenate([gray, bgr], axis=1), compare_name(target), item)
         atomic_write(compare_name(target), lambda tmp: Path(tmp).write_bytes(pair))
 
 
-def coloured(item: dict, ab: np.ndarray, dtype) -> np.ndarray:
-    """The photo in colour as finish writes it (RGB samples of dtype, H x W x 3, transparency aside): predict's
-    colour upsampled to the photo's size, with its own lightness. In this thread's scratch memory: valid until it
-    colours the next photo."""
+def coloured(item: dict, ab: np.ndarray, dtype, bgr=False) -> np.ndarray:
+    """The photo in colour as finish writes it (samples of dtype, H x W x 3, transparency aside; (R, G, B), or with
+    bgr (B, G, R)): predict's colour upsampled to the photo's size, with its own lightness. In this thread's scratch
+    memory: valid until it colours the next photo."""
     h, w = item["L"].shape
     ab = at_full_size(ab, (h, w), scratch("ab", (h, w, 2), np.float32))
-    return lab_to_samples(item["L"], ab, dtype, scratch("rgb", (h, w, 3), dtype))
+    return lab_to_samples(item["L"], ab, dtype, scratch("samples", (h, w, 3), dtype), bgr)
 
 
 def colour_one(path: Path, colorizer: Colorizer, target: Path, side_by_side=False) -> None:
@@ -394,9 +395,13 @@ def encoded(image: np.ndarray, target: Path, item: dict) -> bytes:
 
 
 # a photo larger than this is coloured in a batch of its own: the work at its full size outweighs the network's,
-# and the writer would wait for a batch of them to fill
+# and the writers would wait for a batch of them to fill
 ALONE_PIXELS = 2 ** 20
-READERS = 2  # photos read at once: reading (decoding, lightness, faces) costs more than writing one
+# photos read at once, and written at once (each in a thread of its own: the work lets go of Python's lock): one of
+# each per core this process may run on (a SLURM job's, taskset's), at most 4: each holds a photo beyond
+# --max-megapixels, and more would wait on the network in the main thread
+CORES = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+READERS = WRITERS = min(CORES, 4)
 
 
 def read_ahead(jobs, read: Callable, budget: float, pixels: Callable = lambda item: item["L"].size):
@@ -481,7 +486,7 @@ def main():
             print(f"{escape_bytes(path)} -> {escape_bytes(args.out / output)} ({why})", file=sys.stderr)
     jobs = [(path, output) for (path, _), (output, _) in zip(jobs, planned) if output is not None]
     if len(jobs) > 1 and device.type == "cpu":
-        # reading and writing run in threads of their own, one core each: threads inside each operation as well
+        # reading and writing run in threads of their own, one of each per core: threads inside each operation as well
         # would only wait on each other
         torch.set_num_threads(1)
         cv2.setNumThreads(1)
@@ -509,7 +514,7 @@ def main():
         progress.update()
 
     def flush(writer):
-        # the network here; merging, encoding and writing in the writer's thread, as many as budget pixels behind
+        # the network here; merging, encoding and writing in the writers' threads, as many as budget pixels behind
         if not pending:
             return
         colours = predict(colorizer, [item for _, _, item in pending], args.batch_size)
@@ -520,7 +525,7 @@ def main():
         while sum(pixels for _, pixels, _ in writing) > budget:
             settle_oldest()
 
-    with ThreadPoolExecutor(max_workers=1) as writer:
+    with ThreadPoolExecutor(max_workers=WRITERS) as writer:
         try:
             for path, output, item in read_ahead(jobs, lambda path: load(path, colorizer), budget):
                 if isinstance(item, Exception):

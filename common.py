@@ -407,6 +407,7 @@ temperature = number_type(float, lambda v: TEMPERATURES[0] <= v <= TEMPERATURES[
 chroma_gain = number_type(float, lambda v: CHROMA_GAINS[0] <= v <= CHROMA_GAINS[1],
                           f"a chroma gain from {CHROMA_GAINS[0]:g} to {CHROMA_GAINS[1]:g}")
 _AB_BINS = {}
+AB_LOWEST_CELL, AB_CELL_SPAN = -16, 32  # sRGB's a* and b* lie within +-128: cells -13 to 13
 
 
 def ab_bins() -> torch.Tensor:
@@ -415,9 +416,12 @@ def ab_bins() -> torch.Tensor:
     if "bins" not in _AB_BINS:
         levels = torch.linspace(0, 1, 64)
         cube = torch.stack(torch.meshgrid(levels, levels, levels, indexing="ij")).reshape(3, -1, 1)
-        ab = rgb_to_lab(cube)[1:, :, 0]
-        cells = torch.unique(torch.round(ab / AB_GRID).long().T, dim=0)  # sorted: a stable bin order
-        _AB_BINS["bins"] = (cells * AB_GRID).float()
+        cells = torch.round(rgb_to_lab(cube)[1:, :, 0] / AB_GRID).long() - AB_LOWEST_CELL
+        # each cell (a, b) as one number a * span + b, sorted as the pairs are (a stable bin order): unique over
+        # numbers, where unique over rows (dim=0) took 0.3 s of every colorize.py start
+        keys = torch.unique(cells[0] * AB_CELL_SPAN + cells[1])
+        _AB_BINS["bins"] = ((torch.stack([keys // AB_CELL_SPAN, keys % AB_CELL_SPAN], 1) + AB_LOWEST_CELL)
+                            * AB_GRID).float()
     return _AB_BINS["bins"]
 
 

@@ -16,7 +16,8 @@ For each folder, with the process held to 1 core and to 2 (sched_setaffinity, in
     and the model's loading count in neither; its peak memory (anonymous) on the folder and on the small photo;
   * the ratio: colorize's photos/s over the limit's, both with the same cores.
 The time of one 12-megapixel photo from the command line, interpreter start included, comes with it, --faces
-auto and off alternated (what the face search adds to a photo).
+auto and off alternated (what the face search adds to a photo), and what bounds what remains: each step of
+colorize.py's work on one 12-megapixel photo of the folder, in process, at one thread (medians of --repeats).
 Writes photo_folders.json and photo_folders.md into --out.
 """
 import io
@@ -27,6 +28,7 @@ import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Callable
 
 import cv2
 import numpy as np
@@ -142,6 +144,44 @@ def one_photo(photo: Path, work: Path, repeats: int) -> dict:
     return seconds
 
 
+def stages(photo: Path, repeats: int) -> dict[str, float]:
+    """Milliseconds each step of colorize.py's work on photo takes, one after another at one thread, the shipped
+    model: {step: median of repeats}."""
+    import torch
+
+    import colorize
+    import faces
+    import photos
+
+    torch.set_num_threads(1)
+    cv2.setNumThreads(1)
+    colorizer = colorize.Colorizer.from_checkpoint(colorize.SHIPPED_MODEL, None, None, torch.device("cpu"))
+    faces.cascade()  # loaded before any clock starts
+    ms = {}
+
+    def timed(step: str, work: Callable, *args):
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            result = work(*args)
+            times.append(1000 * (time.perf_counter() - start))
+        ms[step] = statistics.median(times)
+        return result
+
+    data = photo.read_bytes()
+    samples = timed("decode (the limit's work)", cv2.imdecode, np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    L = timed("lightness", photos.lightness_of_samples, samples)
+    face_scale, colorizer.face_scale = colorizer.face_scale, None  # --faces off: the resize alone
+    L_small = timed("network input (area resize)", lambda: colorize.lightness_item(L, colorizer)["L_small"])
+    colorizer.face_scale = face_scale
+    timed("face search (--faces auto)", faces.find_faces, L, colorizer.largest_face_to_find(len(L), len(L_small)))
+    ab = timed("network", colorizer.predict_ab, L_small[None])[0]
+    full = timed("colour to full size (cubic)", colorize.at_full_size, ab, L.shape)
+    bgr = timed("Lab to samples", photos.lab_to_samples, L, full, np.uint8, None, True)
+    timed("encode (the limit's work)", photos.encode, bgr, photo.suffix)
+    return ms
+
+
 def markdown(r: dict) -> str:
     lines = [describe_machine(r["machine"]), "",
              f"{r['photos']} photos a folder (24mp-tiff16: {max(2, r['photos'] // 4)}); medians of {r['repeats']} "
@@ -162,7 +202,14 @@ def markdown(r: dict) -> str:
     auto, off = (statistics.median(one[faces]) for faces in FACES)
     lines += ["", "One 12-megapixel JPEG from the command line, interpreter start included (all cores): "
               + "; ".join(f"--faces {faces} " + ", ".join(f"{s:.2f}" for s in one[faces]) + " s" for faces in FACES)
-              + f"; the face search adds {100 * (auto / off - 1):.0f}% (medians)."]
+              + f"; the face search adds {100 * (auto / off - 1):.0f}% (medians).", "",
+              "What bounds it: each step of colorize.py's work on one 12-megapixel JPEG of the 12mp folder, in process, "
+              f"at one thread (medians of {r['repeats']}):", "", "| step | ms | share |", "|---|---|---|"]
+    total = sum(r["stages_ms"].values())
+    lines += [f"| {step} | {ms:.1f} | {ms / total:.0%} |" for step, ms in r["stages_ms"].items()]
+    limit = sum(ms for step, ms in r["stages_ms"].items() if "the limit's" in step)
+    lines += [f"| all (--faces auto) | {total:.1f} | the limit's work {limit / total:.0%}: at most **{limit / total:.2f}** of its "
+              "speed on one core |"]
     return "\n".join(lines)
 
 
@@ -183,6 +230,7 @@ def main():
         cv2.imwrite(str(small), camera_photo(np.random.default_rng(args.seed), 64, 64))
         (Path(tmp) / "one").mkdir()
         results["one_12mp_photo_s"] = one_photo(sorted(folders["12mp"].iterdir())[0], Path(tmp) / "one", args.repeats)
+        results["stages_ms"] = stages(sorted(folders["12mp"].iterdir())[0], args.repeats)
         for name, folder in folders.items():
             results["folders"][name] = {}
             for cores in CORES:

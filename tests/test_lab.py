@@ -131,6 +131,8 @@ def test_photo_samples_from_lab_are_skimages_rounded(dtype, strip_pixels):
     assert ours.dtype == dtype and ours.shape == (40, 100, 3)
     off = np.abs(ours.astype(int) - expected)
     assert off.max() <= 1 and (off > 0).mean() < (1e-3 if dtype == np.uint8 else 2e-2)
+    bgr = lab_to_samples(lab[..., 0].astype(np.float32), lab[..., 1:].astype(np.float32), dtype, bgr=True)
+    assert np.array_equal(bgr, ours[..., ::-1])  # OpenCV's order, as colorize.py writes files
     gray = lab_to_samples(lab[..., 0].astype(np.float32), None, dtype)
     assert np.abs(gray.astype(int) - np.rint(color.lab2rgb(lab * [1, 0, 0]) * np.iinfo(dtype).max)).max() <= 1
 

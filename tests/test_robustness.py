@@ -389,6 +389,25 @@ def test_outputs_keep_exif_resolution_and_say_srgb(trained, tmp_path, suffix):
             assert out.info["dpi"] == pytest.approx((300, 300), abs=0.01)
 
 
+@pytest.mark.parametrize("suffix", [".jpg", ".png", ".webp", ".tif", ".bmp"])
+def test_samples_are_written_as_they_are(suffix):
+    """encode takes (B, G, R) samples as OpenCV holds them; JPEG and WebP are Pillow's at quality 95, pixel for pixel
+    (the JPEG OpenCV writes is faster, with the same settings), the rest lossless; transparency kept where it is
+    held."""
+    rgb = synthetic_photo(np.random.default_rng(5), 96)
+    alpha = np.arange(rgb.size // 3, dtype=np.uint8).reshape(rgb.shape[:2])
+    for samples in (rgb, np.dstack([rgb, alpha])):
+        channels = samples.shape[2] if suffix not in {".jpg", ".bmp"} else 3
+        bgr = np.ascontiguousarray(samples[..., :channels][..., [2, 1, 0, 3][:channels]])
+        with Image.open(io.BytesIO(photos.encode(bgr, suffix))) as written:
+            pixels = np.asarray(written.convert("RGBA" if channels == 4 else "RGB"))
+        if suffix in {".jpg", ".webp"}:
+            pillow = io.BytesIO()
+            Image.fromarray(samples[..., :channels]).save(pillow, format=suffix[1:].replace("jpg", "jpeg"), quality=95)
+            samples = np.asarray(Image.open(pillow))
+        assert np.array_equal(pixels, samples[..., :channels])
+
+
 @pytest.mark.parametrize("suffix", [".png", ".tif", ".jp2", ".ppm"])
 def test_sixteen_bits_in_sixteen_bits_out(trained, tmp_path, suffix):
     folder = tmp_path / "in"
