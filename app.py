@@ -74,7 +74,7 @@ class Studio:
             source.write_bytes(data)
             if query.get("view") == "gray":  # what the network sees: its lightness, nothing asked of the model
                 lightness = read_lightness(source, colorize.WORKING_BYTES_PER_PIXEL).L
-                ok, png = cv2.imencode(".png", lab_to_samples(lightness, None)[..., ::-1])
+                ok, png = cv2.imencode(".png", lab_to_samples(lightness, None, bgr=True))
                 return png.tobytes(), f"{Path(name).stem}_gray.png", "image/png"
             suffix = source.suffix.lower() if source.suffix.lower() in colorize.WRITTEN_SUFFIXES else ".png"
             target = Path(tmp) / "out" / f"{Path(name).stem}{suffix}"

@@ -176,8 +176,11 @@ def stages(photo: Path, repeats: int) -> dict[str, float]:
     colorizer.face_scale = face_scale
     timed("face search (--faces auto)", faces.find_faces, L, colorizer.largest_face_to_find(len(L), len(L_small)))
     ab = timed("network", colorizer.predict_ab, L_small[None])[0]
-    full = timed("colour to full size (cubic)", colorize.at_full_size, ab, L.shape)
-    bgr = timed("Lab to samples", photos.lab_to_samples, L, full, np.uint8, None, True)
+    # into the memory a writer thread uses again from photo to photo, as colorize.coloured does
+    full = timed("colour to full size (cubic)", colorize.at_full_size, ab, L.shape,
+                 colorize.scratch("ab", (*L.shape, 2), np.float32))
+    bgr = timed("Lab to samples", photos.lab_to_samples, L, full, np.uint8,
+                colorize.scratch("samples", (*L.shape, 3), np.uint8), True)
     timed("encode (the limit's work)", photos.encode, bgr, photo.suffix)
     return ms
 

@@ -174,9 +174,9 @@ def test_the_photo_folder_benchmark_runs(tmp_path):
             for faces in ("auto", "off"):  # three photos: a difference of two timings, its sign left to noise
                 assert math.isfinite(m[faces]["photos_per_s"]) and m[faces]["peak_anon_mib_folder"] > 0
     assert [len(results["one_12mp_photo_s"][faces]) for faces in ("auto", "off")] == [1, 1]
-    assert list(results["stages_ms"]) == ["decode (the limit's work)", "lightness", "network input (area resize)",
-                                          "face search (--faces auto)", "network", "colour to full size (cubic)",
-                                          "Lab to samples", "encode (the limit's work)"]
+    assert set(results["stages_ms"]) == {"decode (the limit's work)", "lightness", "network input (area resize)",
+                                         "face search (--faces auto)", "network", "colour to full size (cubic)",
+                                         "Lab to samples", "encode (the limit's work)"}
     assert all(ms > 0 for ms in results["stages_ms"].values())
     assert "| 12mp | 2 |" in (tmp_path / "photo_folders.md").read_text()
 
