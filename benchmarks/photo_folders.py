@@ -206,13 +206,13 @@ def markdown(r: dict) -> str:
     lines += ["", "One 12-megapixel JPEG from the command line, interpreter start included (all cores): "
               + "; ".join(f"--faces {faces} " + ", ".join(f"{s:.2f}" for s in one[faces]) + " s" for faces in FACES)
               + f"; the face search adds {100 * (auto / off - 1):.0f}% (medians).", "",
-              "What bounds it: each step of colorize.py's work on one 12-megapixel JPEG of the 12mp folder, in process, "
-              f"at one thread (medians of {r['repeats']}):", "", "| step | ms | share |", "|---|---|---|"]
+              "What bounds it: each step of colorize.py's work on one 12-megapixel JPEG of the 12mp folder, in "
+              f"process, at one thread (medians of {r['repeats']}):", "", "| step | ms | share |", "|---|---|---|"]
     total = sum(r["stages_ms"].values())
     lines += [f"| {step} | {ms:.1f} | {ms / total:.0%} |" for step, ms in r["stages_ms"].items()]
     limit = sum(ms for step, ms in r["stages_ms"].items() if "the limit's" in step)
-    lines += [f"| all (--faces auto) | {total:.1f} | the limit's work {limit / total:.0%}: at most **{limit / total:.2f}** of its "
-              "speed on one core |"]
+    lines += [f"| all (--faces auto) | {total:.1f} | the limit's work {limit / total:.0%}: at most "
+              f"**{limit / total:.2f}** of its speed on one core |"]
     return "\n".join(lines)
 
 

@@ -125,19 +125,21 @@ def camera_folder(folder, n, side=(300, 400)):
     return folder
 
 
-def test_the_pipeline_writes_the_same_bytes_however_many_readers(trained, tmp_path, monkeypatch):
-    """Photos are read by threads of their own while others are coloured and written: the outputs are those of
+def test_the_pipeline_writes_the_same_bytes_however_many_readers_and_writers(trained, tmp_path, monkeypatch):
+    """Photos are read and written by threads of their own while others are coloured: the outputs are those of
     one photo after another, byte for byte, in the order of the inputs."""
     import colorize
 
     folder = camera_folder(tmp_path / "in", 7)
-    written = {}
-    for readers in (1, 2, 3):
+    written = []
+    for readers, writers in ((1, 1), (2, 2), (3, 1), (1, 3)):
         monkeypatch.setattr(colorize, "READERS", readers)
-        run_main(monkeypatch, folder, "--checkpoint", trained / "colorizer" / "best.pt", "--out",
-                 tmp_path / str(readers), "--device", "cpu", "--max-megapixels", 0.3)
-        written[readers] = [(tmp_path / str(readers) / f"{i:02d}.jpg").read_bytes() for i in range(7)]
-    assert written[1] == written[2] == written[3]
+        monkeypatch.setattr(colorize, "WRITERS", writers)
+        out = tmp_path / f"{readers}-{writers}"
+        run_main(monkeypatch, folder, "--checkpoint", trained / "colorizer" / "best.pt", "--out", out,
+                 "--device", "cpu", "--max-megapixels", 0.3)
+        written.append([(out / f"{i:02d}.jpg").read_bytes() for i in range(7)])
+    assert all(files == written[0] for files in written)
 
 
 def test_photos_read_ahead_and_waiting_to_be_written_stay_within_the_budget(trained, tmp_path, monkeypatch):
