@@ -496,15 +496,6 @@ def encode(image: np.ndarray, suffix: str, exif: bytes | None = None, dpi=None) 
     larger than a JPEG holds: ValueError."""
     srgb = srgb_profile()
     exif = exif[6:] if exif and exif.startswith(b"Exif\0\0") else exif  # the EXIF itself, as OpenCV and PNG take it
-    if image.dtype == np.uint8 and suffix in JPEG_SUFFIXES:
-        if exif and len(exif) > JPEG_MAX_EXIF:
-            raise ValueError(f"EXIF of {len(exif):,} bytes: a JPEG holds {JPEG_MAX_EXIF:,}")
-        kinds, chunks = [cv2.IMAGE_METADATA_ICCP], [np.frombuffer(srgb, np.uint8)]
-        if exif:
-            kinds.append(cv2.IMAGE_METADATA_EXIF)
-            chunks.append(np.frombuffer(exif, np.uint8))
-        ok, buf = cv2.imencodeWithMetadata(suffix, image, kinds, chunks, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
-        return with_jfif_resolution(buf.tobytes(), dpi) if dpi else buf.tobytes()
     if image.dtype == np.uint8 and suffix in _PILLOW_FORMATS:
         fmt = _PILLOW_FORMATS[suffix]
         options = {"quality": JPEG_QUALITY} if fmt == "WEBP" else {}
@@ -517,12 +508,23 @@ def encode(image: np.ndarray, suffix: str, exif: bytes | None = None, dpi=None) 
         Image.frombuffer(mode, image.shape[1::-1], np.ascontiguousarray(image), "raw", mode.replace("RGB", "BGR"), 0,
                          1).save(buffer, format=fmt, **options)
         return buffer.getvalue()
-    params = [cv2.IMWRITE_TIFF_XDPI, round(dpi[0]), cv2.IMWRITE_TIFF_YDPI, round(dpi[1]), cv2.IMWRITE_TIFF_RESUNIT, 2] \
-        if dpi and suffix in {".tif", ".tiff"} else []
-    ok, buf = cv2.imencode(suffix, image, params)
+    if suffix in JPEG_SUFFIXES:  # 8-bit: output_type's
+        if exif and len(exif) > JPEG_MAX_EXIF:
+            raise ValueError(f"EXIF of {len(exif):,} bytes: a JPEG holds {JPEG_MAX_EXIF:,}")
+        kinds, chunks = [cv2.IMAGE_METADATA_ICCP], [np.frombuffer(srgb, np.uint8)]
+        if exif:
+            kinds.append(cv2.IMAGE_METADATA_EXIF)
+            chunks.append(np.frombuffer(exif, np.uint8))
+        ok, buf = cv2.imencodeWithMetadata(suffix, image, kinds, chunks, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+    else:
+        params = [cv2.IMWRITE_TIFF_XDPI, round(dpi[0]), cv2.IMWRITE_TIFF_YDPI, round(dpi[1]),
+                  cv2.IMWRITE_TIFF_RESUNIT, 2] if dpi and suffix in {".tif", ".tiff"} else []
+        ok, buf = cv2.imencode(suffix, image, params)
     if not ok:
         raise BadImage(f"OpenCV cannot write {suffix} files", "convert it to PNG or JPEG first")
-    return with_png_metadata(buf.tobytes(), srgb, exif, dpi) if suffix == ".png" else buf.tobytes()
+    if suffix == ".png":
+        return with_png_metadata(buf.tobytes(), srgb, exif, dpi)
+    return with_jfif_resolution(buf.tobytes(), dpi) if dpi and suffix in JPEG_SUFFIXES else buf.tobytes()
 
 
 def with_jfif_resolution(jpeg: bytes, dpi) -> bytes:
