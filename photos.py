@@ -564,6 +564,7 @@ _LINEAR_RGB_FROM_CUBE = torch.cat([_LINEAR_RGB_FROM_WHITE,
                                    _LINEAR_RGB_FROM_WHITE.sum(1, keepdim=True) * -0.2068966 / 7.787], 1).float().numpy()
 _LINEAR_BGR_FROM_CUBE = np.ascontiguousarray(_LINEAR_RGB_FROM_CUBE[::-1])
 _SRGB_TO_LINEAR_TABLES = {}  # per sample type: the sRGB curve at each value a sample can take
+_LIGHTNESS_TABLES = {}  # per sample type: L* of each gray value
 
 
 def _strips(height: int, width: int):
@@ -580,16 +581,35 @@ def _srgb_to_linear_table(dtype: np.dtype) -> np.ndarray:
 
 def lightness_of_samples(samples: np.ndarray) -> np.ndarray:
     """A photo's L* (float32, H x W, 0 to 100) from its samples as OpenCV decodes them: uint8 or uint16, gray
-    (H x W), gray and alpha, BGR or BGRA; sRGB. rgb_to_lab's L, read through a table of the sRGB curve."""
-    table = _srgb_to_linear_table(samples.dtype)
-    gray = samples.ndim == 2 or samples.shape[2] <= 2
+    (H x W), gray and alpha, BGR or BGRA; sRGB. rgb_to_lab's L, read through a table of the sRGB curve; gray
+    samples, and BGR ones as long as their three channels are equal (black and white stored in colour, a strip of
+    rows at a time up to the first that is not), through a table of L* itself: one pass, not eight."""
+    lightness_table = _lightness_table(samples.dtype)
+    colour_layout = samples.ndim == 3 and samples.shape[2] >= 3
+    colour = False  # once a strip is not gray, the rest of the photo is read as colour, unchecked
     lightness = np.empty(samples.shape[:2], np.float32)
     for rows in _strips(*samples.shape[:2]):
-        strip = samples[rows] if samples.ndim == 2 else samples[rows, :, 0] if gray else samples[rows, :, :3]
-        strip = np.ascontiguousarray(strip)
-        linear = cv2.LUT(strip, table) if strip.dtype == np.uint8 else table[strip]
-        _lightness_of_y(linear if gray else cv2.transform(linear, _Y_FROM_LINEAR_BGR), lightness[rows])
+        if not colour:
+            planes = cv2.split(np.ascontiguousarray(samples[rows])) if samples.ndim == 3 else [samples[rows]]
+            colour = colour_layout and not (np.array_equal(planes[0], planes[1]) and
+                                            np.array_equal(planes[1], planes[2]))
+        if colour:
+            linear = cv2.LUT(np.ascontiguousarray(samples[rows, :, :3]), _srgb_to_linear_table(samples.dtype)) \
+                if samples.dtype == np.uint8 else _srgb_to_linear_table(samples.dtype)[samples[rows, :, :3]]
+            _lightness_of_y(cv2.transform(linear, _Y_FROM_LINEAR_BGR), lightness[rows])
+        elif samples.dtype == np.uint8:
+            cv2.LUT(np.ascontiguousarray(planes[0]), lightness_table, dst=lightness[rows])
+        else:
+            np.take(lightness_table, planes[0], out=lightness[rows])
     return lightness
+
+
+def _lightness_table(dtype: np.dtype) -> np.ndarray:
+    """L* of each gray sample value of dtype, as _lightness_of_y computes it."""
+    if dtype not in _LIGHTNESS_TABLES:
+        y = _srgb_to_linear_table(dtype)[None].copy()
+        _LIGHTNESS_TABLES[dtype] = _lightness_of_y(y, np.empty_like(y))[0]
+    return _LIGHTNESS_TABLES[dtype]
 
 
 def lightness_of_rgb(rgb: np.ndarray) -> np.ndarray:

@@ -1,18 +1,19 @@
 #!/usr/bin/env bash
 # The GPU proof, for whoever has an NVIDIA GPU at hand, in one command:
-#     bash benchmarks/gpu_proof.sh [tests] [bench] [pipeline]      (default: all three, in that order)
+#     bash benchmarks/gpu_proof.sh [tests] [bench] [pipeline] [folders]   (default: all four, in that order)
 # tests: the CUDA tests (tests/test_cuda.py); bench: benchmarks/bench.py on the GPU; pipeline: the whole
 # seed pipeline at the seed's full settings (200 regressor epochs, colorizer <= 20 epochs, patience 5)
-# with the GPU speed flags. Results, with nvidia-smi's report and the versions, go to $RESULTS
+# with the GPU speed flags; folders: benchmarks/photo_folders.py with colorize.py --device cuda (one run
+# of each, a few minutes). Results, with nvidia-smi's report and the versions, go to $RESULTS
 # (default benchmarks/results/gpu). Settings: PYTHON (default .venv/bin/python, else python3), FACES_DIR.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON=${PYTHON:-$([ -x .venv/bin/python ] && echo .venv/bin/python || echo python3)}
 RESULTS=${RESULTS:-benchmarks/results/gpu}
-[ $# -gt 0 ] || set -- tests bench pipeline
+[ $# -gt 0 ] || set -- tests bench pipeline folders
 for step in "$@"; do
-  case "$step" in tests|bench|pipeline) ;; *) echo "error: unknown step '$step': use tests, bench or pipeline" >&2
-    exit 2 ;; esac
+  case "$step" in tests|bench|pipeline|folders) ;; *)
+    echo "error: unknown step '$step': use tests, bench, pipeline or folders" >&2; exit 2 ;; esac
 done
 
 # one line, and a non-zero exit, where no GPU answers: nothing here means anything on a CPU
@@ -36,6 +37,7 @@ for step in "$@"; do
              status=1 ;;
     bench) "$PYTHON" benchmarks/bench.py --device cuda --out "$RESULTS" || status=1 ;;
     pipeline) "$PYTHON" benchmarks/pipeline.py --device cuda --out "$RESULTS" || status=1 ;;
+    folders) "$PYTHON" benchmarks/photo_folders.py --device cuda --repeats 1 --out "$RESULTS" || status=1 ;;
   esac
 done
 exit "$status"

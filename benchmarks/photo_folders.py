@@ -1,7 +1,7 @@
 """colorize.py on folders of camera-size photos, beside this machine's limit measured in the same run: decoding and
 encoding the same files alone.
 
-    python benchmarks/photo_folders.py [--photos 16] [--out benchmarks/results] [--quick]
+    python benchmarks/photo_folders.py [--photos 16] [--repeats 3] [--device auto] [--out benchmarks/results] [--quick]
 
 Three folders, made here from scikit-image's colour photos (scale.made_up_photo) with camera noise added, so that
 the files compress as a camera's do:
@@ -34,7 +34,7 @@ import cv2
 import numpy as np
 
 from bench import benchmark_parser, describe_machine, machine, parse_benchmark_args, run_measured, write_results
-from guards import positive_int
+from guards import exit_on_user_error, positive_int, resolve_device
 from scale import made_up_photo
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,22 +108,22 @@ def limit(files: list[Path], cores: int, repeats: int) -> dict:
     return {"photos_per_s": speeds[best], "library": best, "each": speeds}
 
 
-def colorize_run(inputs: list[Path], out: Path, faces: str) -> tuple[float, float]:
+def colorize_run(inputs: list[Path], out: Path, faces: str, device: str) -> tuple[float, float]:
     """colorize.py as a user runs it: (wall seconds, interpreter start included; peak anonymous memory in MiB:
     the resident size the kernel reports would include what this process held when it started the child)."""
     start = time.perf_counter()
     _, _, anon = run_measured([sys.executable, "colorize.py", *map(str, inputs), "--out", str(out), "--faces", faces,
-                               "--device", "cpu"])
+                               "--device", device])
     return time.perf_counter() - start, anon
 
 
-def colorize_speed(folder: Path, small: Path, work: Path, faces: str, repeats: int) -> dict:
+def colorize_speed(folder: Path, small: Path, work: Path, faces: str, repeats: int, device: str) -> dict:
     from PIL import Image
 
     walls, small_walls, memory = [], [], {}
     for r in range(repeats):
-        wall, memory["folder"] = colorize_run([small, folder], work / f"out-{faces}-{r}", faces)
-        alone, memory["small"] = colorize_run([small], work / f"small-{faces}-{r}", faces)
+        wall, memory["folder"] = colorize_run([small, folder], work / f"out-{faces}-{r}", faces, device)
+        alone, memory["small"] = colorize_run([small], work / f"small-{faces}-{r}", faces, device)
         walls.append(wall)
         small_walls.append(alone)
     wall, alone = statistics.median(walls), statistics.median(small_walls)
@@ -134,19 +134,19 @@ def colorize_speed(folder: Path, small: Path, work: Path, faces: str, repeats: i
             "peak_anon_mib_folder": memory["folder"], "peak_anon_mib_small": memory["small"]}
 
 
-def one_photo(photo: Path, work: Path, repeats: int) -> dict:
+def one_photo(photo: Path, work: Path, repeats: int, device: str) -> dict:
     """Seconds for one photo from the command line, interpreter start included, with --faces auto (the default)
     and off, alternated: {faces: [seconds of each run]}."""
     seconds = {faces: [] for faces in FACES}
     for r in range(repeats):
         for faces in FACES:
-            seconds[faces].append(colorize_run([photo], work / f"one-{faces}-{r}", faces)[0])
+            seconds[faces].append(colorize_run([photo], work / f"one-{faces}-{r}", faces, device)[0])
     return seconds
 
 
-def stages(photo: Path, repeats: int) -> dict[str, float]:
+def stages(photo: Path, repeats: int, device: str) -> dict[str, float]:
     """Milliseconds each step of colorize.py's work on photo takes, one after another at one thread, the shipped
-    model: {step: median of repeats}."""
+    model on device: {step: median of repeats}."""
     import torch
 
     import colorize
@@ -155,7 +155,7 @@ def stages(photo: Path, repeats: int) -> dict[str, float]:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    colorizer = colorize.Colorizer.from_checkpoint(colorize.SHIPPED_MODEL, None, None, torch.device("cpu"))
+    colorizer = colorize.Colorizer.from_checkpoint(colorize.SHIPPED_MODEL, None, None, torch.device(device))
     faces.cascade()  # loaded before any clock starts
     ms = {}
 
@@ -187,9 +187,10 @@ def stages(photo: Path, repeats: int) -> dict[str, float]:
 
 def markdown(r: dict) -> str:
     lines = [describe_machine(r["machine"]), "",
-             f"{r['photos']} photos a folder (24mp-tiff16: {max(2, r['photos'] // 4)}); medians of {r['repeats']} "
-             "runs. colorize.py photos/s, its run on a 64x64 photo alone subtracted; the limit: the same files "
-             "decoded and encoded alone (the faster library) in as many threads as cores.", "",
+             f"colorize.py --device {r['device']}. {r['photos']} photos a folder (24mp-tiff16: "
+             f"{max(2, r['photos'] // 4)}); medians of {r['repeats']} runs. colorize.py photos/s, its run on a 64x64 "
+             "photo alone subtracted; the limit: the same files decoded and encoded alone (the faster library) in "
+             "as many threads as cores.", "",
              "| folder | cores | limit (photos/s) | colorize --faces auto (photos/s) | ratio | s/MP | "
              "--faces off (photos/s) | ratio | s/MP | peak memory: folder / a small photo (MiB) |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -223,17 +224,19 @@ def main():
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quick", action="store_true", help="a smoke run: 3 photos, 1 repeat; its numbers mean nothing")
     args = parse_benchmark_args(p)
+    device = exit_on_user_error(lambda: resolve_device(args.device)).type
     if args.quick:
         args.photos, args.repeats = 3, 1
-    results = {"machine": machine(), "photos": args.photos, "repeats": args.repeats, "folders": {}}
+    results = {"machine": machine(), "device": device, "photos": args.photos, "repeats": args.repeats, "folders": {}}
     all_cores = sorted(os.sched_getaffinity(0))
     with tempfile.TemporaryDirectory() as tmp:
         folders = make_folders(Path(tmp), args.photos, args.seed)
         small = Path(tmp) / "small.jpg"
         cv2.imwrite(str(small), camera_photo(np.random.default_rng(args.seed), 64, 64))
         (Path(tmp) / "one").mkdir()
-        results["one_12mp_photo_s"] = one_photo(sorted(folders["12mp"].iterdir())[0], Path(tmp) / "one", args.repeats)
-        results["stages_ms"] = stages(sorted(folders["12mp"].iterdir())[0], args.repeats)
+        results["one_12mp_photo_s"] = one_photo(sorted(folders["12mp"].iterdir())[0], Path(tmp) / "one", args.repeats,
+                                                device)
+        results["stages_ms"] = stages(sorted(folders["12mp"].iterdir())[0], args.repeats, device)
         for name, folder in folders.items():
             results["folders"][name] = {}
             for cores in CORES:
@@ -243,7 +246,7 @@ def main():
                 print(f"{name}, {cores} core(s) ...", flush=True)
                 results["folders"][name][str(cores)] = {
                     "limit": limit(sorted(folder.iterdir()), cores, args.repeats),
-                    **{faces: colorize_speed(folder, small, work, faces, args.repeats) for faces in FACES}}
+                    **{faces: colorize_speed(folder, small, work, faces, args.repeats, device) for faces in FACES}}
             os.sched_setaffinity(0, all_cores)
     write_results(args.out, "photo_folders", results, markdown(results))
 

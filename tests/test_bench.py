@@ -164,7 +164,7 @@ def test_metrics_benchmark_names_a_folder_that_is_not_prepared(tmp_path):
 
 def test_the_photo_folder_benchmark_runs(tmp_path):
     """benchmarks/photo_folders.py --quick: colorize.py on each folder with 1 and 2 cores beside the limit."""
-    run_script("benchmarks/photo_folders.py", "--quick", "--out", tmp_path, timeout=900)
+    run_script("benchmarks/photo_folders.py", "--quick", "--device", "cpu", "--out", tmp_path, timeout=900)
     results = json.loads((tmp_path / "photo_folders.json").read_text())
     assert set(results["folders"]) == {"12mp", "24mp-tiff16", "mix"}
     for by_cores in results["folders"].values():
@@ -178,7 +178,7 @@ def test_the_photo_folder_benchmark_runs(tmp_path):
                                          "face search (--faces auto)", "network", "colour to full size (cubic)",
                                          "Lab to samples", "encode (the limit's work)"}
     assert all(ms > 0 for ms in results["stages_ms"].values())
-    assert "| 12mp | 2 |" in (tmp_path / "photo_folders.md").read_text()
+    assert results["device"] == "cpu" and "| 12mp | 2 |" in (tmp_path / "photo_folders.md").read_text()
 
 
 def test_the_tensorboard_cost_benchmark_runs(prepared, tmp_path):

@@ -201,3 +201,14 @@ def test_a_reader_that_meets_an_error_not_of_the_photo_stops_the_run(trained, tm
         signal.alarm(0)
     for written in (tmp_path / "o").glob("*.jpg"):  # what was written is whole
         assert cv2.imread(str(written)) is not None
+
+
+@pytest.mark.parametrize("shape, size", [((3000, 4000), (176, 128)), ((2001, 3001), (192, 128)), ((4000, 6000), (192, 128)),
+                                         ((20000, 200), (8, 1024)), ((300, 300), (128, 128)), ((129, 1000), (992, 128))])
+def test_the_network_sees_opencvs_area_resize(shape, size):
+    """The network's input, shrunk in two steps for speed, is the one-step area resize within float rounding."""
+    import colorize
+
+    lightness = np.random.default_rng(5).random(shape, dtype=np.float32) * 100
+    np.testing.assert_allclose(colorize.area_shrunk(lightness, size),
+                               cv2.resize(lightness, size, interpolation=cv2.INTER_AREA), rtol=0, atol=1e-4)

@@ -103,15 +103,17 @@ def strip_pixels(request, monkeypatch):
     monkeypatch.setattr(photos, "STRIP_PIXELS", request.param * 100)
 
 
-@pytest.mark.parametrize("layout", ["BGR", "BGRA", "gray", "gray and alpha"])
+@pytest.mark.parametrize("layout", ["BGR", "BGRA", "gray", "gray and alpha", "BGR, gray", "BGR, gray above"])
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
 def test_the_lightness_of_a_photos_samples_is_skimages(layout, dtype, strip_pixels):
+    """Every layout; black and white stored as BGR (read through a table of L*), wholly or in the rows above a
+    colour part (a border): L* is scikit-image's wherever strips end."""
     top = np.iinfo(dtype).max
     rgb = np.random.default_rng(2).integers(0, top + 1, (37, 100, 3)).astype(dtype)
-    if layout.startswith("gray"):
-        rgb[:] = rgb[..., :1]
-    samples = {"BGR": rgb[..., ::-1], "BGRA": np.dstack([rgb[..., ::-1], rgb[..., :1]]), "gray": rgb[..., 0],
-               "gray and alpha": np.dstack([rgb[..., 0], rgb[..., 1]])}[layout]
+    if "gray" in layout:
+        rgb[:20 if layout.endswith("above") else None] = rgb[:20 if layout.endswith("above") else None, :, :1]
+    samples = {"BGRA": np.dstack([rgb[..., ::-1], rgb[..., :1]]), "gray": rgb[..., 0],
+               "gray and alpha": np.dstack([rgb[..., 0], rgb[..., 1]])}.get(layout, rgb[..., ::-1])
     expected = color.rgb2lab(rgb / top)[..., 0]
     np.testing.assert_allclose(lightness_of_samples(np.ascontiguousarray(samples)), expected, atol=2e-4)
     np.testing.assert_allclose(lightness_of_samples(samples[::-1, ::-1]), expected[::-1, ::-1], atol=2e-4)  # views
