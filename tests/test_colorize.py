@@ -203,8 +203,9 @@ def test_a_reader_that_meets_an_error_not_of_the_photo_stops_the_run(trained, tm
         assert cv2.imread(str(written)) is not None
 
 
-@pytest.mark.parametrize("shape, size", [((3000, 4000), (176, 128)), ((2001, 3001), (192, 128)), ((4000, 6000), (192, 128)),
-                                         ((20000, 200), (8, 1024)), ((300, 300), (128, 128)), ((129, 1000), (992, 128))])
+@pytest.mark.parametrize("shape, size", [((3000, 4000), (176, 128)), ((2001, 3001), (192, 128)),
+                                         ((4000, 6000), (192, 128)), ((20000, 200), (8, 1024)),
+                                         ((300, 300), (128, 128)), ((129, 1000), (992, 128))])
 def test_the_network_sees_opencvs_area_resize(shape, size):
     """The network's input, shrunk in two steps for speed, is the one-step area resize within float rounding."""
     import colorize
