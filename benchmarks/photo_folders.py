@@ -11,9 +11,10 @@ the files compress as a camera's do:
 For each folder, with the process held to 1 core and to 2 (sched_setaffinity, inherited by colorize.py):
   * the limit: every file decoded and encoded again in its own format (JPEG at colorize's quality 95), by OpenCV
     and by Pillow, in as many threads as cores; the faster of the two counts;
-  * colorize.py as a user runs it, --faces auto (the default) and --faces off, given a 64 x 64 photo and the
-    folder: its photos/s, n / (its time - its time for the small photo alone), so that the interpreter's start
-    and the model's loading count in neither; its peak memory (anonymous) on the folder and on the small photo;
+  * colorize.py as a user runs it on --device (auto: a GPU where one answers; the full-resolution work stays on
+    the CPU), --faces auto (the default) and --faces off, given a 64 x 64 photo and the folder: its photos/s,
+    n / (its time - its time for the small photo alone), so that the interpreter's start and the model's loading
+    count in neither; its peak memory (anonymous) on the folder and on the small photo;
   * the ratio: colorize's photos/s over the limit's, both with the same cores.
 The time of one 12-megapixel photo from the command line, interpreter start included, comes with it, --faces
 auto and off alternated (what the face search adds to a photo), and what bounds what remains: each step of
