@@ -18,7 +18,8 @@ For each folder, with the process held to 1 core and to 2 (sched_setaffinity, in
   * the ratio: colorize's photos/s over the limit's, both with the same cores.
 The time of one 12-megapixel photo from the command line, interpreter start included, comes with it, --faces
 auto and off alternated (what the face search adds to a photo), and what bounds what remains: each step of
-colorize.py's work on one 12-megapixel photo of the folder, in process, at one thread (medians of --repeats).
+colorize.py's work on one 12-megapixel photo of the folder, in process, at one thread (medians of --repeats), and
+the lightness of the same photo in black and white.
 Writes photo_folders.json and photo_folders.md into --out.
 """
 import io
@@ -145,9 +146,10 @@ def one_photo(photo: Path, work: Path, repeats: int, device: str) -> dict:
     return seconds
 
 
-def stages(photo: Path, repeats: int, device: str) -> dict[str, float]:
+def stages(photo: Path, repeats: int, device: str) -> tuple[dict[str, float], dict[str, float]]:
     """Milliseconds each step of colorize.py's work on photo takes, one after another at one thread, the shipped
-    model on device: {step: median of repeats}."""
+    model on device: {step: median of repeats}; and those of the lightness of the same photo in black and white,
+    stored gray and stored as BGR (read through a table of L*): {how: median of repeats}."""
     import torch
 
     import colorize
@@ -160,13 +162,13 @@ def stages(photo: Path, repeats: int, device: str) -> dict[str, float]:
     faces.cascade()  # loaded before any clock starts
     ms = {}
 
-    def timed(step: str, work: Callable, *args):
+    def timed(step: str, work: Callable, *args, into: dict = ms):
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
             result = work(*args)
             times.append(1000 * (time.perf_counter() - start))
-        ms[step] = statistics.median(times)
+        into[step] = statistics.median(times)
         return result
 
     data = photo.read_bytes()
@@ -183,7 +185,10 @@ def stages(photo: Path, repeats: int, device: str) -> dict[str, float]:
     bgr = timed("Lab to samples", photos.lab_to_samples, L, full, np.uint8,
                 colorize.scratch("samples", (*L.shape, 3), np.uint8), True)
     timed("encode (the limit's work)", photos.encode, bgr, photo.suffix)
-    return ms
+    gray, black_and_white = cv2.cvtColor(samples, cv2.COLOR_BGR2GRAY), {}
+    for stored, bw in (("stored gray", gray), ("stored as BGR", cv2.merge([gray] * 3))):
+        timed(stored, photos.lightness_of_samples, bw, into=black_and_white)
+    return ms, black_and_white
 
 
 def markdown(r: dict) -> str:
@@ -214,7 +219,10 @@ def markdown(r: dict) -> str:
     lines += [f"| {step} | {ms:.1f} | {ms / total:.0%} |" for step, ms in r["stages_ms"].items()]
     limit = sum(ms for step, ms in r["stages_ms"].items() if "the limit's" in step)
     lines += [f"| all (--faces auto) | {total:.1f} | the limit's work {limit / total:.0%}: at most "
-              f"**{limit / total:.2f}** of its speed on one core |"]
+              f"**{limit / total:.2f}** of its speed on one core |", "",
+              "The lightness of the same photo in black and white (read through a table of L*): "
+              + ", ".join(f"{how} {ms:.1f} ms" for how, ms in r["black_and_white_lightness_ms"].items())
+              + f", against {r['stages_ms']['lightness']:.1f} in colour."]
     return "\n".join(lines)
 
 
@@ -237,7 +245,8 @@ def main():
         (Path(tmp) / "one").mkdir()
         results["one_12mp_photo_s"] = one_photo(sorted(folders["12mp"].iterdir())[0], Path(tmp) / "one", args.repeats,
                                                 device)
-        results["stages_ms"] = stages(sorted(folders["12mp"].iterdir())[0], args.repeats, device)
+        results["stages_ms"], results["black_and_white_lightness_ms"] = stages(sorted(folders["12mp"].iterdir())[0],
+                                                                               args.repeats, device)
         for name, folder in folders.items():
             results["folders"][name] = {}
             for cores in CORES:

@@ -178,6 +178,8 @@ def test_the_photo_folder_benchmark_runs(tmp_path):
                                          "face search (--faces auto)", "network", "colour to full size (cubic)",
                                          "Lab to samples", "encode (the limit's work)"}
     assert all(ms > 0 for ms in results["stages_ms"].values())
+    assert set(results["black_and_white_lightness_ms"]) == {"stored gray", "stored as BGR"}
+    assert all(ms > 0 for ms in results["black_and_white_lightness_ms"].values())
     assert results["device"] == "cpu" and "| 12mp | 2 |" in (tmp_path / "photo_folders.md").read_text()
 
 
