@@ -18,8 +18,8 @@ For each folder, with the process held to 1 core and to 2 (sched_setaffinity, in
   * the ratio: colorize's photos/s over the limit's, both with the same cores.
 The time of one 12-megapixel photo from the command line, interpreter start included, comes with it, --faces
 auto and off alternated (what the face search adds to a photo), and what bounds what remains: each step of
-colorize.py's work on one 12-megapixel photo of the folder, in process, at one thread (medians of --repeats), and
-the lightness of the same photo in black and white.
+colorize.py's work on one 12-megapixel photo of the folder, in process, at one thread (medians of --repeats after
+a first call), and the lightness of the same photo in black and white.
 Writes photo_folders.json and photo_folders.md into --out.
 """
 import io
@@ -163,6 +163,9 @@ def stages(photo: Path, repeats: int, device: str) -> tuple[dict[str, float], di
     ms = {}
 
     def timed(step: str, work: Callable, *args, into: dict = ms):
+        # a first call untimed: on this VM the first write to fresh memory after other large arrays were freed
+        # stalled up to 0.1 s (the kernel gathering huge pages), for any step, once
+        work(*args)
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
@@ -214,7 +217,8 @@ def markdown(r: dict) -> str:
               + "; ".join(f"--faces {faces} " + ", ".join(f"{s:.2f}" for s in one[faces]) + " s" for faces in FACES)
               + f"; the face search adds {100 * (auto / off - 1):.0f}% (medians).", "",
               "What bounds it: each step of colorize.py's work on one 12-megapixel JPEG of the 12mp folder, in "
-              f"process, at one thread (medians of {r['repeats']}):", "", "| step | ms | share |", "|---|---|---|"]
+              f"process, at one thread (medians of {r['repeats']} after a first call):", "", "| step | ms | share |",
+              "|---|---|---|"]
     total = sum(r["stages_ms"].values())
     lines += [f"| {step} | {ms:.1f} | {ms / total:.0%} |" for step, ms in r["stages_ms"].items()]
     limit = sum(ms for step, ms in r["stages_ms"].items() if "the limit's" in step)
