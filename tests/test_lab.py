@@ -110,8 +110,9 @@ def test_the_lightness_of_a_photos_samples_is_skimages(layout, dtype, strip_pixe
     colour part (a border): L* is scikit-image's wherever strips end."""
     top = np.iinfo(dtype).max
     rgb = np.random.default_rng(2).integers(0, top + 1, (37, 100, 3)).astype(dtype)
+    gray_rows = slice(20) if layout.endswith("above") else slice(None)
     if "gray" in layout:
-        rgb[:20 if layout.endswith("above") else None] = rgb[:20 if layout.endswith("above") else None, :, :1]
+        rgb[gray_rows] = rgb[gray_rows, :, :1]
     samples = {"BGRA": np.dstack([rgb[..., ::-1], rgb[..., :1]]), "gray": rgb[..., 0],
                "gray and alpha": np.dstack([rgb[..., 0], rgb[..., 1]])}.get(layout, rgb[..., ::-1])
     expected = color.rgb2lab(rgb / top)[..., 0]
