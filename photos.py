@@ -584,7 +584,7 @@ def lightness_of_samples(samples: np.ndarray) -> np.ndarray:
     (H x W), gray and alpha, BGR or BGRA; sRGB. rgb_to_lab's L, read through a table of the sRGB curve; gray
     samples, and BGR ones as long as their three channels are equal (black and white stored in colour, a strip of
     rows at a time up to the first that is not), through a table of L* itself: one pass, not eight."""
-    lightness_table = _lightness_table(samples.dtype)
+    linear_table, lightness_table = _srgb_to_linear_table(samples.dtype), _lightness_table(samples.dtype)
     colour_layout = samples.ndim == 3 and samples.shape[2] >= 3
     colour = False  # once a strip is not gray, the rest of the photo is read as colour, unchecked
     lightness = np.empty(samples.shape[:2], np.float32)
@@ -594,8 +594,8 @@ def lightness_of_samples(samples: np.ndarray) -> np.ndarray:
             colour = colour_layout and not (np.array_equal(planes[0], planes[1]) and
                                             np.array_equal(planes[1], planes[2]))
         if colour:
-            linear = cv2.LUT(np.ascontiguousarray(samples[rows, :, :3]), _srgb_to_linear_table(samples.dtype)) \
-                if samples.dtype == np.uint8 else _srgb_to_linear_table(samples.dtype)[samples[rows, :, :3]]
+            linear = cv2.LUT(np.ascontiguousarray(samples[rows, :, :3]), linear_table) \
+                if samples.dtype == np.uint8 else linear_table[samples[rows, :, :3]]
             _lightness_of_y(cv2.transform(linear, _Y_FROM_LINEAR_BGR), lightness[rows])
         elif samples.dtype == np.uint8:
             cv2.LUT(np.ascontiguousarray(planes[0]), lightness_table, dst=lightness[rows])
