@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import json
 import math
 import os
@@ -41,8 +42,11 @@ INTERRUPTED_EXIT = 130  # the shell's status for a process ended by Ctrl-C
 def exit_on_user_error(main):
     """Run main(); a UserError becomes 'error: ...' on stderr and exit status 2, Ctrl-C one line and status 130,
     not a traceback (every file is written whole or not at all, so an interrupted run leaves none half-written).
-    File names that are not UTF-8 print with their odd bytes as \\xNN, on stdout too."""
+    File names that are not UTF-8 print with their odd bytes as \\xNN, on stdout too. What the script imported
+    lives until it ends, so it is frozen out of the garbage collector's reach: the collector would walk torch's
+    ~180,000 objects at every full collection and again as the interpreter exits (0.4 s of every run)."""
     sys.stdout.reconfigure(errors="backslashreplace")
+    gc.freeze()
     try:
         return main()
     except UserError as exc:
